@@ -1,0 +1,60 @@
+"""pescador_fp: functional, reproducible data streams for machine-learning training.
+
+>>> import numpy as np, pescador_fp as pf
+>>> data = {"x": np.arange(20.0).reshape(10, 2), "y": np.arange(10) % 2}
+>>> train = pf.from_arrays(data) | pf.shuffle(4, seed=0) | pf.batch(5)
+>>> [b["x"].shape for b in train]
+[(5, 2), (5, 2)]
+"""
+
+from __future__ import annotations
+
+from ._stream import Operator as Operator
+from ._stream import Stream as Stream
+from ._stream import pipe as pipe
+from .errors import DataError as DataError
+from .errors import PescadorError as PescadorError
+from .errors import WorkerError as WorkerError
+from .ops.batch import batch as batch
+from .ops.batch import unbatch as unbatch
+from .ops.cache import cache as cache
+from .ops.cycle import cycle as cycle
+from .ops.map import filter as filter
+from .ops.map import map as map
+from .ops.map import mapcat as mapcat
+from .ops.shuffle import shuffle as shuffle
+from .ops.take import skip as skip
+from .ops.take import take as take
+from .ops.tuples import keras_tuples as keras_tuples
+from .ops.tuples import tuples as tuples
+from .sources import from_arrays as from_arrays
+from .sources import from_iterable as from_iterable
+from .sources import stream as stream
+from .sources import streamable as streamable
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DataError",
+    "Operator",
+    "PescadorError",
+    "Stream",
+    "WorkerError",
+    "batch",
+    "cache",
+    "cycle",
+    "filter",
+    "from_arrays",
+    "from_iterable",
+    "keras_tuples",
+    "map",
+    "mapcat",
+    "pipe",
+    "shuffle",
+    "skip",
+    "stream",
+    "streamable",
+    "take",
+    "tuples",
+    "unbatch",
+]

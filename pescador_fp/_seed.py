@@ -1,0 +1,103 @@
+"""Seed trees: the one place where randomness is derived.
+
+Every pass over a stream carries a :class:`SeedContext`. It holds the pass
+root (the ``seed`` given to ``Stream.iterate``, or ``None``) and a *branch
+path*: the positions taken so far through the pipeline's tree (which
+sub-stream of a mux, which repetition of a cycle). A random operator asks the
+context for its generator, giving its own ``seed`` argument and its *depth*
+(how many operators separate it from the source of its branch). The
+generator's entropy is
+
+- the operator's seed and the pass root, when both are given;
+- whichever of the two is given, otherwise;
+- fresh OS entropy, when neither is.
+
+and its ``spawn_key`` is ``(*branch_path, depth)``, so that two random
+operators of one pass never share a generator. Nothing here reads or writes
+the global numpy or ``random`` state.
+"""
+
+from __future__ import annotations
+
+import numbers
+from dataclasses import dataclass
+from typing import Union
+
+import numpy as np
+
+__all__ = ["Seed", "SeedContext", "check_seed"]
+
+Seed = Union[int, np.integer, np.random.SeedSequence]
+
+# Domain tags keep "operator seed 1" and "pass seed 1" apart.
+_TAG_OPERATOR = 0x6F70  # "op"
+_TAG_PASS = 0x7061  # "pa"
+_STATE_WORDS = 4
+
+
+def check_seed(name: str, seed: object) -> Seed | None:
+    """Return ``seed`` if it can seed a pass or an operator, else raise.
+
+    >>> check_seed("seed", 3)
+    3
+    >>> check_seed("seed", -1)
+    Traceback (most recent call last):
+    ...
+    ValueError: seed must be a non-negative int or a numpy SeedSequence, got -1
+    """
+    if seed is None or isinstance(seed, np.random.SeedSequence):
+        return seed
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise TypeError(
+            f"{name} must be None, a non-negative int or a numpy SeedSequence, "
+            f"got {seed!r} ({type(seed).__name__})"
+        )
+    if seed < 0:
+        raise ValueError(
+            f"{name} must be a non-negative int or a numpy SeedSequence, got {seed!r}"
+        )
+    return seed
+
+
+def _words(seed: Seed) -> list[int]:
+    sequence = seed if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(int(seed))
+    return [int(w) for w in sequence.generate_state(_STATE_WORDS)]
+
+
+@dataclass(frozen=True)
+class SeedContext:
+    """Where a pass stands in the seed tree: its root seed and branch path.
+
+    >>> a = SeedContext.for_pass(7).generator(None, depth=1)
+    >>> b = SeedContext.for_pass(7).generator(None, depth=1)
+    >>> int(a.integers(1 << 30)) == int(b.integers(1 << 30))
+    True
+    """
+
+    root: Seed | None
+    path: tuple[int, ...] = ()
+
+    @classmethod
+    def for_pass(cls, seed: object = None) -> SeedContext:
+        """Start the seed tree of one pass; ``seed=None`` leaves it unseeded."""
+        return cls(check_seed("seed", seed))
+
+    def child(self, *keys: int) -> SeedContext:
+        """The context of a branch: a sub-stream, a repetition, a worker."""
+        return SeedContext(self.root, self.path + keys)
+
+    def sequence(self, seed: Seed | None, depth: int) -> np.random.SeedSequence | None:
+        """The SeedSequence for an operator at ``depth``; ``None`` means use OS entropy."""
+        entropy: list[int] = []
+        if seed is not None:
+            entropy += [_TAG_OPERATOR, *_words(seed)]
+        if self.root is not None:
+            entropy += [_TAG_PASS, *_words(self.root)]
+        if not entropy:
+            return None
+        return np.random.SeedSequence(entropy, spawn_key=(*self.path, depth))
+
+    def generator(self, seed: Seed | None, depth: int) -> np.random.Generator:
+        """A fresh generator for a random operator at ``depth`` of this branch."""
+        sequence = self.sequence(seed, depth)
+        return np.random.default_rng(sequence if sequence is not None else np.random.SeedSequence())

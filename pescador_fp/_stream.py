@@ -1,0 +1,230 @@
+"""Stream and Operator values, ``|``, ``pipe`` and ``iterate(seed)``.
+
+A :class:`Stream` is a frozen recipe: it knows how to open an iterator, given
+the :class:`~pescador_fp._seed.SeedContext` of a pass, and holds no run-time
+state. An :class:`Operator` is a frozen recipe for turning one stream into
+another; ``stream | op`` applies it and ``op1 | op2`` composes. All state lives
+in the iterators that ``iterate`` returns.
+"""
+
+from __future__ import annotations
+
+import reprlib
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar, overload
+
+from ._seed import SeedContext
+
+__all__ = ["Operator", "Stream", "as_stream", "describe_callable", "pipe"]
+
+T = TypeVar("T")
+U = TypeVar("U")
+V = TypeVar("V")
+
+_AFTER_PIPE = (
+    "an operator such as pf.map(f), pf.batch(32) or pf.shuffle(1000) "
+    "(or operators composed with |)"
+)
+
+
+class Stream(Generic[T]):
+    """An immutable, re-iterable recipe for a sequence of samples.
+
+    Every ``iter(s)`` starts a fresh pass; ``s | op`` returns a new Stream and
+    leaves ``s`` unchanged.
+
+    >>> import pescador_fp as pf
+    >>> s = pf.from_iterable(range(5)) | pf.map(lambda x: x * 10)
+    >>> list(s), list(s)
+    ([0, 10, 20, 30, 40], [0, 10, 20, 30, 40])
+    >>> s
+    from_iterable(range(0, 5)) | map(<lambda>)
+    """
+
+    #: Operators between this stream and the source of its branch.
+    depth: int = 0
+
+    def _open(self, ctx: SeedContext) -> Iterator[T]:
+        """Open an iterator for one pass; subclasses implement this."""
+        raise NotImplementedError
+
+    def _describe(self) -> str:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return self._describe()
+
+    def iterate(self, seed: object = None) -> Iterator[T]:
+        """Start a pass over the stream; ``seed`` roots all randomness of the pass.
+
+        The same ``seed`` gives the same items; different seeds reshuffle,
+        which is how epochs get a new, reproducible order. ``seed=None``
+        leaves unseeded operators to OS entropy.
+
+        >>> import pescador_fp as pf
+        >>> s = pf.from_iterable(range(6)) | pf.shuffle(6)
+        >>> list(s.iterate(seed=1)) == list(s.iterate(seed=1))
+        True
+        >>> sorted(s.iterate(seed=2))
+        [0, 1, 2, 3, 4, 5]
+        """
+        return _run(self, SeedContext.for_pass(seed))
+
+    def __iter__(self) -> Iterator[T]:
+        return self.iterate()
+
+    @overload
+    def __or__(self, op: Operator[T, U]) -> Stream[U]: ...
+
+    @overload
+    def __or__(self, op: object) -> Stream[Any]: ...
+
+    def __or__(self, op: object) -> Stream[Any]:
+        if isinstance(op, Operator):
+            return op._apply(self)
+        raise TypeError(
+            f"`stream | x` needs {_AFTER_PIPE} on the right of |, "
+            f"got {reprlib.repr(op)} ({type(op).__name__})"
+        )
+
+
+def _run(stream: Stream[T], ctx: SeedContext) -> Iterator[T]:
+    # A generator, so that nothing is opened before the first next() and the
+    # caller always gets an iterator with close().
+    yield from stream._open(ctx)
+
+
+class Operator(Generic[T, U]):
+    """An immutable recipe that turns a stream into another stream.
+
+    ``stream | op`` (or ``op(stream)``) applies it; ``op1 | op2`` composes.
+    Operators are not iterable and never take part in numpy broadcasting.
+
+    >>> import pescador_fp as pf
+    >>> double_then_batch = pf.map(lambda x: 2 * x) | pf.batch(2)
+    >>> [b.tolist() for b in range(4) | double_then_batch]
+    [[0, 2], [4, 6]]
+    """
+
+    # ``ndarray | op`` must not be evaluated element-wise by numpy.
+    __array_ufunc__ = None
+
+    def _apply(self, upstream: Stream[T]) -> Stream[U]:
+        return Applied(upstream, self)
+
+    def _open(self, upstream: Stream[T], ctx: SeedContext, depth: int) -> Iterator[U]:
+        """Open this operator's iterator over ``upstream``; ``depth`` is its place in the branch."""
+        raise NotImplementedError
+
+    def __call__(self, upstream: Stream[T] | Iterable[T]) -> Stream[U]:
+        return self._apply(as_stream(upstream))
+
+    def __ror__(self, left: object) -> Stream[U]:
+        if isinstance(left, Stream) or (isinstance(left, Iterable) and not isinstance(left, Iterator)):
+            return self(left)
+        if isinstance(left, Iterator):
+            as_stream(left)  # raises the error that names pf.stream
+        return NotImplemented
+
+    @overload
+    def __or__(self, other: Operator[U, V]) -> Operator[T, V]: ...
+
+    @overload
+    def __or__(self, other: object) -> Any: ...
+
+    def __or__(self, other: object) -> Any:
+        if isinstance(other, Operator):
+            return Composed((*_parts(self), *_parts(other)))
+        return NotImplemented
+
+    def __iter__(self) -> Iterator[Any]:
+        raise TypeError(
+            f"{self!r} is an operator, not a stream, and cannot be iterated; "
+            "apply it to one: pf.from_iterable(xs) | op"
+        )
+
+
+def _parts(op: Operator[Any, Any]) -> tuple[Operator[Any, Any], ...]:
+    return op.ops if isinstance(op, Composed) else (op,)
+
+
+@dataclass(frozen=True, repr=False)
+class Composed(Operator[Any, Any]):
+    """Operators applied one after another: ``s | (a | b) == s | a | b``."""
+
+    ops: tuple[Operator[Any, Any], ...]
+
+    def _apply(self, upstream: Stream[Any]) -> Stream[Any]:
+        for op in self.ops:
+            upstream = op._apply(upstream)
+        return upstream
+
+    def __repr__(self) -> str:
+        return " | ".join(map(repr, self.ops))
+
+
+@dataclass(frozen=True, repr=False)
+class Applied(Stream[U], Generic[T, U]):
+    """The stream ``upstream | op``."""
+
+    upstream: Stream[T]
+    op: Operator[T, U]
+
+    @property
+    def depth(self) -> int:  # type: ignore[override]
+        return self.upstream.depth + 1
+
+    def _open(self, ctx: SeedContext) -> Iterator[U]:
+        return self.op._open(self.upstream, ctx, self.depth)
+
+    def _describe(self) -> str:
+        return f"{self.upstream!r} | {self.op!r}"
+
+
+def as_stream(x: object) -> Stream[Any]:
+    """Return ``x`` as a Stream: Streams pass through, re-iterable collections are wrapped.
+
+    >>> as_stream([1, 2])
+    from_iterable([1, 2])
+    """
+    if isinstance(x, Stream):
+        return x
+    if isinstance(x, Iterator):
+        raise TypeError(
+            f"{reprlib.repr(x)} is a one-shot iterator ({type(x).__name__}); a Stream must "
+            "be re-iterable. Wrap the function that makes it instead: "
+            "pf.stream(make_items, *args) calls it afresh for every pass"
+        )
+    if isinstance(x, Iterable):
+        from .sources import from_iterable
+
+        return from_iterable(x)
+    raise TypeError(
+        f"expected a Stream or a re-iterable collection, got {reprlib.repr(x)} ({type(x).__name__})"
+    )
+
+
+def pipe(source: Stream[Any] | Iterable[Any], *ops: Operator[Any, Any]) -> Stream[Any]:
+    """Apply ``ops`` in order: ``pipe(s, a, b)`` is ``s | a | b``.
+
+    >>> import pescador_fp as pf
+    >>> list(pf.pipe(range(10), pf.filter(lambda x: x % 3 == 0), pf.take(3)))
+    [0, 3, 6]
+    """
+    stream = as_stream(source)
+    for op in ops:
+        stream = stream | op
+    return stream
+
+
+def describe_callable(fn: object) -> str:
+    """A short name for ``fn`` in a pipeline's repr: ``<lambda>``, ``augment``, ``Model.step``.
+
+    >>> describe_callable(len), describe_callable(lambda x: x)
+    ('len', '<lambda>')
+    """
+    name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None)
+    if isinstance(name, str):
+        return name.rsplit("<locals>.", 1)[-1]
+    return reprlib.repr(fn)

@@ -1,0 +1,1 @@
+"""Operators, one family per module; the public names are re-exported by ``pescador_fp``."""

@@ -1,0 +1,261 @@
+"""Sources: where streams begin.
+
+``stream`` calls a function afresh for every pass, ``from_iterable`` walks a
+re-iterable collection, ``from_arrays`` yields one sample per row of arrays
+(``np.memmap`` included, read chunk by chunk).
+"""
+
+from __future__ import annotations
+
+import functools
+import reprlib
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, ParamSpec, TypeVar, Union
+
+import numpy as np
+
+from ._seed import SeedContext
+from ._stream import Stream, describe_callable
+
+__all__ = ["from_arrays", "from_iterable", "stream", "streamable"]
+
+T = TypeVar("T")
+P = ParamSpec("P")
+
+# Rows read from the arrays at a time by ``from_arrays``: large enough to
+# amortise indexing, small enough that a memmap is never read whole.
+_ARRAY_CHUNK_ROWS = 1024
+
+# Collections longer than this are summarised in a pipeline's repr.
+_REPR_ITEMS = 4
+
+Arrays = Union[np.ndarray, Mapping[str, np.ndarray], tuple[np.ndarray, ...]]
+
+
+def _same(a: object, b: object) -> bool:
+    if a is b:
+        return True
+    if type(a) is not type(b) or isinstance(a, np.ndarray):
+        return False
+    try:
+        return bool(a == b)
+    except Exception:
+        return False
+
+
+def _repr_value(x: object) -> str:
+    if isinstance(x, np.ndarray):
+        return f"<{type(x).__name__} {x.dtype} {x.shape}>"
+    if isinstance(x, (list, tuple)) and len(x) > _REPR_ITEMS:
+        return f"<{type(x).__name__} of {len(x)} items>"
+    return reprlib.repr(x)
+
+
+@dataclass(frozen=True, repr=False, eq=False)
+class _CallStream(Stream[T]):
+    fn: Callable[..., Iterable[T]]
+    args: tuple[Any, ...]
+    kwargs: tuple[tuple[str, Any], ...]
+
+    def _open(self, ctx: SeedContext) -> Iterator[T]:
+        items = self.fn(*self.args, **dict(self.kwargs))
+        try:
+            return iter(items)
+        except TypeError:
+            raise TypeError(
+                f"pf.stream({describe_callable(self.fn)}, ...): the function must return an "
+                f"iterable, but returned {reprlib.repr(items)} ({type(items).__name__})"
+            ) from None
+
+    def _describe(self) -> str:
+        parts = [describe_callable(self.fn), *map(_repr_value, self.args)]
+        parts += [f"{k}={_repr_value(v)}" for k, v in self.kwargs]
+        return f"stream({', '.join(parts)})"
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, _CallStream)
+            and self.fn is other.fn
+            and len(self.args) == len(other.args)
+            and all(map(_same, self.args, other.args))
+            and [k for k, _ in self.kwargs] == [k for k, _ in other.kwargs]
+            and all(_same(a, b) for (_, a), (_, b) in zip(self.kwargs, other.kwargs))
+        )
+
+    def __hash__(self) -> int:
+        return hash((_CallStream, self.fn, len(self.args)))
+
+
+def stream(fn: Callable[..., Iterable[T]], /, *args: Any, **kwargs: Any) -> Stream[T]:
+    """Make a stream that calls ``fn(*args, **kwargs)`` afresh for every pass.
+
+    ``fn`` may be a generator function or any callable that returns an iterable.
+    It is not called until the first item of a pass is requested.
+
+    >>> import pescador_fp as pf
+    >>> def count(n):
+    ...     yield from range(n)
+    >>> s = pf.stream(count, 3)
+    >>> list(s), list(s)
+    ([0, 1, 2], [0, 1, 2])
+    >>> s
+    stream(count, 3)
+    """
+    if not callable(fn):
+        raise TypeError(f"pf.stream: fn must be callable, got {reprlib.repr(fn)} ({type(fn).__name__})")
+    return _CallStream(fn, args, tuple(kwargs.items()))
+
+
+def streamable(fn: Callable[P, Iterable[T]]) -> Callable[P, Stream[T]]:
+    """Decorate a generator function so that calling it returns a Stream.
+
+    >>> import pescador_fp as pf
+    >>> @pf.streamable
+    ... def squares(n):
+    ...     for i in range(n):
+    ...         yield i * i
+    >>> s = squares(4)
+    >>> list(s), list(s)
+    ([0, 1, 4, 9], [0, 1, 4, 9])
+    """
+    if not callable(fn):
+        raise TypeError(f"pf.streamable: expected a callable, got {reprlib.repr(fn)} ({type(fn).__name__})")
+
+    @functools.wraps(fn)
+    def make(*args: P.args, **kwargs: P.kwargs) -> Stream[T]:
+        return stream(fn, *args, **kwargs)
+
+    return make
+
+
+@dataclass(frozen=True, repr=False, eq=False)
+class _IterableStream(Stream[T]):
+    items: Iterable[T]
+
+    def _open(self, ctx: SeedContext) -> Iterator[T]:
+        return iter(self.items)
+
+    def _describe(self) -> str:
+        return f"from_iterable({_repr_value(self.items)})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _IterableStream) and _same(self.items, other.items)
+
+    def __hash__(self) -> int:
+        return hash((_IterableStream, id(self.items)))
+
+
+def from_iterable(items: Iterable[T]) -> Stream[T]:
+    """Make a stream over a re-iterable collection: list, tuple, range, array, ...
+
+    One-shot iterators (generator objects, ``map(...)``, file handles) are
+    refused: a stream must restart on every pass. Use :func:`stream` with the
+    function that makes them.
+
+    >>> import pescador_fp as pf
+    >>> list(pf.from_iterable("abc"))
+    ['a', 'b', 'c']
+    >>> pf.from_iterable(x for x in range(3))
+    Traceback (most recent call last):
+    ...
+    TypeError: from_iterable needs a re-iterable collection, got a one-shot generator; use pf.stream(fn, *args) with the function that makes it, so every pass starts afresh
+    """
+    if isinstance(items, Iterator):
+        raise TypeError(
+            f"from_iterable needs a re-iterable collection, got a one-shot {type(items).__name__}; "
+            "use pf.stream(fn, *args) with the function that makes it, so every pass starts afresh"
+        )
+    if not isinstance(items, Iterable):
+        raise TypeError(
+            f"from_iterable needs a re-iterable collection, got {reprlib.repr(items)} "
+            f"({type(items).__name__})"
+        )
+    return _IterableStream(items)
+
+
+@dataclass(frozen=True, repr=False, eq=False)
+class _ArrayStream(Stream[Any]):
+    arrays: tuple[np.ndarray, ...]
+    keys: tuple[str, ...] | None  # dict keys, or None for a tuple (or a single array)
+    single: bool
+
+    def _open(self, ctx: SeedContext) -> Iterator[Any]:
+        return _array_rows(self.arrays, self.keys, self.single)
+
+    def _describe(self) -> str:
+        if self.single:
+            return f"from_arrays({_repr_value(self.arrays[0])})"
+        if self.keys is not None:
+            inner = ", ".join(f"{k!r}: {_repr_value(a)}" for k, a in zip(self.keys, self.arrays))
+            return f"from_arrays({{{inner}}})"
+        return f"from_arrays(({', '.join(map(_repr_value, self.arrays))},))"
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, _ArrayStream)
+            and (self.keys, self.single) == (other.keys, other.single)
+            and len(self.arrays) == len(other.arrays)
+            and all(a is b for a, b in zip(self.arrays, other.arrays))
+        )
+
+    def __hash__(self) -> int:
+        return hash((_ArrayStream, self.keys, tuple(map(id, self.arrays))))
+
+
+def _array_rows(arrays: tuple[np.ndarray, ...], keys: tuple[str, ...] | None, single: bool) -> Iterator[Any]:
+    n = len(arrays[0])
+    for start in range(0, n, _ARRAY_CHUNK_ROWS):
+        # np.asarray turns memmap slices into plain ndarray views of the mapping.
+        chunks = [np.asarray(a[start : start + _ARRAY_CHUNK_ROWS]) for a in arrays]
+        if single:
+            yield from chunks[0]
+        elif keys is not None:
+            for row in zip(*chunks):
+                yield dict(zip(keys, row))
+        else:
+            yield from zip(*chunks)
+
+
+def from_arrays(data: Arrays) -> Stream[Any]:
+    """Make a stream with one sample per row of an array, a dict of arrays or a tuple of arrays.
+
+    All arrays must have the same first dimension. Rows are views, read a chunk
+    at a time, so an ``np.memmap`` is never read whole.
+
+    >>> import numpy as np, pescador_fp as pf
+    >>> s = pf.from_arrays({"x": np.arange(6).reshape(3, 2), "y": np.array([0, 1, 0])})
+    >>> [(row["x"].tolist(), int(row["y"])) for row in s]
+    [([0, 1], 0), ([2, 3], 1), ([4, 5], 0)]
+    >>> pf.from_arrays((np.zeros(3), np.zeros(4)))
+    Traceback (most recent call last):
+    ...
+    ValueError: from_arrays: all arrays need the same first dimension, got lengths [3, 4] for [0, 1]
+    """
+    keys: tuple[str, ...] | None
+    if isinstance(data, np.ndarray):
+        single, keys, named = True, None, {"data": data}
+    elif isinstance(data, Mapping):
+        single, keys, named = False, tuple(data), dict(data)
+    elif isinstance(data, tuple):
+        single, keys, named = False, None, dict(enumerate(data))
+    else:
+        raise TypeError(
+            f"from_arrays: data must be an array, a dict of arrays or a tuple of arrays, "
+            f"got {type(data).__name__}"
+        )
+    if not named:
+        raise ValueError(f"from_arrays: data must hold at least one array, got {data!r}")
+    arrays = []
+    for name, array in named.items():
+        if not isinstance(array, np.ndarray):
+            array = np.asarray(array)
+        if array.ndim == 0:
+            raise ValueError(f"from_arrays: array {name!r} is 0-dimensional and has no rows")
+        arrays.append(array)
+    lengths = [len(a) for a in arrays]
+    if len(set(lengths)) > 1:
+        raise ValueError(
+            f"from_arrays: all arrays need the same first dimension, got lengths {lengths} for {list(named)}"
+        )
+    return _ArrayStream(tuple(arrays), keys, single)
