@@ -94,8 +94,10 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         paths = write_dataset(folder, args.files, args.rows, args.dim, classes, args.seed)
         size = sum(p.stat().st_size for p in folder.iterdir())
-        print(f"wrote {2 * len(paths)} .npy files ({size / 2**20:.1f} MiB) to {folder} "
-              f"in {time.perf_counter() - t0:.2f} s")
+        print(
+            f"wrote {2 * len(paths)} .npy files ({size / 2**20:.1f} MiB) to {folder} "
+            f"in {time.perf_counter() - t0:.2f} s"
+        )
 
         train = (
             pf.from_iterable(paths)
@@ -124,14 +126,18 @@ def main(argv: list[str] | None = None) -> int:
         progress.finish()
 
     sample_bytes = args.dim * 4 + 8
-    print(f"streamed {done:,} samples in {batches:,} batches of {args.batch_size} over "
-          f"{args.epochs} epochs in {elapsed:.2f} s")
+    print(
+        f"streamed {done:,} samples in {batches:,} batches of {args.batch_size} over "
+        f"{args.epochs} epochs in {elapsed:.2f} s"
+    )
     print(f"throughput: {done / elapsed:,.0f} samples/s, {done * sample_bytes / elapsed / 2**20:,.1f} MiB/s")
     print(f"label counts: {counts.tolist()}")
     if len(first_labels) > 1:
         same = all(labels == first_labels[0] for labels in first_labels[1:])
-        print(f"first labels of each epoch: {first_labels} "
-              f"({'same order' if same else 'a new, reproducible order each epoch'})")
+        print(
+            f"first labels of each epoch: {first_labels} "
+            f"({'same order' if same else 'a new, reproducible order each epoch'})"
+        )
     return 0
 
 

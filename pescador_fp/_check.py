@@ -54,6 +54,6 @@ def check_probability(where: str, name: str, value: object) -> float:
     """
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{where}: {name} must be a number in (0, 1], got {reprlib.repr(value)}")
-    if not 0 < value <= 1:  # also refuses NaN
+    if not 0 < float(value) <= 1:  # also refuses NaN
         raise ValueError(f"{where}: {name} must be a number in (0, 1], got {value!r}")
     return float(value)

@@ -21,13 +21,12 @@ from __future__ import annotations
 
 import numbers
 from dataclasses import dataclass
-from typing import Union
 
 import numpy as np
 
 __all__ = ["Seed", "SeedContext", "check_seed"]
 
-Seed = Union[int, np.integer, np.random.SeedSequence]
+Seed = int | np.integer | np.random.SeedSequence
 
 # Domain tags keep "operator seed 1" and "pass seed 1" apart.
 _TAG_OPERATOR = 0x6F70  # "op"
@@ -53,10 +52,8 @@ def check_seed(name: str, seed: object) -> Seed | None:
             f"got {seed!r} ({type(seed).__name__})"
         )
     if seed < 0:
-        raise ValueError(
-            f"{name} must be a non-negative int or a numpy SeedSequence, got {seed!r}"
-        )
-    return seed
+        raise ValueError(f"{name} must be a non-negative int or a numpy SeedSequence, got {seed!r}")
+    return int(seed)
 
 
 def _words(seed: Seed) -> list[int]:

@@ -22,10 +22,7 @@ T = TypeVar("T")
 U = TypeVar("U")
 V = TypeVar("V")
 
-_AFTER_PIPE = (
-    "an operator such as pf.map(f), pf.batch(32) or pf.shuffle(1000) "
-    "(or operators composed with |)"
-)
+_AFTER_PIPE = "an operator such as pf.map(f), pf.batch(32) or pf.shuffle(1000) (or operators composed with |)"
 
 
 class Stream(Generic[T]):

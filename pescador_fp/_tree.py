@@ -7,12 +7,12 @@ strings, ``None``.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Union
+from typing import Any
 
 __all__ = ["Spec", "flatten", "format_path", "unflatten"]
 
 # A leaf is None; a container is (kind, keys-or-type, child specs).
-Spec = Union[None, tuple[str, Any, tuple[Any, ...]]]
+Spec = tuple[str, Any, tuple[Any, ...]] | None
 
 
 def flatten(sample: Any) -> tuple[list[Any], Spec]:

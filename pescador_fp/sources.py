@@ -11,7 +11,7 @@ import functools
 import reprlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, ParamSpec, TypeVar, Union
+from typing import Any, ParamSpec, TypeVar
 
 import numpy as np
 
@@ -30,7 +30,7 @@ _ARRAY_CHUNK_ROWS = 1024
 # Collections longer than this are summarised in a pipeline's repr.
 _REPR_ITEMS = 4
 
-Arrays = Union[np.ndarray, Mapping[str, np.ndarray], tuple[np.ndarray, ...]]
+Arrays = np.ndarray | Mapping[str, np.ndarray] | tuple[np.ndarray, ...]
 
 
 def _same(a: object, b: object) -> bool:
@@ -159,7 +159,7 @@ def from_iterable(items: Iterable[T]) -> Stream[T]:
     >>> pf.from_iterable(x for x in range(3))
     Traceback (most recent call last):
     ...
-    TypeError: from_iterable needs a re-iterable collection, got a one-shot generator; use pf.stream(fn, *args) with the function that makes it, so every pass starts afresh
+    TypeError: from_iterable needs a re-iterable collection, got a one-shot generator; use pf.stream(...) ...
     """
     if isinstance(items, Iterator):
         raise TypeError(
@@ -233,6 +233,7 @@ def from_arrays(data: Arrays) -> Stream[Any]:
     ValueError: from_arrays: all arrays need the same first dimension, got lengths [3, 4] for [0, 1]
     """
     keys: tuple[str, ...] | None
+    named: dict[Any, Any]
     if isinstance(data, np.ndarray):
         single, keys, named = True, None, {"data": data}
     elif isinstance(data, Mapping):
@@ -247,9 +248,8 @@ def from_arrays(data: Arrays) -> Stream[Any]:
     if not named:
         raise ValueError(f"from_arrays: data must hold at least one array, got {data!r}")
     arrays = []
-    for name, array in named.items():
-        if not isinstance(array, np.ndarray):
-            array = np.asarray(array)
+    for name, value in named.items():
+        array = value if isinstance(value, np.ndarray) else np.asarray(value)
         if array.ndim == 0:
             raise ValueError(f"from_arrays: array {name!r} is 0-dimensional and has no rows")
         arrays.append(array)

@@ -92,7 +92,9 @@ def _shape_error(samples: list[Any], axis: int | None, path: tuple[Any, ...], er
             return DataError(
                 f"batch: shapes differ at key {where}: {shapes[0]} in sample 0 but {shape} in sample {i}"
             )
-    return DataError(f"batch: cannot combine the values at key {where} (shape {shapes[0]}, axis={axis}): {error}")
+    return DataError(
+        f"batch: cannot combine the values at key {where} (shape {shapes[0]}, axis={axis}): {error}"
+    )
 
 
 def _off_axis(shape: tuple[int, ...], axis: int) -> tuple[int, ...] | None:

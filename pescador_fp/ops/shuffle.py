@@ -34,7 +34,7 @@ def _shuffled(items: Iterator[Any], size: int, rng: np.random.Generator) -> Iter
             k += 1
             out, buffer[slot] = buffer[slot], item
             yield out
-    rng.shuffle(buffer)  # type: ignore[arg-type]
+    rng.shuffle(buffer)
     yield from buffer
 
 

@@ -1,0 +1,49 @@
+"""Test helpers: comparing samples that hold arrays, and sources that record what was pulled."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+import pescador_fp as pf
+
+
+def same(a: Any, b: Any) -> bool:
+    """Deep equality for samples: dicts, tuples, lists and arrays (dtype and shape included)."""
+    if isinstance(a, dict) or isinstance(b, dict):
+        return type(a) is type(b) and a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+    if isinstance(a, (tuple, list)) or isinstance(b, (tuple, list)):
+        return type(a) is type(b) and len(a) == len(b) and all(map(same, a, b))
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        a, b = np.asarray(a), np.asarray(b)
+        return a.dtype == b.dtype and a.shape == b.shape and bool(np.array_equal(a, b))
+    return bool(a == b)
+
+
+def same_items(xs: list[Any], ys: list[Any]) -> bool:
+    return len(xs) == len(ys) and all(map(same, xs, ys))
+
+
+class Recorder:
+    """A source that remembers how many items each pass pulled and whether it was closed."""
+
+    def __init__(self, n: int | None) -> None:
+        self.n = n
+        self.pulled: list[int] = []
+        self.closed = 0
+
+    def _items(self) -> Iterator[int]:
+        self.pulled.append(0)
+        i = 0
+        try:
+            while self.n is None or i < self.n:
+                self.pulled[-1] += 1
+                yield i
+                i += 1
+        finally:
+            self.closed += 1
+
+    def stream(self) -> pf.Stream[int]:
+        return pf.stream(self._items)

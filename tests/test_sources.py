@@ -1,0 +1,108 @@
+"""Sources: stream, streamable, from_iterable, from_arrays (memmap included)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import pescador_fp as pf
+
+
+def test_stream_calls_the_function_afresh_every_pass():
+    calls = []
+
+    def make(n, step=1):
+        calls.append(n)
+        return range(0, n, step)
+
+    s = pf.stream(make, 6, step=2)
+    assert list(s) == list(s) == [0, 2, 4]
+    assert calls == [6, 6]
+    assert repr(s) == "stream(make, 6, step=2)"
+
+
+def test_stream_refuses_non_callables_and_non_iterable_results():
+    with pytest.raises(TypeError, match="callable"):
+        pf.stream(3)
+    with pytest.raises(TypeError, match="must return an iterable"):
+        list(pf.stream(lambda: 5))
+
+
+def test_streamable_makes_stream_factories():
+    @pf.streamable
+    def numbers(n):
+        yield from range(n)
+
+    s = numbers(3)
+    assert isinstance(s, pf.Stream) and list(s) == list(s) == [0, 1, 2]
+    assert numbers.__name__ == "numbers"
+
+
+def test_streams_with_equal_arguments_are_equal():
+    def f(path):
+        return [path]
+
+    assert pf.stream(f, "a.npy") == pf.stream(f, "a.npy")
+    assert pf.stream(f, "a.npy") != pf.stream(f, "b.npy")
+    arr = np.zeros(3)
+    assert pf.stream(f, arr) == pf.stream(f, arr) and pf.stream(f, arr) != pf.stream(f, np.zeros(3))
+
+
+def test_from_iterable_refuses_one_shot_iterators_naming_pf_stream():
+    with pytest.raises(TypeError, match=r"pf\.stream"):
+        pf.from_iterable(x for x in range(3))
+    with pytest.raises(TypeError, match=r"pf\.stream"):
+        pf.from_iterable(iter([1, 2]))
+    with pytest.raises(TypeError, match="re-iterable"):
+        pf.from_iterable(5)
+
+
+def test_from_iterable_walks_collections():
+    assert list(pf.from_iterable((1, 2))) == [1, 2]
+    assert list(pf.from_iterable({"a": 1})) == ["a"]
+    rows = list(pf.from_iterable(np.arange(6).reshape(3, 2)))
+    assert [r.tolist() for r in rows] == [[0, 1], [2, 3], [4, 5]]
+
+
+def test_from_arrays_single_dict_and_tuple():
+    x = np.arange(3000 * 2).reshape(3000, 2)
+    y = np.arange(3000)
+    assert [r.tolist() for r in pf.from_arrays(x)][2999] == [5998, 5999]
+    rows = list(pf.from_arrays({"x": x, "y": y}))
+    assert len(rows) == 3000 and rows[1234]["x"].tolist() == [2468, 2469] and rows[1234]["y"] == 1234
+    pairs = list(pf.from_arrays((x, y)))
+    assert isinstance(pairs[0], tuple) and pairs[2048][1] == 2048
+
+
+def test_from_arrays_checks_its_input_at_build_time():
+    with pytest.raises(ValueError, match=r"\[3, 4\]"):
+        pf.from_arrays({"x": np.zeros(3), "y": np.zeros(4)})
+    with pytest.raises(ValueError, match="0-dimensional"):
+        pf.from_arrays(np.array(1.0))
+    with pytest.raises(ValueError, match="at least one"):
+        pf.from_arrays({})
+    with pytest.raises(TypeError, match="dict of arrays"):
+        pf.from_arrays([np.zeros(3)])
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096
+
+
+@pytest.mark.skipif(not __import__("os").path.exists("/proc/self/statm"), reason="needs /proc")
+def test_from_arrays_reads_a_memmap_lazily(tmp_path):
+    rows, dim = 64 * 1024, 1024  # 256 MiB of float32
+    path = tmp_path / "big.npy"
+    big = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(rows, dim))
+    big[-1] = 7.0
+    big.flush()
+    del big
+    data = np.load(path, mmap_mode="r")
+    before = _rss_bytes()
+    first = list(pf.from_arrays(data) | pf.take(3))
+    last = list(pf.from_arrays({"x": data}) | pf.skip(rows - 1))
+    grown = _rss_bytes() - before
+    assert len(first) == 3 and float(last[0]["x"][0]) == 7.0
+    assert type(first[0]) is np.ndarray  # plain views, not memmap rows
+    assert grown < 64 * 2**20, f"resident memory grew by {grown / 2**20:.0f} MiB reading a 256 MiB memmap"

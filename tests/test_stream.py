@@ -1,0 +1,193 @@
+"""Stream and Operator values: re-iterability, |, composition, pipe, repr, pickling, seeds."""
+
+from __future__ import annotations
+
+import pickle
+
+import cloudpickle
+import numpy as np
+import pytest
+from helpers import Recorder, same_items
+
+import pescador_fp as pf
+
+OP = pf.map(lambda x: x + 1)
+
+
+def test_streams_are_reiterable_and_unchanged_by_pipes():
+    base = pf.from_iterable(range(5))
+    derived = base | pf.map(lambda x: x * 2)
+    assert list(derived) == list(derived) == [0, 2, 4, 6, 8]
+    assert list(base) == [0, 1, 2, 3, 4]
+
+
+def test_seeded_pipeline_is_pure():
+    s = pf.from_iterable(range(100)) | pf.shuffle(10, seed=3) | pf.cache(5, seed=4) | pf.take(50)
+    assert list(s) == list(s)
+
+
+def test_iterate_seed_is_reproducible_and_reshuffles():
+    s = pf.from_iterable(range(100)) | pf.shuffle(100)
+    orders = [list(s.iterate(seed=k)) for k in range(5)]
+    assert orders == [list(s.iterate(seed=k)) for k in range(5)]
+    assert len({tuple(o) for o in orders}) == 5
+    assert all(sorted(o) == list(range(100)) for o in orders)
+
+
+def test_iterate_seed_combines_with_operator_seed():
+    s = pf.from_iterable(range(50)) | pf.shuffle(50, seed=1)
+    assert list(s.iterate(seed=0)) != list(s.iterate(seed=1))
+    assert list(s.iterate(seed=0)) != list(s)  # the pass root changes a seeded operator's order
+
+
+def test_unseeded_passes_draw_fresh_entropy():
+    s = pf.from_iterable(range(200)) | pf.shuffle(200)
+    assert list(s) != list(s)
+
+
+def test_two_unseeded_shuffles_in_one_pass_use_different_generators():
+    identity = pf.from_iterable(range(64))
+    first = list((identity | pf.shuffle(64)).iterate(seed=5))
+    twice = list((identity | pf.shuffle(64) | pf.shuffle(64)).iterate(seed=5))
+    assert twice != first and sorted(twice) == list(range(64))
+
+
+def test_appending_an_operator_keeps_the_upstream_order():
+    s = pf.from_iterable(range(30)) | pf.shuffle(30, seed=2)
+    assert [x * 10 for x in s] == list(s | pf.map(lambda x: x * 10))
+
+
+def test_global_random_state_is_untouched():
+    import random
+
+    np_state, py_state = np.random.get_state()[1].copy(), random.getstate()
+    list(pf.from_iterable(range(100)) | pf.shuffle(10) | pf.cache(4))
+    list((pf.from_iterable(range(100)) | pf.shuffle(10, seed=1)).iterate(seed=2))
+    assert np.array_equal(np.random.get_state()[1], np_state) and random.getstate() == py_state
+
+
+@pytest.mark.parametrize(
+    "left",
+    [np.arange(4), [0, 1, 2, 3], range(4), {0: "a", 1: "b", 2: "c", 3: "d"}.values(), (0, 1, 2, 3)],
+    ids=["ndarray", "list", "range", "dict_values", "tuple"],
+)
+def test_collections_pipe_into_operators(left):
+    s = left | pf.map(lambda x: x)
+    assert isinstance(s, pf.Stream)
+    assert len(list(s)) == 4
+
+
+def test_ndarray_pipe_is_not_broadcast_by_numpy():
+    s = np.arange(3) | pf.map(lambda x: int(x) * 2)
+    assert isinstance(s, pf.Stream) and list(s) == [0, 2, 4]
+    two_d = np.arange(6).reshape(3, 2) | pf.map(lambda row: row.tolist())
+    assert list(two_d) == [[0, 1], [2, 3], [4, 5]]
+
+
+def test_numpy_scalar_pipe_is_a_type_error():
+    with pytest.raises(TypeError):
+        np.float64(1.0) | OP
+
+
+def test_dict_keys_pipe_explains_operators_are_not_iterable():
+    with pytest.raises(TypeError, match="from_iterable"):
+        {1: 2}.keys() | OP
+    with pytest.raises(TypeError, match="not a stream"):
+        iter(OP)
+
+
+def test_stream_pipe_non_operator_says_what_may_follow():
+    with pytest.raises(TypeError, match=r"operator such as pf\.map") as info:
+        pf.from_iterable([1]) | 3
+    assert "3 (int)" in str(info.value)
+    with pytest.raises(TypeError):
+        pf.from_iterable([1]) | pf.from_iterable([2])
+
+
+def test_generator_object_pipe_names_pf_stream():
+    with pytest.raises(TypeError, match=r"pf\.stream"):
+        (x for x in range(3)) | OP
+
+
+def test_operator_composition_equals_sequential_application():
+    a, b, c = pf.map(str), pf.filter(bool), pf.take(2)
+    s = pf.from_iterable(range(5))
+    assert s | (a | b | c) == s | a | b | c
+    assert (a | b) | c == a | (b | c)
+    assert list(s | (a | b | c)) == ["0", "1"]
+    assert repr(a | b | c) == "map(str) | filter(bool) | take(2)"
+
+
+def test_operator_call_is_the_same_as_pipe():
+    s = pf.from_iterable(range(3))
+    assert OP(s) == s | OP
+    assert list(OP([1, 2])) == [2, 3]
+
+
+def test_operator_or_unknown_operand_returns_not_implemented():
+    assert OP.__or__(3) is NotImplemented
+    assert OP.__ror__(3) is NotImplemented
+    with pytest.raises(TypeError):
+        OP | 3
+
+
+def test_pipe_function_matches_operator_syntax():
+    s = pf.pipe(range(10), pf.filter(lambda x: x % 2), pf.map(lambda x: x * x))
+    assert list(s) == [1, 9, 25, 49, 81]
+    assert pf.pipe([1, 2]) == pf.from_iterable([1, 2])
+
+
+def test_repr_shows_the_pipeline():
+    s = pf.from_iterable(range(10)) | pf.map(lambda x: x) | pf.batch(32)
+    assert repr(s) == "from_iterable(range(0, 10)) | map(<lambda>) | batch(32)"
+
+
+def test_cloudpickle_round_trip_with_lambdas_gives_same_items():
+    offset = 7
+    s = (
+        pf.from_iterable(range(100))
+        | pf.map(lambda x: {"x": np.full(2, x + offset), "y": x % 3})
+        | pf.filter(lambda d: d["y"] != 1)
+        | pf.shuffle(16, seed=0)
+        | pf.batch(4)
+    )
+    clone = cloudpickle.loads(cloudpickle.dumps(s))
+    assert repr(clone) == repr(s)
+    assert same_items(list(clone), list(s))
+    assert same_items(list(clone.iterate(seed=3)), list(s.iterate(seed=3)))
+
+
+def test_plain_pickle_works_without_lambdas():
+    s = pf.from_iterable(range(10)) | pf.map(str) | pf.take(3)
+    assert list(pickle.loads(pickle.dumps(s))) == ["0", "1", "2"]
+
+
+def test_nothing_runs_until_the_first_item():
+    rec = Recorder(5)
+    s = rec.stream() | pf.map(lambda x: x)
+    it = s.iterate()
+    assert rec.pulled == []
+    assert next(it) == 0 and rec.pulled == [1]
+
+
+def test_iterators_close_their_sources():
+    rec = Recorder(None)
+    it = iter(rec.stream() | pf.map(lambda x: x) | pf.shuffle(4, seed=0))
+    next(it)
+    it.close()
+    assert rec.closed == 1
+
+
+def test_iterate_rejects_bad_seeds():
+    s = pf.from_iterable([1])
+    with pytest.raises(ValueError, match="-3"):
+        s.iterate(seed=-3)
+    with pytest.raises(TypeError, match="seed"):
+        s.iterate(seed="zero")
+    assert list(s.iterate(seed=np.random.SeedSequence(1))) == [1]
+
+
+def test_streams_are_frozen():
+    s = pf.from_iterable([1]) | OP
+    with pytest.raises(AttributeError):
+        s.op = pf.take(0)  # type: ignore[misc]
