@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,9 +17,11 @@ from ..errors import DataError
 
 __all__ = ["batch", "stack", "unbatch"]
 
+_CONTAINERS = (dict, tuple, list)
 
-def stack(samples: list[Any], axis: int | None = None, path: tuple[Any, ...] = ()) -> Any:
-    """Stack a list of like-shaped samples into one batch.
+
+def stack(samples: Sequence[Any], axis: int | None = None, path: tuple[Any, ...] = ()) -> Any:
+    """Stack a sequence of like-shaped samples into one batch.
 
     Dicts, tuples and lists are stacked field by field; leaves become arrays,
     stacked on a new leading axis (``axis=None``) or concatenated along ``axis``.
@@ -29,32 +31,87 @@ def stack(samples: list[Any], axis: int | None = None, path: tuple[Any, ...] = (
     ((2, 2), [0, 1])
     """
     first = samples[0]
+    if type(first) is dict and axis is None:
+        flat = _stack_flat_dict(samples, first)
+        if flat is not None:
+            return flat
     if isinstance(first, dict):
-        keys = first.keys()
-        for i, sample in enumerate(samples):
-            if not isinstance(sample, dict) or sample.keys() != keys:
-                raise _mismatch(samples, i, path)
-        return {k: stack([s[k] for s in samples], axis, (*path, k)) for k in keys}
+        return _stack_dict(samples, first, axis, path)
     if isinstance(first, (tuple, list)):
-        kind, n = type(first), len(first)
-        for i, sample in enumerate(samples):
-            if type(sample) is not kind or len(sample) != n:
-                raise _mismatch(samples, i, path)
-        columns = [stack([s[j] for s in samples], axis, (*path, j)) for j in range(n)]
-        if kind is list:
-            return columns
-        if kind is tuple:
-            return tuple(columns)
-        return kind(*columns) if hasattr(kind, "_fields") else kind(columns)
-    for i, sample in enumerate(samples):
-        if isinstance(sample, (dict, tuple, list)):
-            raise _mismatch(samples, i, path)
+        return _stack_sequence(samples, first, axis, path)
+    return _stack_leaves(samples, axis, path)
+
+
+def _stack_dict(
+    samples: Sequence[Any], first: dict[Any, Any], axis: int | None, path: tuple[Any, ...]
+) -> Any:
     try:
-        if axis is None:
-            return np.array(samples)
-        return np.concatenate(samples, axis=axis)
+        columns = [[s[k] for s in samples] for k in first]
+    except (KeyError, TypeError, IndexError):
+        raise _mismatch(samples, path) from None
+    # Every sample holds the first one's keys; equal total size means no extra keys.
+    if sum(map(len, samples)) != len(first) * len(samples):
+        raise _mismatch(samples, path)
+    out = {}
+    for key, column in zip(first, columns):
+        if isinstance(column[0], _CONTAINERS):
+            out[key] = stack(column, axis, (*path, key))
+        else:
+            out[key] = _stack_leaves(column, axis, path, key)
+    return out
+
+
+def _stack_flat_dict(samples: Sequence[Any], first: dict[Any, Any]) -> dict[Any, Any] | None:
+    """Stack dicts of leaves on a new axis, fast; ``None`` where the careful path must decide."""
+    # Every sample must hold the first one's keys (else KeyError); equal total size means no extra keys.
+    if sum(map(len, samples)) != len(first) * len(samples):
+        return None
+    out = {}
+    try:
+        for key, value in first.items():
+            if isinstance(value, _CONTAINERS):
+                return None
+            column = np.array([s[key] for s in samples])
+            if column.dtype.kind == "O":
+                return None  # may hide a container among the leaves
+            out[key] = column
+    except (KeyError, TypeError, IndexError, ValueError):
+        return None
+    return out
+
+
+def _stack_sequence(
+    samples: Sequence[Any], first: Sequence[Any], axis: int | None, path: tuple[Any, ...]
+) -> Any:
+    kind, n = type(first), len(first)
+    if any(type(s) is not kind or len(s) != n for s in samples):
+        raise _mismatch(samples, path)
+    columns = [stack(column, axis, (*path, j)) for j, column in enumerate(zip(*samples))]
+    if kind is list:
+        return columns
+    if kind is tuple:
+        return tuple(columns)
+    return kind(*columns) if hasattr(kind, "_fields") else kind(columns)
+
+
+def _stack_leaves(samples: Sequence[Any], axis: int | None, path: tuple[Any, ...], *key: Any) -> Any:
+    try:
+        out = np.array(samples) if axis is None else np.concatenate(samples, axis=axis)
     except (ValueError, np.exceptions.AxisError) as error:
-        raise _shape_error(samples, axis, path, error) from error
+        if any(isinstance(s, _CONTAINERS) for s in samples):
+            raise _mismatch(samples, (*path, *key)) from None
+        raise _shape_error(samples, axis, (*path, *key), error) from error
+    if out.dtype.kind == "O" and any(isinstance(s, _CONTAINERS) for s in samples):
+        raise _mismatch(samples, (*path, *key))
+    return out
+
+
+def _matches(first: Any, sample: Any) -> bool:
+    if isinstance(first, dict):
+        return isinstance(sample, dict) and sample.keys() == first.keys()
+    if isinstance(first, (tuple, list)):
+        return type(sample) is type(first) and len(sample) == len(first)
+    return not isinstance(sample, _CONTAINERS)
 
 
 def _describe(sample: Any) -> str:
@@ -65,8 +122,10 @@ def _describe(sample: Any) -> str:
     return f"a leaf of shape {np.shape(sample)}"
 
 
-def _mismatch(samples: list[Any], i: int, path: tuple[Any, ...]) -> DataError:
-    first, other = samples[0], samples[i]
+def _mismatch(samples: Sequence[Any], path: tuple[Any, ...]) -> DataError:
+    first = samples[0]
+    i = next(i for i, s in enumerate(samples) if not _matches(first, s))
+    other = samples[i]
     where = format_path(path)
     if isinstance(first, dict) and isinstance(other, dict):
         missing = [k for k in first if k not in other]
@@ -83,7 +142,9 @@ def _mismatch(samples: list[Any], i: int, path: tuple[Any, ...]) -> DataError:
     )
 
 
-def _shape_error(samples: list[Any], axis: int | None, path: tuple[Any, ...], error: Exception) -> DataError:
+def _shape_error(
+    samples: Sequence[Any], axis: int | None, path: tuple[Any, ...], error: Exception
+) -> DataError:
     shapes = [np.shape(s) for s in samples]
     where = format_path(path)
     for i, shape in enumerate(shapes):
