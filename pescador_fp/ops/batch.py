@@ -83,7 +83,8 @@ def _stack_flat_dict(samples: Sequence[Any], first: dict[Any, Any]) -> dict[Any,
 def _stack_sequence(
     samples: Sequence[Any], first: Sequence[Any], axis: int | None, path: tuple[Any, ...]
 ) -> Any:
-    kind, n = type(first), len(first)
+    kind: Any = type(first)
+    n = len(first)
     if any(type(s) is not kind or len(s) != n for s in samples):
         raise _mismatch(samples, path)
     columns = [stack(column, axis, (*path, j)) for j, column in enumerate(zip(*samples))]
