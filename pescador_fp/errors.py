@@ -16,10 +16,11 @@ class PescadorError(Exception):
 class DataError(PescadorError):
     """A sample has the wrong form: missing keys, mismatched shapes, not data-like.
 
-    >>> raise DataError("batch: key 'x' has shape (3,) in sample 0 but (4,) in sample 1")
+    >>> import numpy as np, pescador_fp as pf
+    >>> list([{"x": np.zeros(3)}, {"x": np.zeros(4)}] | pf.batch(2))
     Traceback (most recent call last):
     ...
-    pescador_fp.errors.DataError: batch: key 'x' has shape (3,) in sample 0 but (4,) in sample 1
+    pescador_fp.errors.DataError: batch: shapes differ at key ['x']: (3,) in sample 0 but (4,) in sample 1
     """
 
 
