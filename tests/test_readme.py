@@ -19,5 +19,7 @@ def test_readme_examples_run():
         if ">>>" not in block:
             exec(compile(block, f"README.md block {index}", "exec"), namespace)
             continue
-        runner.run(parser.get_doctest(block, namespace, f"README block {index}", str(README), 0), clear_globs=False)
+        runner.run(
+            parser.get_doctest(block, namespace, f"README block {index}", str(README), 0), clear_globs=False
+        )
     assert runner.failures == 0, "a README example failed; pytest -s shows the doctest report"
