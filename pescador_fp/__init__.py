@@ -15,6 +15,10 @@ from ._stream import pipe as pipe
 from .errors import DataError as DataError
 from .errors import PescadorError as PescadorError
 from .errors import WorkerError as WorkerError
+from .mux import chain as chain
+from .mux import mux as mux
+from .mux import round_robin as round_robin
+from .mux import shuffled_mux as shuffled_mux
 from .ops.batch import batch as batch
 from .ops.batch import unbatch as unbatch
 from .ops.cache import cache as cache
@@ -42,6 +46,7 @@ __all__ = [
     "WorkerError",
     "batch",
     "cache",
+    "chain",
     "cycle",
     "filter",
     "from_arrays",
@@ -49,8 +54,11 @@ __all__ = [
     "keras_tuples",
     "map",
     "mapcat",
+    "mux",
     "pipe",
+    "round_robin",
     "shuffle",
+    "shuffled_mux",
     "skip",
     "stream",
     "streamable",

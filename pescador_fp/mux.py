@@ -1,0 +1,580 @@
+"""Multiplexers, many streams into one: ``mux``, ``shuffled_mux``, ``round_robin``, ``chain``.
+
+``mux`` keeps a working set of ``n_active`` open sources. Each *activation*
+opens one source (a fresh pass) and gives it a random number of items to
+yield, with mean ``rate``; the output interleaves the open sources uniformly at
+random, and a source is closed as soon as its items are out. Sources are
+activated with probability proportional to their weights, so each source's
+long-run share of the output is ``weights[i] / sum(weights)`` whatever
+``n_active`` is: every activation contributes ``rate`` items on average,
+whichever slot it lands in. See ``docs/mux.md`` for the analysis.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import numbers
+import reprlib
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ._check import check_bool, check_int
+from ._seed import Seed, SeedContext, check_seed
+from ._stream import Stream, _run, as_stream
+
+__all__ = ["chain", "mux", "round_robin", "shuffled_mux"]
+
+MUX_MODES = ("with_replacement", "single_active", "exhaustive")
+DISTS = ("constant", "binomial", "poisson")
+ROUND_ROBIN_MODES = ("exhaustive", "cycle", "permuted_cycle")
+CHAIN_MODES = ("exhaustive", "cycle")
+
+# Random numbers drawn per call to the generator: a call per item would cost
+# more than the multiplexing itself.
+_DRAWS_PER_CALL = 4096
+_END = object()
+# The count of an activation that runs until its source ends (rate=None).
+_UNTIL_END = 1 << 62
+
+
+# ---------------------------------------------------------------- arguments
+
+
+def _check_streams(where: str, streams: object) -> tuple[Stream[Any], ...]:
+    if isinstance(streams, (Stream, str)) or not isinstance(streams, Sequence):
+        raise TypeError(
+            f"{where}: streams must be a list or tuple of streams, got {reprlib.repr(streams)} "
+            f"({type(streams).__name__})"
+        )
+    if len(streams) == 0:
+        raise ValueError(f"{where}: streams must hold at least one stream, got {streams!r}")
+    return tuple(as_stream(s) for s in streams)
+
+
+def _check_weights(where: str, weights: object, n: int) -> tuple[float, ...]:
+    if weights is None:
+        return (1.0,) * n
+    try:
+        w = np.asarray(weights, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise TypeError(f"{where}: weights must be a list of numbers, got {reprlib.repr(weights)}") from None
+    if w.shape != (n,):
+        raise ValueError(
+            f"{where}: weights must hold one number per stream ({n}), got {reprlib.repr(weights)}"
+        )
+    if not np.isfinite(w).all() or (w < 0).any():
+        raise ValueError(f"{where}: weights must be finite and non-negative, got {reprlib.repr(weights)}")
+    if not (w > 0).any():
+        raise ValueError(
+            f"{where}: weights must hold at least one positive number, got {reprlib.repr(weights)}"
+        )
+    return tuple(w.tolist())
+
+
+def _check_choice(where: str, name: str, value: object, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise ValueError(f"{where}: {name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
+    return str(value)
+
+
+def _check_rate(rate: object) -> float | None:
+    if rate is None:
+        return None
+    if isinstance(rate, bool) or not isinstance(rate, numbers.Real):
+        raise TypeError(f"mux: rate must be a positive number or None, got {reprlib.repr(rate)}")
+    if not (0 < float(rate) < math.inf):
+        raise ValueError(f"mux: rate must be a positive number or None, got {rate!r}")
+    return float(rate)
+
+
+def _describe_streams(streams: Sequence[Stream[Any]]) -> str:
+    if len(streams) > 3:
+        return f"<{len(streams)} streams>"
+    return f"[{', '.join(map(repr, streams))}]"
+
+
+def _open(stream: Stream[Any], ctx: SeedContext) -> Iterator[Any]:
+    """Open one pass of a sub-stream as a closable generator."""
+    return _run(stream, ctx)
+
+
+def _peek(items: Iterator[Any]) -> tuple[Any, Iterator[Any]] | None:
+    """The first item and an iterator over all of them, or None if there is none."""
+    first = next(items, _END)
+    if first is _END:
+        return None
+    return first, itertools.chain((first,), items)
+
+
+# ---------------------------------------------------------------- activation counts
+
+
+def _count_sampler(rng: np.random.Generator, dist: str, n_active: int) -> Callable[[float, int], np.ndarray]:
+    """Draw the numbers of items of ``size`` activations; the mean is exactly ``rate``.
+
+    For ``rate >= 1`` every activation yields at least one item:
+    constant: ``rate`` rounded up or down at random (an integer rate is exact);
+    poisson: ``1 + Poisson(rate - 1)``; binomial: ``1 + Binomial(N, (rate - 1) / N)``
+    with ``N = ceil((rate - 1) * n_active / (n_active - 1))``, Pescador's choice
+    of spread without its truncation (``n_active == 1`` falls back to poisson).
+    For ``rate < 1`` an activation yields one item with probability ``rate``.
+    """
+
+    def draw(rate: float, size: int) -> np.ndarray:
+        if rate < 1:
+            return (rng.random(size) < rate).astype(np.int64)
+        extra = rate - 1
+        if dist == "constant" or extra == 0:
+            whole = math.floor(rate)
+            return whole + (rng.random(size) < rate - whole).astype(np.int64)
+        if dist == "poisson" or n_active == 1:
+            return 1 + rng.poisson(extra, size)
+        trials = math.ceil(extra * n_active / (n_active - 1))
+        return 1 + rng.binomial(trials, extra / trials, size)
+
+    return draw
+
+
+class _Picker:
+    """Draws source indices with probability proportional to their weights, in bulk."""
+
+    def __init__(self, weights: Sequence[float], rng: np.random.Generator) -> None:
+        self.weights = np.array(weights, dtype=np.float64)
+        self.rng = rng
+        self._refresh()
+
+    def _refresh(self) -> None:
+        self.cumulative = np.cumsum(self.weights)
+        self.buffer: list[int] = []
+
+    @property
+    def any_left(self) -> bool:
+        return bool(self.cumulative[-1] > 0)
+
+    def drop(self, source: int) -> None:
+        self.weights[source] = 0.0
+        self._refresh()
+
+    def pick(self) -> int:
+        if not self.buffer:
+            total = self.cumulative[-1]
+            u = self.rng.random(_DRAWS_PER_CALL) * total
+            picks = np.searchsorted(self.cumulative, u, side="right")
+            self.buffer = np.minimum(picks, len(self.weights) - 1)[::-1].tolist()
+        return self.buffer.pop()
+
+
+def _weighted_order(weights: Sequence[float], rng: np.random.Generator) -> list[int]:
+    """A random order of the positive-weight sources, heavier ones earlier on average."""
+    w = np.asarray(weights)
+    positive = np.flatnonzero(w > 0)
+    keys = np.log(rng.random(len(positive))) / w[positive]  # Efraimidis-Spirakis
+    order: list[int] = positive[np.argsort(-keys, kind="stable")].tolist()
+    return order
+
+
+# ---------------------------------------------------------------- mux
+
+
+@dataclass(frozen=True, repr=False, eq=False)
+class _Mux(Stream[Any]):
+    streams: tuple[Stream[Any], ...]
+    n_active: int
+    rate: float | None
+    weights: tuple[float, ...]
+    mode: str
+    dist: str
+    prune_empty: bool
+    seed: Seed | None
+    uniform: bool
+
+    def _open(self, ctx: SeedContext) -> Iterator[Any]:
+        return _mux_items(self, ctx)
+
+    def _describe(self) -> str:
+        parts = [_describe_streams(self.streams), f"n_active={self.n_active}", f"rate={self.rate!r}"]
+        if not self.uniform:
+            parts.append(f"weights={reprlib.repr(list(self.weights))}")
+        if self.mode != "with_replacement":
+            parts.append(f"mode={self.mode!r}")
+        if self.dist != "binomial":
+            parts.append(f"dist={self.dist!r}")
+        if not self.prune_empty:
+            parts.append("prune_empty=False")
+        if self.seed is not None:
+            parts.append(f"seed={self.seed!r}")
+        return f"mux({', '.join(parts)})"
+
+
+def _mux_items(m: _Mux, ctx: SeedContext) -> Iterator[Any]:
+    rng = ctx.generator(m.seed, m.depth)
+    draw_counts = _count_sampler(rng, m.dist, m.n_active)
+    counts: list[int] = []
+    n = len(m.streams)
+    total_weight = sum(m.weights)
+    valid = [w > 0 for w in m.weights]
+    n_valid = sum(valid)
+    picker = _Picker(m.weights, rng)
+    order = _weighted_order(m.weights, rng)[::-1] if m.mode == "exhaustive" else []
+    activations = [0] * n
+    # Sources whose activation came up empty since the last one that yielded:
+    # once it holds every usable source, nothing more will come (prune_empty=False).
+    empty_lately: set[int] = set()
+
+    slots: list[Iterator[Any] | None] = [None] * m.n_active  # what the output draws from
+    gens: list[Any] = [None] * m.n_active  # the generators behind them, to close
+    left = [0] * m.n_active  # items still to yield in each slot's activation
+    source_of = [-1] * m.n_active
+    active: dict[int, int] = {}  # source -> slot (single_active)
+
+    def activation_count(source: int) -> int:
+        if m.rate is None:
+            return _UNTIL_END
+        if m.mode == "exhaustive":  # one activation per source: its length carries its weight
+            return int(draw_counts(m.rate * n * m.weights[source] / total_weight, 1)[0])
+        if not counts:
+            counts.extend(draw_counts(m.rate, _DRAWS_PER_CALL).tolist()[::-1])
+        return counts.pop()
+
+    def next_source() -> int | None:
+        if m.mode == "exhaustive":
+            return order.pop() if order else None
+        if n_valid == 0 or len(empty_lately) >= n_valid:
+            return None
+        return picker.pick()
+
+    def release(k: int) -> None:
+        if gens[k] is not None:
+            gens[k].close()
+        active.pop(source_of[k], None)
+        slots[k] = gens[k] = None
+        source_of[k] = -1
+
+    def fill(k: int) -> None:
+        nonlocal n_valid
+        while True:
+            if m.mode == "single_active" and len(active) >= n_valid:
+                return  # every usable source is already open in another slot
+            source = next_source()
+            if source is None:
+                return
+            items = activation_count(source)
+            if m.mode == "single_active" and source in active:
+                left[active[source]] += items  # drawing an open source extends its activation
+                continue
+            if items == 0:
+                continue
+            activations[source] += 1
+            gen = _open(m.streams[source], ctx.child(source, activations[source]))
+            peeked = _peek(gen)
+            if peeked is None:
+                gen.close()  # type: ignore[attr-defined]
+                if m.prune_empty:
+                    valid[source] = False
+                    n_valid -= 1
+                    if n_valid:
+                        picker.drop(source)
+                else:
+                    empty_lately.add(source)
+                continue
+            empty_lately.clear()
+            slots[k], gens[k], left[k], source_of[k] = peeked[1], gen, items, source
+            if m.mode == "single_active":
+                active[source] = k
+            return
+
+    def slot_draws() -> Iterator[int]:
+        if m.n_active == 1:
+            return itertools.repeat(0)
+        return itertools.chain.from_iterable(
+            iter(lambda: rng.integers(0, m.n_active, _DRAWS_PER_CALL).tolist(), None)
+        )
+
+    try:
+        for k in range(m.n_active):
+            fill(k)
+        if all(s is None for s in slots):
+            return
+        for k in slot_draws():
+            items = slots[k]
+            if items is None:
+                if all(s is None for s in slots):
+                    return
+                continue
+            x = next(items, _END)
+            if x is _END:  # the source ran dry before its count
+                release(k)
+                fill(k)
+                continue
+            left[k] -= 1
+            if not left[k]:
+                release(k)
+                fill(k)
+            yield x
+    finally:
+        for k in range(m.n_active):
+            release(k)
+
+
+def mux(
+    streams: Sequence[Stream[Any]],
+    n_active: int,
+    rate: float | None = None,
+    *,
+    weights: Sequence[float] | np.ndarray | None = None,
+    mode: str = "with_replacement",
+    dist: str = "binomial",
+    prune_empty: bool = True,
+    seed: Seed | None = None,
+) -> Stream[Any]:
+    """Interleave many streams through a working set of ``n_active`` open ones.
+
+    Each activation opens a source (a fresh pass) for a random number of
+    items with mean ``rate`` (``dist``: ``"constant"``, ``"binomial"``,
+    ``"poisson"``; ``rate=None``: until the source ends). Sources are
+    activated with probability proportional to ``weights``, so source ``i``
+    makes ``weights[i] / sum(weights)`` of the output in the long run.
+    ``mode``: ``"with_replacement"`` (a source may be open in several slots),
+    ``"single_active"`` (at most one slot per source; drawing an open source
+    extends its activation), ``"exhaustive"`` (each source activated once,
+    for ``rate * len(streams) * weights[i] / sum(weights)`` items on average;
+    with ``rate=None`` every item of every source exactly once).
+    ``prune_empty`` drops sources whose activation yields nothing. If every
+    source is empty, iteration ends.
+
+    >>> import pescador_fp as pf
+    >>> letters = [pf.from_iterable("ab"), pf.from_iterable("cde"), pf.from_iterable("fghi")]
+    >>> "".join(sorted(pf.mux(letters, n_active=2, mode="exhaustive", seed=0)))
+    'abcdefghi'
+    >>> s = pf.mux([pf.from_iterable("x") | pf.cycle(), pf.from_iterable("y") | pf.cycle()],
+    ...            n_active=1, rate=4, weights=[3, 1], seed=0)
+    >>> out = list(s | pf.take(4000))
+    >>> round(out.count("x") / len(out), 1)
+    0.8
+    """
+    streams_t = _check_streams("mux", streams)
+    n_active = check_int("mux", "n_active", n_active, 1)
+    mode = _check_choice("mux", "mode", mode, MUX_MODES)
+    if mode != "with_replacement" and n_active > len(streams_t):
+        raise ValueError(
+            f"mux: mode={mode!r} needs n_active <= the number of streams ({len(streams_t)}), got {n_active}"
+        )
+    return _Mux(
+        streams_t,
+        n_active,
+        _check_rate(rate),
+        _check_weights("mux", weights, len(streams_t)),
+        mode,
+        _check_choice("mux", "dist", dist, DISTS),
+        check_bool("mux", "prune_empty", prune_empty),
+        check_seed("mux: seed", seed),
+        weights is None,
+    )
+
+
+# ---------------------------------------------------------------- shuffled_mux
+
+
+@dataclass(frozen=True, repr=False, eq=False)
+class _ShuffledMux(Stream[Any]):
+    streams: tuple[Stream[Any], ...]
+    weights: tuple[float, ...]
+    seed: Seed | None
+    uniform: bool
+
+    def _open(self, ctx: SeedContext) -> Iterator[Any]:
+        return _shuffled_items(self, ctx)
+
+    def _describe(self) -> str:
+        parts = [_describe_streams(self.streams)]
+        if not self.uniform:
+            parts.append(f"weights={reprlib.repr(list(self.weights))}")
+        if self.seed is not None:
+            parts.append(f"seed={self.seed!r}")
+        return f"shuffled_mux({', '.join(parts)})"
+
+
+def _shuffled_items(m: _ShuffledMux, ctx: SeedContext) -> Iterator[Any]:
+    rng = ctx.generator(m.seed, m.depth)
+    n = len(m.streams)
+    picker = _Picker(m.weights, rng)
+    passes = [0] * n
+    slots: list[Iterator[Any] | None] = [None] * n
+    gens: list[Iterator[Any] | None] = [None] * n
+
+    def start(k: int) -> Iterator[Any] | None:
+        """Open a fresh pass of stream ``k``; drop the stream if the pass is empty."""
+        passes[k] += 1
+        gen = gens[k] = _open(m.streams[k], ctx.child(k, passes[k]))
+        peeked = _peek(gen)
+        if peeked is None:
+            gen.close()  # type: ignore[attr-defined]
+            gens[k] = None
+            picker.drop(k)
+            return None
+        slots[k] = peeked[1]
+        return peeked[1]
+
+    try:
+        while picker.any_left:
+            k = picker.pick()
+            items = slots[k] or start(k)
+            if items is None:
+                continue
+            x = next(items, _END)
+            if x is _END:  # exhausted streams restart
+                gens[k].close()  # type: ignore[union-attr]
+                slots[k] = gens[k] = None
+                continue
+            yield x
+    finally:
+        for gen in gens:
+            if gen is not None:
+                gen.close()  # type: ignore[attr-defined]
+
+
+def shuffled_mux(
+    streams: Sequence[Stream[Any]],
+    weights: Sequence[float] | np.ndarray | None = None,
+    *,
+    seed: Seed | None = None,
+) -> Stream[Any]:
+    """Interleave all streams at random, each item from stream ``i`` with probability ∝ ``weights[i]``.
+
+    A stream that ends restarts with a fresh pass; a stream whose pass yields
+    nothing is dropped, and when all are dropped iteration ends.
+
+    >>> import pescador_fp as pf
+    >>> s = pf.shuffled_mux([pf.from_iterable("ab"), pf.from_iterable("xyz")], weights=[1, 3], seed=0)
+    >>> out = list(s | pf.take(4000))
+    >>> round(sum(c in "xyz" for c in out) / len(out), 1)
+    0.8
+    """
+    streams_t = _check_streams("shuffled_mux", streams)
+    return _ShuffledMux(
+        streams_t,
+        _check_weights("shuffled_mux", weights, len(streams_t)),
+        check_seed("shuffled_mux: seed", seed),
+        weights is None,
+    )
+
+
+# ---------------------------------------------------------------- round_robin
+
+
+@dataclass(frozen=True, repr=False, eq=False)
+class _RoundRobin(Stream[Any]):
+    streams: tuple[Stream[Any], ...]
+    mode: str
+    seed: Seed | None
+
+    def _open(self, ctx: SeedContext) -> Iterator[Any]:
+        return _round_robin_items(self, ctx)
+
+    def _describe(self) -> str:
+        mode = "" if self.mode == "exhaustive" else f", mode={self.mode!r}"
+        seed = "" if self.seed is None else f", seed={self.seed!r}"
+        return f"round_robin({_describe_streams(self.streams)}{mode}{seed})"
+
+
+def _round_robin_items(m: _RoundRobin, ctx: SeedContext) -> Iterator[Any]:
+    rng = ctx.generator(m.seed, m.depth) if m.mode == "permuted_cycle" else None
+    n = len(m.streams)
+    gens: list[Iterator[Any]] = []
+    try:
+        for round_ in itertools.count():
+            order = list(range(n)) if rng is None else rng.permutation(n).tolist()
+            gens = [_open(m.streams[i], ctx.child(i, round_)) for i in order]
+            live = list(gens)
+            produced = False
+            while live:
+                for items in list(live):
+                    x = next(items, _END)
+                    if x is _END:
+                        live.remove(items)
+                        items.close()  # type: ignore[attr-defined]
+                        continue
+                    produced = True
+                    yield x
+            if m.mode == "exhaustive" or not produced:
+                return  # a round with nothing in it would repeat forever
+    finally:
+        for gen in gens:
+            gen.close()  # type: ignore[attr-defined]
+
+
+def round_robin(
+    streams: Sequence[Stream[Any]], mode: str = "exhaustive", *, seed: Seed | None = None
+) -> Stream[Any]:
+    """Take one item from each stream in turn, skipping streams that have ended.
+
+    ``mode="exhaustive"`` ends when every stream has; ``"cycle"`` then starts
+    every stream afresh, in the same order; ``"permuted_cycle"`` in a new
+    random order each round.
+
+    >>> import pescador_fp as pf
+    >>> "".join(pf.round_robin([pf.from_iterable("ab"), pf.from_iterable("cde"), pf.from_iterable("fghi")]))
+    'acfbdgehi'
+    """
+    streams_t = _check_streams("round_robin", streams)
+    return _RoundRobin(
+        streams_t,
+        _check_choice("round_robin", "mode", mode, ROUND_ROBIN_MODES),
+        check_seed("round_robin: seed", seed),
+    )
+
+
+# ---------------------------------------------------------------- chain
+
+
+@dataclass(frozen=True, repr=False, eq=False)
+class _Chain(Stream[Any]):
+    streams: tuple[Stream[Any], ...] | Stream[Any]
+    mode: str
+
+    def _open(self, ctx: SeedContext) -> Iterator[Any]:
+        return _chain_items(self, ctx)
+
+    def _describe(self) -> str:
+        inner = repr(self.streams) if isinstance(self.streams, Stream) else _describe_streams(self.streams)
+        mode = "" if self.mode == "exhaustive" else f", mode={self.mode!r}"
+        return f"chain({inner}{mode})"
+
+
+def _chain_items(m: _Chain, ctx: SeedContext) -> Iterator[Any]:
+    for round_ in itertools.count():
+        produced = False
+        subs: Iterator[Any]
+        if isinstance(m.streams, Stream):
+            subs = _open(m.streams, ctx.child(0, round_))
+        else:
+            subs = iter(m.streams)
+        for i, sub in enumerate(subs):
+            for x in _open(as_stream(sub), ctx.child(1, round_, i)):
+                produced = True
+                yield x
+        if m.mode == "exhaustive" or not produced:
+            return
+
+
+def chain(streams: Sequence[Stream[Any]] | Stream[Stream[Any]], mode: str = "exhaustive") -> Stream[Any]:
+    """Yield every item of the first stream, then of the second, and so on.
+
+    ``streams`` may be a list of streams or a Stream whose items are streams.
+    ``mode="cycle"`` starts over when the last one ends (and ends if a whole
+    round yields nothing).
+
+    >>> import pescador_fp as pf
+    >>> "".join(pf.chain([pf.from_iterable("ab"), pf.from_iterable("cd")]))
+    'abcd'
+    >>> "".join(pf.chain([pf.from_iterable("ab")], mode="cycle") | pf.take(5))
+    'ababa'
+    """
+    mode = _check_choice("chain", "mode", mode, CHAIN_MODES)
+    if isinstance(streams, Stream):
+        return _Chain(streams, mode)
+    return _Chain(_check_streams("chain", streams), mode)
