@@ -159,12 +159,17 @@ class _Picker:
         self.weights[source] = 0.0
         self._refresh()
 
+    def batch(self) -> list[int]:
+        """Many draws at once, in order."""
+        u = self.rng.random(_DRAWS_PER_CALL) * self.cumulative[-1]
+        picks = np.searchsorted(self.cumulative, u, side="right")
+        drawn: list[int] = np.minimum(picks, len(self.weights) - 1).tolist()
+        return drawn
+
     def pick(self) -> int:
+        """One draw, from a buffer refilled in bulk."""
         if not self.buffer:
-            total = self.cumulative[-1]
-            u = self.rng.random(_DRAWS_PER_CALL) * total
-            picks = np.searchsorted(self.cumulative, u, side="right")
-            self.buffer = np.minimum(picks, len(self.weights) - 1)[::-1].tolist()
+            self.buffer = self.batch()[::-1]
         return self.buffer.pop()
 
 
@@ -230,6 +235,11 @@ def _mux_items(m: _Mux, ctx: SeedContext) -> Iterator[Any]:
     left = [0] * m.n_active  # items still to yield in each slot's activation
     source_of = [-1] * m.n_active
     active: dict[int, int] = {}  # source -> slot (single_active)
+    # single_active draws slots in proportion to their sources' weights (by rejection
+    # against the heaviest open one), so that a heavy source's backlog always drains.
+    weighted = m.mode == "single_active"
+    slot_weight = [0.0] * m.n_active
+    heaviest = 0.0
 
     def activation_count(source: int) -> int:
         if m.rate is None:
@@ -253,8 +263,14 @@ def _mux_items(m: _Mux, ctx: SeedContext) -> Iterator[Any]:
         active.pop(source_of[k], None)
         slots[k] = gens[k] = None
         source_of[k] = -1
+        slot_weight[k] = 0.0
 
     def fill(k: int) -> None:
+        nonlocal heaviest
+        _fill(k)
+        heaviest = max(slot_weight)
+
+    def _fill(k: int) -> None:
         nonlocal n_valid
         while True:
             if m.mode == "single_active" and len(active) >= n_valid:
@@ -283,16 +299,22 @@ def _mux_items(m: _Mux, ctx: SeedContext) -> Iterator[Any]:
                 continue
             empty_lately.clear()
             slots[k], gens[k], left[k], source_of[k] = peeked[1], gen, items, source
+            slot_weight[k] = m.weights[source]
             if m.mode == "single_active":
                 active[source] = k
             return
 
     def slot_draws() -> Iterator[int]:
         if m.n_active == 1:
-            return itertools.repeat(0)
-        return itertools.chain.from_iterable(
-            iter(lambda: rng.integers(0, m.n_active, _DRAWS_PER_CALL).tolist(), None)
-        )
+            yield from itertools.repeat(0)
+        while True:
+            ks = rng.integers(0, m.n_active, _DRAWS_PER_CALL).tolist()
+            if not weighted or heaviest == 0:  # nothing open: the loop below will notice
+                yield from ks
+                continue
+            for k, u in zip(ks, rng.random(_DRAWS_PER_CALL).tolist()):
+                if u * heaviest < slot_weight[k]:
+                    yield k
 
     try:
         for k in range(m.n_active):
@@ -421,16 +443,16 @@ def _shuffled_items(m: _ShuffledMux, ctx: SeedContext) -> Iterator[Any]:
 
     try:
         while picker.any_left:
-            k = picker.pick()
-            items = slots[k] or start(k)
-            if items is None:
-                continue
-            x = next(items, _END)
-            if x is _END:  # exhausted streams restart
-                gens[k].close()  # type: ignore[union-attr]
-                slots[k] = gens[k] = None
-                continue
-            yield x
+            for k in picker.batch():
+                items = slots[k] or start(k)
+                if items is None:
+                    break  # a stream was dropped: draw again with the new weights
+                x = next(items, _END)
+                if x is _END:  # exhausted streams restart
+                    gens[k].close()  # type: ignore[union-attr]
+                    slots[k] = gens[k] = None
+                    continue
+                yield x
     finally:
         for gen in gens:
             if gen is not None:

@@ -1,0 +1,328 @@
+"""mux, shuffled_mux, round_robin, chain: shares, activation lengths, working set, exactly-once, no hangs."""
+
+from __future__ import annotations
+
+import itertools
+from collections import Counter
+
+import cloudpickle
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import pescador_fp as pf
+
+# A pass that never returns means a hang: each of these tests must end well within this.
+HANG_TIMEOUT_S = 20
+
+
+def forever(label):
+    return pf.stream(itertools.repeat, label)
+
+
+def shares(items, labels):
+    counts = Counter(items)
+    return np.array([counts[label] for label in labels]) / len(items)
+
+
+class OpenCounter:
+    """Sources that count how many of their generators are open, and how long each activation ran."""
+
+    def __init__(self):
+        self.open = 0
+        self.max_open = 0
+        self.opened = 0
+        self.lengths = []
+
+    def _items(self, label, size):
+        self.open += 1
+        self.opened += 1
+        self.max_open = max(self.max_open, self.open)
+        pulled = 0
+        try:
+            for _ in range(size) if size is not None else itertools.count():
+                pulled += 1
+                yield label
+        finally:
+            self.open -= 1
+            self.lengths.append(pulled)
+
+    def source(self, label, size=None):
+        return pf.stream(self._items, label, size)
+
+
+# ------------------------------------------------------------------ weights are output shares
+
+WEIGHTS = [5, 3, 1, 1]
+EXPECTED = np.array(WEIGHTS) / sum(WEIGHTS)
+
+
+@pytest.mark.parametrize("mode", ["with_replacement", "single_active"])
+@pytest.mark.parametrize("dist", ["constant", "binomial", "poisson"])
+@pytest.mark.parametrize("n_active", [1, 2, 3])
+def test_weights_are_output_shares(mode, dist, n_active):
+    s = pf.mux(
+        [forever(i) for i in range(4)], n_active, rate=8, weights=WEIGHTS, mode=mode, dist=dist, seed=1
+    )
+    observed = shares(list(s | pf.take(100_000)), range(4))
+    assert np.abs(observed - EXPECTED).max() < 0.02, observed
+
+
+@pytest.mark.parametrize("dist", ["constant", "binomial", "poisson"])
+def test_exhaustive_weights_are_output_shares_over_passes(dist):
+    s = pf.mux(
+        [forever(i) for i in range(4)], 2, rate=8, weights=WEIGHTS, mode="exhaustive", dist=dist, seed=2
+    )
+    items = [x for k in range(400) for x in s.iterate(seed=k)]
+    observed = shares(items, range(4))
+    assert np.abs(observed - EXPECTED).max() < 0.02, observed
+
+
+def test_pescadors_example_gets_the_shares_it_asks_for():
+    # Pescador 3.0 gives about a third each here; the weights ask for .8/.1/.1.
+    s = pf.mux(
+        [forever("a"), forever("b"), forever("c")], n_active=1, rate=5, weights=[0.8, 0.1, 0.1], seed=0
+    )
+    observed = shares(list(s | pf.take(60_000)), "abc")
+    assert np.abs(observed - [0.8, 0.1, 0.1]).max() < 0.02, observed
+
+
+def test_nested_muxes_keep_their_shares():
+    inner = pf.mux([forever("a"), forever("b")], 1, rate=4, weights=[1, 3], seed=3)
+    outer = pf.mux([inner, forever("c")], 1, rate=6, weights=[3, 1], seed=4)
+    observed = shares(list(outer | pf.take(100_000)), "abc")
+    assert np.abs(observed - [0.75 * 0.25, 0.75 * 0.75, 0.25]).max() < 0.02, observed
+
+
+@pytest.mark.parametrize(
+    "weights", [[2, 1], [2.0, 1.0], np.array([2, 1]), np.array([0.5, 0.25], dtype=np.float32)]
+)
+def test_integer_float_and_numpy_weights(weights):
+    s = pf.mux([forever(0), forever(1)], 1, rate=4, weights=weights, seed=5)
+    assert abs(shares(list(s | pf.take(30_000)), [0, 1])[0] - 2 / 3) < 0.02
+
+
+def test_zero_weight_sources_are_never_opened():
+    counter = OpenCounter()
+    s = pf.mux([counter.source("a"), forever("b")], 1, rate=3, weights=[0, 1], seed=0)
+    assert set(s | pf.take(1000)) == {"b"} and counter.opened == 0
+
+
+def test_shuffled_mux_shares_pass_a_chi_square_test():
+    weights = [4, 2, 1, 1]
+    s = pf.shuffled_mux([forever(i) for i in range(4)], weights, seed=6)
+    n = 80_000
+    counts = Counter(s | pf.take(n))
+    expected = np.array(weights) / sum(weights) * n
+    chi2 = sum((counts[i] - expected[i]) ** 2 / expected[i] for i in range(4))
+    assert chi2 < 16.27  # p = 0.001 with 3 degrees of freedom
+
+
+# ------------------------------------------------------------------ activation lengths
+
+
+@pytest.mark.parametrize("dist", ["constant", "binomial", "poisson"])
+@pytest.mark.parametrize("rate", [1, 3.5, 16])
+def test_activation_lengths_average_the_rate(dist, rate):
+    counter = OpenCounter()
+    s = pf.mux([counter.source(i) for i in range(6)], 3, rate=rate, dist=dist, seed=7)
+    list(s | pf.take(40_000))
+    lengths = np.array(counter.lengths)
+    assert len(lengths) > 1000
+    assert abs(lengths.mean() - rate) < 0.05 * rate + 0.05, lengths.mean()
+    if rate >= 1:
+        assert lengths.min() >= 1  # an activation yields at least one item
+    if dist == "constant" and float(rate).is_integer():
+        assert (lengths[:-3] == rate).all()
+
+
+def test_binomial_spreads_less_than_poisson():
+    spreads = {}
+    for dist in ("binomial", "poisson"):
+        counter = OpenCounter()
+        list(pf.mux([counter.source(i) for i in range(6)], 3, rate=9, dist=dist, seed=8) | pf.take(50_000))
+        spreads[dist] = np.var(counter.lengths)
+    assert spreads["binomial"] < 0.8 * spreads["poisson"]
+
+
+def test_rate_none_runs_each_activation_to_the_end():
+    counter = OpenCounter()
+    s = pf.mux([counter.source(i, size=5) for i in range(4)], 2, rate=None, seed=9)
+    list(s | pf.take(2000))
+    assert set(counter.lengths[:-2]) == {5}
+
+
+# ------------------------------------------------------------------ bounded working set
+
+
+@pytest.mark.parametrize("mode", ["with_replacement", "single_active", "exhaustive"])
+def test_never_more_than_n_active_sources_open(mode):
+    counter = OpenCounter()
+    sources = [
+        counter.source(i, size=int(n)) for i, n in enumerate(np.random.default_rng(0).integers(0, 40, 300))
+    ]
+    s = pf.mux(sources, 16, rate=8, mode=mode, seed=10)
+    out = list(s | pf.take(20_000))
+    assert out and counter.max_open <= 16
+    assert counter.open == 0  # every source closed when the pass ended
+
+
+def test_sources_are_opened_only_when_activated_and_closed_on_break():
+    counter = OpenCounter()
+    s = pf.mux([counter.source(i) for i in range(1000)], 4, rate=10, seed=11)
+    it = iter(s)
+    assert counter.opened == 0
+    next(it)
+    assert counter.opened == 4 and counter.open == 4
+    it.close()
+    assert counter.open == 0
+
+
+# ------------------------------------------------------------------ exactly once, no hangs
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    sizes=st.lists(st.integers(0, 12), min_size=1, max_size=8),
+    data=st.data(),
+    prune=st.booleans(),
+    seed=st.integers(0, 1000),
+)
+def test_exhaustive_mux_yields_every_item_once(sizes, data, prune, seed):
+    n_active = data.draw(st.integers(1, len(sizes)))
+    sources = [pf.from_iterable([(i, j) for j in range(size)]) for i, size in enumerate(sizes)]
+    out = list(pf.mux(sources, n_active, mode="exhaustive", prune_empty=prune, seed=seed))
+    assert sorted(out) == [(i, j) for i, size in enumerate(sizes) for j in range(size)]
+
+
+@pytest.mark.timeout(HANG_TIMEOUT_S)
+@pytest.mark.parametrize("mode", ["with_replacement", "single_active", "exhaustive"])
+@pytest.mark.parametrize("prune", [True, False])
+@pytest.mark.parametrize("rate", [None, 4])
+def test_all_empty_sources_end_the_mux(mode, prune, rate):
+    empty = [pf.from_iterable([]) for _ in range(5)]
+    assert list(pf.mux(empty, 3, rate, mode=mode, prune_empty=prune, seed=0)) == []
+
+
+@pytest.mark.timeout(HANG_TIMEOUT_S)
+def test_empty_sources_end_every_other_multiplexer():
+    empty = [pf.from_iterable([]) for _ in range(3)]
+    assert list(pf.shuffled_mux(empty, seed=0)) == []
+    for mode in ["exhaustive", "cycle", "permuted_cycle"]:
+        assert list(pf.round_robin(empty, mode=mode, seed=0)) == []
+    for mode in ["exhaustive", "cycle"]:
+        assert list(pf.chain(empty, mode=mode)) == []
+        assert list(pf.chain(pf.from_iterable([]), mode=mode)) == []
+
+
+@pytest.mark.timeout(HANG_TIMEOUT_S)
+def test_empty_sources_are_pruned_and_the_rest_keep_going():
+    sources = [pf.from_iterable([]), forever("x"), pf.from_iterable([])]
+    for prune in (True, False):
+        out = list(pf.mux(sources, 2, rate=3, prune_empty=prune, seed=0) | pf.take(500))
+        assert out == ["x"] * 500
+    assert list(pf.shuffled_mux(sources, seed=0) | pf.take(100)) == ["x"] * 100
+
+
+def test_finite_sources_with_replacement_restart_as_fresh_passes():
+    out = list(pf.mux([pf.from_iterable("ab")], 1, rate=None, seed=0) | pf.take(7))
+    assert out == list("abababa")
+
+
+def test_shuffled_mux_restarts_exhausted_streams():
+    out = list(pf.shuffled_mux([pf.from_iterable("ab"), pf.from_iterable("xyz")], seed=0) | pf.take(3000))
+    assert set(out) == set("abxyz")
+    a_positions = [c for c in out if c in "ab"]
+    assert a_positions[:6] == list("ababab")
+
+
+# -------------------------------------------------- deterministic muxes match Pescador's orders
+
+
+def test_round_robin_orders():
+    letters = [pf.from_iterable("ab"), pf.from_iterable("cde"), pf.from_iterable("fghi")]
+    assert "".join(pf.round_robin(letters)) == "acfbdgehi"
+    assert "".join(pf.round_robin(letters, mode="cycle") | pf.take(18)) == "acfbdgehi" * 2
+    rounds = "".join(pf.round_robin(letters, mode="permuted_cycle", seed=1) | pf.take(90))
+    chunks = [rounds[i : i + 9] for i in range(0, 90, 9)]
+    assert all(sorted(c) == list("abcdefghi") for c in chunks)
+    assert len(set(chunks)) > 1
+
+
+def test_chain_orders_and_a_stream_of_streams():
+    letters = [pf.from_iterable("ab"), pf.from_iterable(""), pf.from_iterable("cde")]
+    assert "".join(pf.chain(letters)) == "abcde"
+    assert "".join(pf.chain(letters, mode="cycle") | pf.take(12)) == "abcdeabcdeab"
+    streams = pf.from_iterable(range(1, 4)) | pf.map(lambda n: pf.from_iterable(range(n)))
+    assert list(pf.chain(streams)) == [0, 0, 1, 0, 1, 2]
+
+
+# ------------------------------------------------------------------ values and seeds
+
+
+def test_seeded_muxes_are_pure_and_follow_the_pass_seed():
+    sources = [pf.from_iterable(range(i * 100, i * 100 + 50)) for i in range(6)]
+    for s in [
+        pf.mux(sources, 2, rate=4, seed=0),
+        pf.shuffled_mux(sources, seed=0),
+        pf.round_robin(sources, mode="permuted_cycle", seed=0),
+    ]:
+        s = s | pf.take(500)
+        assert list(s) == list(s)
+        assert list(s.iterate(seed=1)) == list(s.iterate(seed=1))
+        assert list(s.iterate(seed=1)) != list(s.iterate(seed=2))
+
+
+def test_sub_streams_get_their_own_seeds():
+    shuffled = [pf.from_iterable(range(100)) | pf.shuffle(100) for _ in range(2)]
+    out = list(pf.round_robin(shuffled).iterate(seed=3))
+    assert out[0::2] != out[1::2]
+    assert out == list(pf.round_robin(shuffled).iterate(seed=3))
+
+
+def test_muxes_pickle_and_print():
+    s = pf.mux([pf.from_iterable([1, 2]) | pf.map(lambda x: -x)], 1, rate=2, weights=[1], seed=0)
+    assert list(cloudpickle.loads(cloudpickle.dumps(s)) | pf.take(5)) == list(s | pf.take(5))
+    assert repr(s).startswith("mux([from_iterable([1, 2]) | map(<lambda>)], n_active=1, rate=2.0")
+    assert repr(pf.round_robin([[1]] * 5)) == "round_robin(<5 streams>)"
+
+
+@pytest.mark.parametrize(
+    "make, text",
+    [
+        (lambda: pf.mux([], 1), "at least one stream"),
+        (lambda: pf.mux([[1]], 0), "n_active must be an integer >= 1, got 0"),
+        (lambda: pf.mux([[1]], 1, rate=0), "rate must be a positive number or None, got 0"),
+        (lambda: pf.mux([[1]], 1, rate=-2.5), "got -2.5"),
+        (lambda: pf.mux([[1], [2]], 1, weights=[1]), "one number per stream"),
+        (lambda: pf.mux([[1], [2]], 1, weights=[1, -1]), "non-negative"),
+        (lambda: pf.mux([[1], [2]], 1, weights=[1, float("nan")]), "finite"),
+        (lambda: pf.mux([[1], [2]], 1, weights=[0, 0]), "at least one positive"),
+        (lambda: pf.mux([[1]], 1, mode="sometimes"), "mode must be one of"),
+        (lambda: pf.mux([[1]], 1, dist="gamma"), "dist must be one of"),
+        (lambda: pf.mux([[1]], 2, mode="exhaustive"), "n_active <= the number of streams"),
+        (lambda: pf.shuffled_mux([[1]], weights=[-1]), "non-negative"),
+        (lambda: pf.round_robin([[1]], mode="random"), "mode must be one of"),
+        (lambda: pf.chain([[1]], mode="permuted_cycle"), "mode must be one of"),
+    ],
+)
+def test_bad_arguments_are_refused_when_built(make, text):
+    with pytest.raises(ValueError, match=text.replace("(", r"\(").replace(")", r"\)")):
+        make()
+
+
+def test_streams_must_be_a_list():
+    with pytest.raises(TypeError, match="list or tuple of streams"):
+        pf.mux(pf.from_iterable([1]), 1)
+    with pytest.raises(TypeError, match=r"pf\.stream"):
+        pf.mux([x for x in range(2)] and [iter([1])], 1)
+
+
+@pytest.mark.timeout(HANG_TIMEOUT_S)
+@pytest.mark.parametrize("mode", ["with_replacement", "single_active", "exhaustive"])
+def test_finite_sources_that_run_out_mid_pass_end_the_mux(mode):
+    sources = [pf.from_iterable(range(3)), pf.from_iterable([]), pf.from_iterable(range(5))]
+    s = pf.mux(sources, 2, rate=None, mode=mode, seed=0)
+    out = list(s | pf.take(50))
+    assert out  # ends (exhaustive) or keeps going with fresh passes, never hangs
