@@ -12,6 +12,7 @@ from __future__ import annotations
 from ._stream import Operator as Operator
 from ._stream import Stream as Stream
 from ._stream import pipe as pipe
+from .background import background as background
 from .errors import DataError as DataError
 from .errors import PescadorError as PescadorError
 from .errors import WorkerError as WorkerError
@@ -44,6 +45,7 @@ __all__ = [
     "PescadorError",
     "Stream",
     "WorkerError",
+    "background",
     "batch",
     "cache",
     "chain",

@@ -49,6 +49,15 @@ class Stream(Generic[T]):
     def _describe(self) -> str:
         raise NotImplementedError
 
+    def _divide(self, index: int, count: int) -> tuple[Stream[T], float | None] | None:
+        """Part ``index`` of ``count`` disjoint parts that together make this stream, and its weight.
+
+        ``background`` runs one part per worker. The weight (``None``: parts
+        are merged in turn) sets how often the merge reads from this part. A
+        stream that cannot divide itself returns ``None``.
+        """
+        return None
+
     def __repr__(self) -> str:
         return self._describe()
 
@@ -106,6 +115,9 @@ class Operator(Generic[T, U]):
 
     # ``ndarray | op`` must not be evaluated element-wise by numpy.
     __array_ufunc__ = None
+    #: Applying the operator to each part of a divided stream gives the parts of
+    #: its output (up to order): ``background`` may then run it in every worker.
+    _splittable = False
 
     def _apply(self, upstream: Stream[T]) -> Stream[U]:
         return Applied(upstream, self)

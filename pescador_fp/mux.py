@@ -2,12 +2,13 @@
 
 ``mux`` keeps a working set of ``n_active`` open sources. Each *activation*
 opens one source (a fresh pass) and gives it a random number of items to
-yield, with mean ``rate``; the output interleaves the open sources uniformly at
-random, and a source is closed as soon as its items are out. Sources are
-activated with probability proportional to their weights, so each source's
-long-run share of the output is ``weights[i] / sum(weights)`` whatever
-``n_active`` is: every activation contributes ``rate`` items on average,
-whichever slot it lands in. See ``docs/mux.md`` for the analysis.
+yield, with mean ``rate``; the output interleaves the open sources at random
+(uniformly, or in ``single_active`` mode in proportion to their weights), and
+a source is closed as soon as its items are out. Sources are activated with
+probability proportional to their weights, so each source's long-run share of
+the output is ``weights[i] / sum(weights)`` whatever ``n_active`` is: every
+activation contributes ``rate`` items on average, whichever slot it lands in.
+See ``docs/mux.md`` for the analysis.
 """
 
 from __future__ import annotations
@@ -199,6 +200,19 @@ class _Mux(Stream[Any]):
 
     def _open(self, ctx: SeedContext) -> Iterator[Any]:
         return _mux_items(self, ctx)
+
+    def _divide(self, index: int, count: int) -> tuple[Stream[Any], float | None] | None:
+        if len(self.streams) < count:
+            return None
+        n_active = max(1, self.n_active // count + (index < self.n_active % count))
+        part = self.streams[index::count]
+        if self.mode != "with_replacement":
+            n_active = min(n_active, len(part))
+        weights = self.weights[index::count]
+        divided = _Mux(
+            part, n_active, self.rate, weights, self.mode, self.dist, self.prune_empty, self.seed, False
+        )
+        return divided, sum(weights)
 
     def _describe(self) -> str:
         parts = [_describe_streams(self.streams), f"n_active={self.n_active}", f"rate={self.rate!r}"]
@@ -411,6 +425,12 @@ class _ShuffledMux(Stream[Any]):
     def _open(self, ctx: SeedContext) -> Iterator[Any]:
         return _shuffled_items(self, ctx)
 
+    def _divide(self, index: int, count: int) -> tuple[Stream[Any], float | None] | None:
+        if len(self.streams) < count:
+            return None
+        weights = self.weights[index::count]
+        return _ShuffledMux(self.streams[index::count], weights, self.seed, False), sum(weights)
+
     def _describe(self) -> str:
         parts = [_describe_streams(self.streams)]
         if not self.uniform:
@@ -448,10 +468,13 @@ def _shuffled_items(m: _ShuffledMux, ctx: SeedContext) -> Iterator[Any]:
                 if items is None:
                     break  # a stream was dropped: draw again with the new weights
                 x = next(items, _END)
-                if x is _END:  # exhausted streams restart
+                if x is _END:  # an exhausted stream restarts, and this draw takes its first item
                     gens[k].close()  # type: ignore[union-attr]
                     slots[k] = gens[k] = None
-                    continue
+                    items = start(k)
+                    if items is None:
+                        break
+                    x = next(items)
                 yield x
     finally:
         for gen in gens:
@@ -496,6 +519,11 @@ class _RoundRobin(Stream[Any]):
 
     def _open(self, ctx: SeedContext) -> Iterator[Any]:
         return _round_robin_items(self, ctx)
+
+    def _divide(self, index: int, count: int) -> tuple[Stream[Any], float | None] | None:
+        if len(self.streams) < count:
+            return None
+        return _RoundRobin(self.streams[index::count], self.mode, self.seed), None
 
     def _describe(self) -> str:
         mode = "" if self.mode == "exhaustive" else f", mode={self.mode!r}"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import reprlib
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar
 
@@ -139,6 +139,11 @@ class _IterableStream(Stream[T]):
     def _describe(self) -> str:
         return f"from_iterable({_repr_value(self.items)})"
 
+    def _divide(self, index: int, count: int) -> tuple[Stream[T], float | None] | None:
+        if isinstance(self.items, (Sequence, np.ndarray)):
+            return _IterableStream(self.items[index::count]), None
+        return None
+
     def __eq__(self, other: object) -> bool:
         return isinstance(other, _IterableStream) and _same(self.items, other.items)
 
@@ -182,6 +187,9 @@ class _ArrayStream(Stream[Any]):
 
     def _open(self, ctx: SeedContext) -> Iterator[Any]:
         return _array_rows(self.arrays, self.keys, self.single)
+
+    def _divide(self, index: int, count: int) -> tuple[Stream[Any], float | None] | None:
+        return _ArrayStream(tuple(a[index::count] for a in self.arrays), self.keys, self.single), None
 
     def _describe(self) -> str:
         if self.single:

@@ -326,3 +326,9 @@ def test_finite_sources_that_run_out_mid_pass_end_the_mux(mode):
     s = pf.mux(sources, 2, rate=None, mode=mode, seed=0)
     out = list(s | pf.take(50))
     assert out  # ends (exhaustive) or keeps going with fresh passes, never hangs
+
+
+def test_shuffled_mux_shares_hold_for_short_finite_streams():
+    # A stream that ends restarts within the same draw, so short streams are not under-weighted.
+    out = list(pf.shuffled_mux([pf.from_iterable("a"), pf.from_iterable("xyz")], seed=1) | pf.take(40_000))
+    assert abs(out.count("a") / len(out) - 0.5) < 0.01

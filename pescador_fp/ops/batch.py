@@ -177,6 +177,7 @@ def _batches(items: Iterator[Any], size: int, partial: bool, axis: int | None) -
 
 @dataclass(frozen=True, repr=False)
 class _Batch(Operator[Any, Any]):
+    _splittable = True
     size: int
     partial: bool
     axis: int | None
@@ -242,6 +243,8 @@ def _unbatched(items: Iterator[Any]) -> Iterator[Any]:
 
 @dataclass(frozen=True, repr=False)
 class _Unbatch(Operator[Any, Any]):
+    _splittable = True
+
     def _open(self, upstream: Stream[Any], ctx: SeedContext, depth: int) -> Iterator[Any]:
         return _unbatched(upstream._open(ctx))
 

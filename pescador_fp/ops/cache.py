@@ -41,6 +41,7 @@ def _cached(items: Iterator[Any], size: int, prob: float, rng: np.random.Generat
 
 @dataclass(frozen=True, repr=False)
 class _Cache(Operator[Any, Any]):
+    _splittable = True
     n_cache: int
     prob: float
     seed: Seed | None

@@ -40,6 +40,7 @@ def _shuffled(items: Iterator[Any], size: int, rng: np.random.Generator) -> Iter
 
 @dataclass(frozen=True, repr=False)
 class _Shuffle(Operator[Any, Any]):
+    _splittable = True
     buffer_size: int
     seed: Seed | None
 

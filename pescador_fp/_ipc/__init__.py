@@ -1,0 +1,1 @@
+"""Inter-process plumbing for ``background``: the shared-memory ring and the worker processes."""

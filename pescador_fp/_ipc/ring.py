@@ -1,0 +1,312 @@
+"""A single-producer, single-consumer ring of records in POSIX shared memory.
+
+This layer knows bytes and records, not streams or numpy. A record is a kind,
+a metadata blob, and zero or more buffers, laid out contiguously:
+
+    u32 kind | u32 n_buffers | u64 record size | u64 metadata size | u64 size of each buffer
+    metadata bytes ... | buffer 0 (64-byte aligned) | buffer 1 | ...
+
+The segment starts with a control block: the producer's write position
+(``head``) and the consumer's read position (``tail``), both ever-increasing
+byte counts, on separate cache lines; a stop flag; and "I am waiting" flags.
+Positions are published after the bytes they cover are written, so the
+consumer never sees half a record. Waiting uses two semaphores with short
+timeouts, so a lost wake-up costs at most one timeout, and every wait checks
+a liveness callback. The segment is a file in ``/dev/shm`` (the same POSIX
+shared memory that ``multiprocessing.shared_memory`` uses), reserved with
+``posix_fallocate`` so that a full ``/dev/shm`` fails at creation instead of
+with SIGBUS later, and unlinked as soon as both sides have it mapped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import mmap
+import os
+import secrets
+import struct
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = [
+    "RECORD_DATA",
+    "RECORD_END",
+    "RECORD_ERROR",
+    "RECORD_GROW",
+    "RECORD_READY",
+    "Ring",
+    "RingHandle",
+    "Stopped",
+]
+
+RECORD_DATA = 1
+RECORD_END = 2
+RECORD_ERROR = 3
+RECORD_READY = 4
+_RECORD_WRAP = 5
+RECORD_GROW = 6  # the producer needs a larger ring for its next record
+
+_ALIGN = 64
+_CONTROL_BYTES = 4 * _ALIGN
+# Control words (u64), each on its own cache line.
+_HEAD, _PRODUCER_WAITING = 0, 1  # line 0: written by the producer
+_TAIL, _CONSUMER_WAITING = 8, 9  # line 1: written by the consumer
+_STOP = 16  # line 2: set by the consumer to ask the producer to stop
+_NEXT_CAPACITY = 17  # line 2: the consumer's answer to a RECORD_GROW: the new ring's size...
+_NEXT_NAME = 3 * _ALIGN  # line 3: ...and its name (length byte, then the bytes)
+
+_HEADER = struct.Struct("<IIQQ")
+_SIZE = struct.Struct("<Q")
+
+# How long one wait sleeps before it checks its peer is alive and looks again.
+_WAIT_SLICE_S = 0.05
+SHM_DIR = "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
+NAME_PREFIX = "pfp_"
+
+
+class Stopped(Exception):
+    """The consumer asked the producer to stop, or the peer is gone."""
+
+
+def _aligned(n: int) -> int:
+    return (n + _ALIGN - 1) // _ALIGN * _ALIGN
+
+
+@dataclass(frozen=True)
+class RingHandle:
+    """What another process needs to attach: the segment's name, size and semaphores."""
+
+    name: str
+    capacity: int
+    data_ready: Any  # a multiprocessing semaphore: the producer published something
+    space_ready: Any  # a multiprocessing semaphore: the consumer freed space
+
+
+class Ring:
+    """One end of a ring; ``create`` makes the segment, ``attach`` maps an existing one."""
+
+    def __init__(self, handle: RingHandle, buffer: mmap.mmap) -> None:
+        self.handle = handle
+        self.capacity = handle.capacity
+        self._map = buffer
+        self._view = memoryview(buffer)
+        self._control = self._view[:_CONTROL_BYTES].cast("Q")
+        self._data = self._view[_CONTROL_BYTES : _CONTROL_BYTES + self.capacity]
+        self._linked = True
+        # The producer's and consumer's private copies of the positions.
+        self._head = self._control[_HEAD]
+        self._tail = self._control[_TAIL]
+        self._pending_release = 0
+
+    # ------------------------------------------------------------ lifetime
+
+    @classmethod
+    def create(
+        cls, capacity: int, semaphore: Callable[[int], Any], signals: RingHandle | None = None
+    ) -> Ring:
+        """Create and reserve a segment of ``capacity`` data bytes; ``OSError`` if shared memory is short.
+
+        ``signals``: reuse the semaphores of that ring (a ring that replaces it).
+        """
+        capacity = _aligned(capacity)
+        name = f"{NAME_PREFIX}{os.getpid()}_{secrets.token_hex(6)}"
+        path = os.path.join(SHM_DIR, name)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            size = _CONTROL_BYTES + capacity
+            try:
+                os.posix_fallocate(fd, 0, size)
+            except OSError as error:
+                os.unlink(path)
+                raise OSError(
+                    error.errno,
+                    f"background: cannot reserve {size / 2**20:.1f} MiB of shared memory in {SHM_DIR} "
+                    f"({error.strerror}); free space there or pass a smaller ring_bytes",
+                ) from None
+            buffer = mmap.mmap(fd, size)
+        finally:
+            os.close(fd)
+        if signals is not None:
+            return cls(RingHandle(name, capacity, signals.data_ready, signals.space_ready), buffer)
+        return cls(RingHandle(name, capacity, semaphore(0), semaphore(0)), buffer)
+
+    @classmethod
+    def attach(cls, handle: RingHandle) -> Ring:
+        """Map the segment that ``handle`` names (it must not be unlinked yet)."""
+        fd = os.open(os.path.join(SHM_DIR, handle.name), os.O_RDWR)
+        try:
+            buffer = mmap.mmap(fd, _CONTROL_BYTES + handle.capacity)
+        finally:
+            os.close(fd)
+        return cls(handle, buffer)
+
+    def unlink(self) -> None:
+        """Remove the segment's name; the memory lives on until both sides unmap it."""
+        if self._linked:
+            self._linked = False
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(SHM_DIR, self.handle.name))
+
+    def close(self) -> None:
+        """Unmap this end; idempotent."""
+        if self._map.closed:
+            return
+        try:
+            for view in (self._control, self._data, self._view):
+                view.release()
+            self._map.close()
+        except BufferError:
+            pass  # zero-copy arrays still point into the ring: it is unmapped when they are freed
+
+    # ------------------------------------------------------------ producer
+
+    def request_stop(self) -> None:
+        """(consumer) Ask the producer to stop, and wake it if it waits for space."""
+        self._control[_STOP] = 1
+        self.handle.space_ready.release()
+
+    @property
+    def stop_requested(self) -> bool:
+        return bool(self._control[_STOP])
+
+    def put(
+        self,
+        kind: int,
+        metadata: bytes,
+        buffers: Sequence[memoryview] = (),
+        alive: Callable[[], bool] | None = None,
+    ) -> None:
+        """(producer) Write one record, waiting for space; raise ``Stopped`` if asked to stop."""
+        n = len(buffers)
+        header = _HEADER.size + _SIZE.size * n
+        size = _aligned(header + len(metadata))
+        offsets = []
+        for buffer in buffers:
+            offsets.append(size)
+            size += _aligned(buffer.nbytes)
+        if size > self.capacity:
+            self._grow(size, alive)
+        position = self._head % self.capacity
+        waste = self.capacity - position if position + size > self.capacity else 0
+        self._wait_for_space(size + waste, alive)
+        if waste:
+            _HEADER.pack_into(self._data, position, _RECORD_WRAP, 0, waste, 0)
+            self._head += waste
+            position = 0
+        data = self._data
+        _HEADER.pack_into(data, position, kind, n, size, len(metadata))
+        at = position + _HEADER.size
+        for buffer in buffers:
+            _SIZE.pack_into(data, at, buffer.nbytes)
+            at += _SIZE.size
+        data[at : at + len(metadata)] = metadata
+        for offset, buffer in zip(offsets, buffers):
+            start = position + offset
+            data[start : start + buffer.nbytes] = buffer.cast("B") if buffer.format != "B" else buffer
+        self._head += size
+        self._control[_HEAD] = self._head  # publish
+        if self._control[_CONSUMER_WAITING]:
+            self._control[_CONSUMER_WAITING] = 0
+            self.handle.data_ready.release()
+
+    def _grow(self, size: int, alive: Callable[[], bool] | None) -> None:
+        """Ask the consumer for a ring that holds ``size`` bytes, and move to it."""
+        self.put(RECORD_GROW, _SIZE.pack(size), alive=alive)
+        while not self._control[_NEXT_CAPACITY]:
+            if self._control[_STOP]:
+                raise Stopped
+            if (
+                not self.handle.space_ready.acquire(timeout=_WAIT_SLICE_S)
+                and alive is not None
+                and not alive()
+            ):
+                raise Stopped
+        length = self._view[_NEXT_NAME]
+        name = bytes(self._view[_NEXT_NAME + 1 : _NEXT_NAME + 1 + length]).decode()
+        handle = RingHandle(
+            name, self._control[_NEXT_CAPACITY], self.handle.data_ready, self.handle.space_ready
+        )
+        larger = Ring.attach(handle)
+        self.close()
+        self.__dict__.update(larger.__dict__)
+
+    def offer(self, larger: Ring) -> None:
+        """(consumer) Answer a RECORD_GROW: tell the producer where the larger ring is."""
+        name = larger.handle.name.encode()
+        self._view[_NEXT_NAME] = len(name)
+        self._view[_NEXT_NAME + 1 : _NEXT_NAME + 1 + len(name)] = name
+        self._control[_NEXT_CAPACITY] = larger.capacity
+        self.handle.space_ready.release()
+
+    def _wait_for_space(self, size: int, alive: Callable[[], bool] | None) -> None:
+        while True:
+            if self._control[_STOP]:
+                raise Stopped
+            if self.capacity - (self._head - self._control[_TAIL]) >= size:
+                return
+            self._control[_PRODUCER_WAITING] = 1
+            if self.capacity - (self._head - self._control[_TAIL]) >= size:
+                continue  # freed between the check and the flag
+            if (
+                not self.handle.space_ready.acquire(timeout=_WAIT_SLICE_S)
+                and alive is not None
+                and not alive()
+            ):
+                raise Stopped
+
+    # ------------------------------------------------------------ consumer
+
+    def get(self, alive: Callable[[], bool]) -> tuple[int, memoryview, list[memoryview]] | None:
+        """(consumer) The next record as (kind, metadata, buffers), waiting for it.
+
+        The views stay valid until :meth:`release`. Returns ``None`` if
+        ``alive()`` turns false while waiting and nothing more has arrived.
+        """
+        self.release()
+        while True:
+            if self._tail == self._control[_HEAD]:
+                if not self._wait_for_data(alive):
+                    return None
+                continue
+            position = self._tail % self.capacity
+            kind, n, size, meta_size = _HEADER.unpack_from(self._data, position)
+            if kind == _RECORD_WRAP:
+                self._advance(size)
+                continue
+            at = position + _HEADER.size
+            sizes = [_SIZE.unpack_from(self._data, at + i * _SIZE.size)[0] for i in range(n)]
+            at += n * _SIZE.size
+            metadata = self._data[at : at + meta_size]
+            buffers = []
+            offset = _aligned(_HEADER.size + _SIZE.size * n + meta_size)
+            for nbytes in sizes:
+                buffers.append(self._data[position + offset : position + offset + nbytes])
+                offset += _aligned(nbytes)
+            self._pending_release = size
+            if self._linked:
+                self.unlink()  # the producer has written, so it has the segment mapped
+            return kind, metadata, buffers
+
+    def release(self) -> None:
+        """(consumer) Free the record that ``get`` returned last."""
+        if self._pending_release:
+            size, self._pending_release = self._pending_release, 0
+            self._advance(size)
+
+    def _advance(self, size: int) -> None:
+        self._tail += size
+        self._control[_TAIL] = self._tail
+        if self._control[_PRODUCER_WAITING]:
+            self._control[_PRODUCER_WAITING] = 0
+            self.handle.space_ready.release()
+
+    def _wait_for_data(self, alive: Callable[[], bool]) -> bool:
+        self._control[_CONSUMER_WAITING] = 1
+        if self._tail != self._control[_HEAD]:
+            return True
+        if self.handle.data_ready.acquire(timeout=_WAIT_SLICE_S):
+            return True
+        # Nothing for a while: is the producer still there? Look once more after asking.
+        return alive() or self._tail != self._control[_HEAD]

@@ -1,0 +1,401 @@
+"""background: samples travel unchanged, work is split exactly once, and nothing hangs or leaks.
+
+Every test uses real processes and real shared memory. The lifecycle tests run
+under all three start methods.
+"""
+
+from __future__ import annotations
+
+import gc
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections import Counter, namedtuple
+
+import numpy as np
+import pytest
+from helpers import same, same_items
+
+import pescador_fp as pf
+from pescador_fp._ipc.ring import NAME_PREFIX, SHM_DIR
+
+START_METHODS = ["fork", "forkserver", "spawn"]
+# Workers must be gone this soon after the iterator is closed (the contract says ~2 s).
+STOP_DEADLINE_S = 3.0
+# A dead worker must become an error this soon.
+DEATH_DEADLINE_S = 3.0
+
+Pair = namedtuple("Pair", "left right")
+
+
+def shm_entries() -> list[str]:
+    return sorted(f for f in os.listdir(SHM_DIR) if f.startswith(NAME_PREFIX))
+
+
+def fd_count() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def wait_for_no_children(deadline_s: float = STOP_DEADLINE_S) -> list:
+    end = time.monotonic() + deadline_s
+    while multiprocessing.active_children() and time.monotonic() < end:
+        time.sleep(0.02)
+    return multiprocessing.active_children()
+
+
+@pytest.fixture(autouse=True)
+def nothing_left_behind():
+    before = shm_entries()
+    yield
+    assert wait_for_no_children() == []
+    assert shm_entries() == before
+
+
+# ------------------------------------------------------------------ samples travel unchanged
+
+
+def odd_samples():
+    big_endian = np.arange(6, dtype=">i4").reshape(2, 3)
+    structured = np.array([(1, 2.5), (3, 4.5)], dtype=[("a", "i2"), ("b", "f8")])
+    return [
+        {"x": np.arange(12.0).reshape(3, 4), "y": 3, "name": "a", "none": None},
+        (np.float32(1.5), [np.zeros(0), np.array(7)], {"nested": (True, b"bytes")}),
+        Pair(np.asfortranarray(np.arange(6).reshape(2, 3)), np.arange(20)[::3]),
+        np.array([True, False, True]),
+        big_endian,
+        structured,
+        np.array([{"a": 1}, None, "s"], dtype=object),
+        np.empty((0, 3), dtype=np.complex64),
+        "just a string",
+        None,
+        12345678901234567890,
+    ]
+
+
+@pytest.mark.parametrize("zero_copy", [False, True])
+def test_samples_travel_unchanged(zero_copy):
+    samples = odd_samples()
+    count = 0
+    for got, sent in zip(pf.from_iterable(samples) | pf.background(zero_copy=zero_copy), samples):
+        assert same(got, sent), (got, sent)  # compared at once: zero-copy views last until the next item
+        count += 1
+    assert count == len(samples)
+    out = list(pf.from_iterable(samples) | pf.background())
+    assert out[2].left.flags.f_contiguous and not out[2].left.flags.c_contiguous
+    assert out[4].dtype == np.dtype(">i4") and out[5].dtype.names == ("a", "b")
+    assert isinstance(out[2], Pair) and out[1][2]["nested"] == (True, b"bytes")
+
+
+def test_zero_copy_views_are_read_only_and_valid_until_the_next_item():
+    s = pf.from_iterable(range(50)) | pf.map(lambda i: np.full(1000, i)) | pf.background(zero_copy=True)
+    for i, x in enumerate(s):
+        assert not x.flags.writeable
+        assert (x == i).all()
+
+
+def test_copies_belong_to_the_consumer():
+    out = list(pf.from_iterable(range(20)) | pf.map(lambda i: np.full(1000, i)) | pf.background())
+    assert all(x.flags.writeable for x in out)
+    out[0][:] = -1  # the consumer may modify what it got
+    assert [int(x[1]) for x in out[1:]] == list(range(1, 20))
+
+
+def test_samples_larger_than_the_ring_grow_it():
+    sizes = [1, 3, 1, 9, 2]  # MiB, with a 2 MiB ring
+    s = (
+        pf.from_iterable(sizes)
+        | pf.map(lambda mb: np.full(mb * 2**18, mb, np.float32))
+        | pf.background(ring_bytes=2**21)
+    )
+    assert [(x.nbytes >> 20, int(x[-1])) for x in s] == [(n, n) for n in sizes]
+
+
+# ------------------------------------------------------------------ several workers
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3])
+def test_background_equals_foreground_for_per_item_pipelines(workers):
+    s = pf.from_iterable(range(100)) | pf.map(lambda i: {"i": i, "x": np.full(3, i)})
+    assert same_items(list(s | pf.background(workers=workers)), list(s))
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: pf.from_iterable(range(101)) | pf.filter(lambda i: i % 3),
+        lambda: pf.from_arrays({"i": np.arange(57)}) | pf.map(lambda d: int(d["i"])),
+        lambda: pf.stream(lambda: iter(range(40))) | pf.map(lambda i: i),
+        lambda: pf.from_iterable(range(40)) | pf.take(33),
+        lambda: pf.chain([pf.from_iterable(range(i * 10, i * 10 + 7)) for i in range(5)]),
+        lambda: pf.mux(
+            [pf.from_iterable(range(i * 10, i * 10 + i)) for i in range(7)], 3, mode="exhaustive", seed=1
+        ),
+        lambda: (
+            pf.from_iterable(range(90)) | pf.shuffle(16, seed=2) | pf.batch(4, partial=True) | pf.unbatch()
+        ),
+    ],
+    ids=["filter", "arrays", "generator", "take", "chain", "exhaustive-mux", "shuffle-batch"],
+)
+def test_every_item_comes_out_exactly_once_with_several_workers(make):
+    s = make()
+    expected = sorted(int(x) for x in s)
+    for workers in (2, 3):
+        out = [int(x) for x in s | pf.background(workers=workers)]
+        assert sorted(out) == expected
+
+
+def test_weighted_mux_keeps_its_shares_across_workers():
+    sources = [pf.stream(lambda c=c: iter(lambda: c, None)) for c in "abcdef"]
+    weights = [6, 1, 1, 1, 2, 1]
+    s = pf.mux(sources, 4, rate=8, weights=weights, seed=0) | pf.background(workers=2)
+    counts = Counter(s | pf.take(30_000))
+    observed = np.array([counts[c] for c in "abcdef"]) / 30_000
+    assert np.abs(observed - np.array(weights) / sum(weights)).max() < 0.02, observed
+
+
+def test_same_seed_and_workers_same_output_and_workers_get_their_own_seeds():
+    s = pf.from_iterable(range(200)) | pf.shuffle(50) | pf.background(workers=2)
+    first = list(s.iterate(seed=5))
+    assert first == list(s.iterate(seed=5))
+    assert first != list(s.iterate(seed=6))
+    # The two workers shuffle their halves with different generators.
+    evens, odds = [x // 2 for x in first if x % 2 == 0], [x // 2 for x in first if x % 2]
+    assert evens != odds
+
+
+# ------------------------------------------------------------------ lifecycle
+
+
+@pytest.mark.parametrize("start_method", START_METHODS)
+def test_building_starts_nothing_and_each_way_out_stops_the_workers(start_method):
+    def pipeline():
+        return (
+            pf.stream(lambda: iter(int, 1))
+            | pf.map(lambda _: np.zeros(100))
+            | pf.background(workers=2, start_method=start_method)
+        )
+
+    s = pipeline()
+    assert multiprocessing.active_children() == []
+    # end of stream
+    assert len(list(pf.from_iterable(range(5)) | pf.background(start_method=start_method))) == 5
+    assert wait_for_no_children() == []
+    # break
+    for i, _ in enumerate(s):
+        if i == 3:
+            break
+    assert wait_for_no_children() == []
+    # close()
+    it = iter(s)
+    next(it)
+    assert len(multiprocessing.active_children()) == 2
+    it.close()
+    it.close()  # idempotent
+    assert wait_for_no_children() == []
+    # garbage collection
+    it = iter(s)
+    next(it)
+    del it
+    gc.collect()
+    assert wait_for_no_children() == []
+    # an exception in the loop body
+    with pytest.raises(RuntimeError):
+        for _ in s:
+            raise RuntimeError("the training step failed")
+    assert wait_for_no_children() == []
+    assert shm_entries() == []
+
+
+def test_open_close_cycles_leak_nothing():
+    s = pf.from_iterable(range(1000)) | pf.map(lambda i: np.full(64, i)) | pf.background()
+    list(s | pf.take(3))
+    fds, entries = fd_count(), shm_entries()
+    for _ in range(200):
+        it = iter(s)
+        next(it)
+        it.close()
+    assert wait_for_no_children() == []
+    assert fd_count() <= fds and shm_entries() == entries
+
+
+@pytest.mark.parametrize("start_method", START_METHODS)
+def test_worker_exception_arrives_after_earlier_items_with_its_traceback(start_method):
+    def explode(i):
+        if i == 7:
+            raise KeyError(f"bad sample {i}")
+        return i
+
+    got = []
+    with pytest.raises(KeyError, match="bad sample 7") as info:
+        for x in pf.from_iterable(range(20)) | pf.map(explode) | pf.background(start_method=start_method):
+            got.append(x)
+    assert got == list(range(7))
+    assert "explode" in str(info.value.__cause__) and "worker 0" in str(info.value.__cause__)
+
+
+def test_an_exception_that_cannot_be_pickled_becomes_a_worker_error():
+    class Unpicklable(Exception):
+        def __reduce__(self):
+            raise TypeError("no pickling")
+
+    def explode(i):
+        raise Unpicklable(f"lost {i}")
+
+    with pytest.raises(pf.WorkerError, match="Unpicklable: lost 0"):
+        list(pf.from_iterable([0]) | pf.map(explode) | pf.background())
+
+
+@pytest.mark.parametrize("how", ["sigkill", "os_exit"])
+def test_a_dead_worker_is_a_worker_error_naming_it_and_its_exit_code(how):
+    def die(i):
+        if i == 3:
+            if how == "sigkill":
+                os.kill(os.getpid(), signal.SIGKILL)
+            os._exit(17)
+        return i
+
+    start = time.monotonic()
+    with pytest.raises(pf.WorkerError, match="worker 0") as info:
+        list(pf.from_iterable(range(10)) | pf.map(die) | pf.background())
+    assert time.monotonic() - start < DEATH_DEADLINE_S
+    assert ("SIGKILL" in str(info.value)) if how == "sigkill" else ("code 17" in str(info.value))
+
+
+def test_an_unpicklable_recipe_fails_at_start_naming_it():
+    lock = threading.Lock()
+    s = pf.from_iterable(range(3)) | pf.map(lambda x: (lock, x)[1]) | pf.background(start_method="spawn")
+    with pytest.raises(TypeError, match=r"map\(<lambda>\) could not be pickled.*lock"):
+        next(iter(s))
+
+
+def test_a_too_large_ring_is_a_clear_error_at_start():
+    s = pf.from_iterable(range(3)) | pf.background(ring_bytes=2**50)
+    with pytest.raises(pf.WorkerError, match=r"cannot reserve .* shared memory"):
+        next(iter(s))
+
+
+def test_a_slow_consumer_keeps_the_worker_within_the_ring(tmp_path):
+    log = tmp_path / "produced"
+
+    def produce():
+        i = 0
+        while True:
+            with open(log, "w") as f:
+                f.write(str(i))
+            yield np.zeros(2**14, dtype=np.float32)  # 64 KiB
+            i += 1
+
+    it = iter(pf.stream(produce) | pf.background(ring_bytes=2**20))
+    next(it)
+    time.sleep(1.0)
+    produced = int(log.read_text())
+    it.close()
+    assert produced <= 1 + 2**20 // 2**16 + 2  # what the ring holds, plus one in hand
+
+
+# ------------------------------------------------------------------ process-level faults
+
+
+def run_script(body: str, timeout: float = 30) -> subprocess.CompletedProcess:
+    script = textwrap.dedent(body)
+    return subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        start_new_session=True,  # its own process group, so its signals stay there
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    )
+
+
+@pytest.mark.parametrize("start_method", START_METHODS)
+def test_ctrl_c_to_the_process_group_stops_everything(start_method):
+    result = run_script(f"""
+        import multiprocessing, os, signal, time
+        import numpy as np
+        import pescador_fp as pf
+        from pescador_fp._ipc.ring import NAME_PREFIX, SHM_DIR
+
+        def items():
+            while True:
+                yield np.zeros(1000)
+
+        if __name__ == "__main__":
+            s = pf.stream(items) | pf.background(workers=2, start_method={start_method!r})
+            try:
+                for i, _ in enumerate(s):
+                    if i == 100:
+                        os.killpg(os.getpgid(0), signal.SIGINT)
+                        time.sleep(5)
+            except KeyboardInterrupt:
+                end = time.monotonic() + 3
+                while multiprocessing.active_children() and time.monotonic() < end:
+                    time.sleep(0.02)
+                left = [f for f in os.listdir(SHM_DIR) if f.startswith(NAME_PREFIX + str(os.getpid()))]
+                print("children", len(multiprocessing.active_children()), "shm", len(left))
+    """)
+    assert "children 0 shm 0" in result.stdout, result.stderr
+    assert "Traceback" not in result.stderr  # workers do not print their own KeyboardInterrupt
+
+
+def test_a_killed_consumer_takes_its_workers_with_it(tmp_path):
+    pids = tmp_path / "pids"
+    run_script(f"""
+        import os, signal
+        import pescador_fp as pf
+
+        def items():
+            with open({str(pids)!r}, "a") as f:
+                f.write(f"{{os.getpid()}}\\n")
+            while True:
+                yield os.getpid()
+
+        if __name__ == "__main__":
+            it = iter(pf.from_iterable(range(2)) | pf.mapcat(lambda _: items()) | pf.background(workers=2))
+            seen = {{next(it) for _ in range(200)}}
+            os.kill(os.getpid(), signal.SIGKILL)
+    """)
+    worker_pids = [int(p) for p in pids.read_text().split()]
+    assert len(worker_pids) == 2
+    end = time.monotonic() + STOP_DEADLINE_S
+    while time.monotonic() < end and any(_alive(p) for p in worker_pids):
+        time.sleep(0.05)
+    assert not any(_alive(p) for p in worker_pids)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+# ------------------------------------------------------------------ arguments
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, text",
+    [
+        ({"workers": 0}, ValueError, "workers must be an integer >= 1, got 0"),
+        ({"ring_bytes": 10}, ValueError, "ring_bytes must be an integer >= 4096, got 10"),
+        ({"start_method": "thread"}, ValueError, "start_method must be one of"),
+        ({"zero_copy": "yes"}, TypeError, "zero_copy"),
+    ],
+)
+def test_bad_arguments_are_refused_when_built(kwargs, error, text):
+    with pytest.raises(error, match=text):
+        pf.background(**kwargs)
+
+
+def test_repr_and_pickling():
+    op = pf.background(workers=2, zero_copy=True)
+    assert repr(op) == "background(workers=2, zero_copy=True)"
+    s = pf.from_iterable([1, 2]) | op
+    assert repr(s) == "from_iterable([1, 2]) | background(workers=2, zero_copy=True)"
+    assert same(list(s), [1, 2])
