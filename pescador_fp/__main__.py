@@ -1,8 +1,10 @@
 """The demo: ``python -m pescador_fp``.
 
-Writes a small synthetic dataset of ``.npy`` files to a temporary folder,
-streams it through ``shuffle | map | batch`` for a few epochs, shows progress,
-and prints what it did and how fast.
+Writes a small synthetic dataset of ``.npy`` files to a temporary folder and
+streams it for a few epochs: a ``mux`` over one source per file (a bounded
+working set of open files, every row once per epoch), then ``shuffle | map |
+batch``, all of it in ``background`` worker processes. Shows progress, and
+prints what it did and how fast.
 """
 
 from __future__ import annotations
@@ -86,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=64, help="samples per batch (default 64)")
     parser.add_argument("--epochs", type=int, default=2, help="passes over the data (default 2)")
     parser.add_argument("--seed", type=int, default=0, help="seed of data and pipeline (default 0)")
+    parser.add_argument("--n-active", type=int, default=8, help="files open at once (default 8)")
+    parser.add_argument("--workers", type=int, default=2, help="background worker processes (default 2)")
     args = parser.parse_args(argv)
     classes = 10
 
@@ -99,16 +103,23 @@ def main(argv: list[str] | None = None) -> int:
             f"in {time.perf_counter() - t0:.2f} s"
         )
 
+        files = [pf.stream(read_rows, path) for path in paths]
+        n_active = min(args.n_active, len(files))
         train = (
-            pf.from_iterable(paths)
-            | pf.mapcat(read_rows)
+            pf.mux(files, n_active=n_active, mode="exhaustive", seed=args.seed)  # each row once per epoch
             | pf.shuffle(4096, seed=args.seed)
             | pf.map(standardize)
             | pf.batch(args.batch_size)
+            | pf.background(workers=args.workers)
         )
         print(f"pipeline: {train!r}")
+        print(
+            f"{len(files)} files, at most {n_active} open at once; {args.workers} worker processes, "
+            f"each with its share of the files"
+        )
 
-        total = args.epochs * (args.files * args.rows // args.batch_size) * args.batch_size
+        per_worker = args.files * args.rows // args.workers
+        total = args.epochs * args.workers * (per_worker // args.batch_size) * args.batch_size
         progress = Progress(total, sys.stderr)
         done = batches = 0
         first_labels = []

@@ -20,6 +20,6 @@ def test_demo_runs_and_reports_throughput():
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert "wrote 8 .npy files" in out
-    assert "streamed 3,968 samples in 62 batches of 64 over 2 epochs" in out
+    assert "streamed 3,840 samples in 60 batches of 64 over 2 epochs" in out
     assert "samples/s" in out and "a new, reproducible order each epoch" in out
     assert "epoch 2/2" in result.stderr  # progress was shown

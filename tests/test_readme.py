@@ -1,4 +1,5 @@
-"""The README's examples run as written, in order, sharing one namespace as a reader's session would."""
+"""The examples in the README and the docs pages run as written, in order, sharing one namespace
+per page as a reader's session would."""
 
 from __future__ import annotations
 
@@ -6,20 +7,25 @@ import doctest
 import re
 from pathlib import Path
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PAGES = ["README.md", "docs/mux.md", "docs/background.md"]
 
 
-def test_readme_examples_run():
-    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
-    assert len(blocks) >= 5
+@pytest.mark.parametrize("page", PAGES)
+def test_page_examples_run(page):
+    # A block right after a "<!-- not run" comment is an illustration that needs outside files.
+    blocks = re.findall(r"(?<!-->\n)```python\n(.*?)```", (ROOT / page).read_text(), flags=re.S)
+    assert len(blocks) >= 3
     namespace: dict[str, object] = {}
+    exec("import itertools\nimport numpy as np\nimport pescador_fp as pf", namespace)
     runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
     parser = doctest.DocTestParser()
     for index, block in enumerate(blocks):
+        name = f"{page} block {index}"
         if ">>>" not in block:
-            exec(compile(block, f"README.md block {index}", "exec"), namespace)
+            exec(compile(block, name, "exec"), namespace)
             continue
-        runner.run(
-            parser.get_doctest(block, namespace, f"README block {index}", str(README), 0), clear_globs=False
-        )
-    assert runner.failures == 0, "a README example failed; pytest -s shows the doctest report"
+        runner.run(parser.get_doctest(block, namespace, name, str(ROOT / page), 0), clear_globs=False)
+    assert runner.failures == 0, f"an example in {page} failed; pytest -s shows the doctest report"

@@ -13,8 +13,16 @@ from typing import Any
 
 from ..errors import WorkerError
 
-__all__ = ["JOIN_TIMEOUT_S", "Workers", "default_start_method", "ignore_interrupts", "parent_alive"]
+__all__ = [
+    "JOIN_TIMEOUT_S",
+    "START_METHOD_VARIABLE",
+    "Workers",
+    "default_start_method",
+    "ignore_interrupts",
+    "parent_alive",
+]
 
+START_METHOD_VARIABLE = "PESCADOR_FP_START_METHOD"
 # How long a worker gets to stop by itself, then after SIGTERM, before SIGKILL.
 JOIN_TIMEOUT_S = 1.0
 _KILL_TIMEOUT_S = 1.0
@@ -25,9 +33,15 @@ def default_start_method() -> str:
 
     ``fork`` starts a worker in about a millisecond; forking a process that
     runs other threads can deadlock the child, so then ``forkserver`` (or
-    ``spawn`` where that is missing) is used.
+    ``spawn`` where that is missing) is used. The environment variable
+    ``PESCADOR_FP_START_METHOD`` overrides the choice.
     """
     methods = multiprocessing.get_all_start_methods()
+    chosen = os.environ.get(START_METHOD_VARIABLE)
+    if chosen:
+        if chosen not in methods:
+            raise ValueError(f"{START_METHOD_VARIABLE}={chosen!r} is not one of {methods}")
+        return chosen
     if "fork" in methods and threading.active_count() == 1:
         return "fork"
     return "forkserver" if "forkserver" in methods else "spawn"

@@ -1,0 +1,566 @@
+"""``pf.background`` against memcpy and the other ways to stream from a worker process.
+
+Run:  python benchmarks/bench_background.py         (pip install -e ".[bench]" torch first)
+
+Everything runs in one process, one run; contenders take turns, several
+rounds, and the best time of each is kept. A measurement opens a fresh
+iterator, takes one item (so that worker start-up is never counted), then
+times the next N items; N is picked from a short pilot run so that each
+measurement lasts about half a second.
+
+A. Transport alone: the worker yields ONE preallocated float32 array again and
+   again. Single-thread ``np.copyto`` of the same size (the limit) against
+   ``pf.stream(...) | pf.background()`` in copy and zero-copy mode.
+   Target: >= 50 % of memcpy bandwidth at 1 MiB.
+B. A realistic worker that makes a fresh array per item (``np.full``), against
+   Pescador 3.0's ``ZMQStreamer`` (which needs dict items: ``{"x": array}``),
+   a torch ``DataLoader(IterableDataset, batch_size=None, num_workers=1)``
+   (items come out as tensors converted from the numpy arrays) and a
+   ``multiprocessing.Queue`` fed by one producer process.
+   Targets: at 1 MiB >= 10x ZMQStreamer and >= 10x the DataLoader (items/s);
+   at 1 KiB >= 5x ZMQStreamer.
+C. Time to the first item of a fresh ``background`` iterator under each start
+   method (median of several tries; forkserver's first try, which starts the
+   server, is shown apart), and the time to close it again.
+D. Scaling: a CPU-bound pure-Python ``pf.map`` (~1.5 ms per item) over
+   ``pf.from_iterable(range(N))`` through ``background(workers=1)`` and
+   ``workers=2``. Target: >= 1.7x on a 2-core machine.
+
+BLAS/OpenMP thread pools are pinned to one thread before numpy is imported.
+"""
+
+from __future__ import annotations
+
+import os
+
+for _variable in (
+    "OMP_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "NUMEXPR_NUM_THREADS",
+    "VECLIB_MAXIMUM_THREADS",
+):
+    os.environ[_variable] = "1"
+
+import argparse  # noqa: E402
+import functools  # noqa: E402
+import json  # noqa: E402
+import multiprocessing  # noqa: E402
+import statistics  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Callable, Iterator  # noqa: E402
+from typing import Any  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+import pescador_fp as pf  # noqa: E402
+from pescador_fp._ipc.ring import NAME_PREFIX, SHM_DIR  # noqa: E402
+from pescador_fp._ipc.workers import default_start_method  # noqa: E402
+
+KIB = 1024
+MIB = 1024 * 1024
+SIZES = [KIB, 64 * KIB, MIB, 16 * MIB]
+FLOAT = np.dtype(np.float32).itemsize
+# An upper bound on the bytes one measurement streams (peers may buffer all of them).
+MAX_BYTES_PER_RUN = 2 * 1024 * MIB
+QUEUE_MAXSIZE = 8
+
+# A measurement: stream ``n`` items after the first, return the seconds they took.
+Measure = Callable[[int], float]
+
+
+# ---------------------------------------------------------------- workers (module level for spawn)
+
+
+def same_items(n_floats: int, count: int) -> Iterator[np.ndarray]:
+    """``count`` times the same preallocated array: the transport alone."""
+    x = np.ones(n_floats, np.float32)
+    for _ in range(count):
+        yield x
+
+
+def fresh_items(n_floats: int, count: int) -> Iterator[np.ndarray]:
+    """A fresh array per item, as a realistic worker makes them."""
+    for i in range(count):
+        yield np.full(n_floats, i, np.float32)
+
+
+def fresh_dicts(n_floats: int, count: int) -> Iterator[dict[str, np.ndarray]]:
+    """The same for Pescador's ZMQStreamer, which only sends dicts of arrays."""
+    for i in range(count):
+        yield {"x": np.full(n_floats, i, np.float32)}
+
+
+def queue_producer(queue: Any, n_floats: int, count: int) -> None:
+    for item in fresh_items(n_floats, count):
+        queue.put(item)
+    queue.put(None)
+
+
+def burn(i: int, loops: int) -> int:
+    """About ``loops`` * 50 ns of pure-Python work (no BLAS, no GIL release); returns ``i``."""
+    total = 0
+    for k in range(loops):
+        total += k * k ^ i
+    return i if total >= 0 else -1
+
+
+class FreshArrays:
+    """A torch IterableDataset (made a subclass when torch is there) of fresh arrays."""
+
+    def __init__(self, n_floats: int, count: int) -> None:
+        self.n_floats = n_floats
+        self.count = count
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        return fresh_items(self.n_floats, self.count)
+
+
+# ---------------------------------------------------------------- measuring
+
+
+def iterator_measure(open_items: Callable[[int], Iterator[Any]]) -> Measure:
+    """Time ``n`` items of an iterator over exactly ``n + 1`` items, after its first one."""
+
+    def measure(n: int) -> float:
+        items = open_items(n + 1)
+        try:
+            next(items)  # worker start-up is not counted
+            start = time.perf_counter()
+            for _ in range(n):
+                next(items)
+            elapsed = time.perf_counter() - start
+            for _ in items:  # the end of the stream: the worker stops by itself
+                pass
+        finally:
+            close = getattr(items, "close", None)
+            if close is not None:
+                close()
+        return elapsed
+
+    return measure
+
+
+def memcpy_measure(nbytes: int) -> Measure:
+    source = np.ones(nbytes // FLOAT, np.float32)
+    destination = np.empty_like(source)
+    np.copyto(destination, source)  # fault the pages in
+
+    def measure(n: int) -> float:
+        start = time.perf_counter()
+        for _ in range(n):
+            np.copyto(destination, source)
+        return time.perf_counter() - start
+
+    return measure
+
+
+def pick_items(measure: Measure, nbytes: int, target_s: float) -> int:
+    """How many items make one measurement last about ``target_s``: from a short pilot run."""
+    cap = max(5, MAX_BYTES_PER_RUN // nbytes)
+    pilot = max(3, min(1000, 4 * MIB // nbytes))
+    elapsed = measure(pilot)
+    rate = pilot / max(elapsed, 1e-9)
+    return int(min(cap, max(5, rate * target_s)))
+
+
+def best_rates(
+    runs: dict[str, Measure], nbytes: int, target_s: float, repeats: int
+) -> dict[str, dict[str, float]]:
+    """Items/s and MiB/s of each contender: best of ``repeats`` rounds, contenders in turn."""
+    counts = {name: pick_items(run, nbytes, target_s) for name, run in runs.items()}
+    best = dict.fromkeys(runs, float("inf"))
+    for _ in range(repeats):
+        for name, run in runs.items():
+            best[name] = min(best[name], run(counts[name]))
+    return {
+        name: {
+            "items": counts[name],
+            "seconds": best[name],
+            "items_per_s": counts[name] / best[name],
+            "mib_per_s": counts[name] * nbytes / MIB / best[name],
+        }
+        for name in runs
+    }
+
+
+def size_name(nbytes: int) -> str:
+    return f"{nbytes // MIB} MiB" if nbytes >= MIB else f"{nbytes // KIB} KiB"
+
+
+def verdict(value: float, target: float) -> str:
+    return "MET" if value >= target else "NOT MET"
+
+
+# ---------------------------------------------------------------- A. transport alone
+
+
+def background_items(
+    source: Callable[[int, int], Iterator[Any]], n_floats: int, **options: Any
+) -> Callable[[int], Iterator[Any]]:
+    def open_items(count: int) -> Iterator[Any]:
+        return iter(pf.stream(source, n_floats, count) | pf.background(**options))
+
+    return open_items
+
+
+def bench_transport(target_s: float, repeats: int) -> dict[str, Any]:
+    results = {}
+    for nbytes in SIZES:
+        n_floats = nbytes // FLOAT
+        runs = {
+            "memcpy": memcpy_measure(nbytes),
+            "background": iterator_measure(background_items(same_items, n_floats)),
+            "background_zero_copy": iterator_measure(background_items(same_items, n_floats, zero_copy=True)),
+        }
+        rates = best_rates(runs, nbytes, target_s, repeats)
+        for name in ("background", "background_zero_copy"):
+            rates[name]["fraction_of_memcpy"] = rates[name]["mib_per_s"] / rates["memcpy"]["mib_per_s"]
+        results[size_name(nbytes)] = rates
+    return results
+
+
+def print_transport(results: dict[str, Any]) -> None:
+    print("A. Transport alone (the worker yields one preallocated float32 array again and again)")
+    print(
+        f"  {'size':>6}  {'memcpy MiB/s':>12}  {'copy MiB/s':>10} {'items/s':>9} {'%memcpy':>7}"
+        f"  {'zero-copy MiB/s':>15} {'items/s':>9} {'%memcpy':>7}"
+    )
+    for size, r in results.items():
+        m, c, z = r["memcpy"], r["background"], r["background_zero_copy"]
+        print(
+            f"  {size:>6}  {m['mib_per_s']:12.0f}  {c['mib_per_s']:10.0f} {c['items_per_s']:9.0f} "
+            f"{c['fraction_of_memcpy']:7.0%}  {z['mib_per_s']:15.0f} {z['items_per_s']:9.0f} "
+            f"{z['fraction_of_memcpy']:7.0%}"
+        )
+    at = results["1 MiB"]
+    for label, key in (("copy", "background"), ("zero-copy", "background_zero_copy")):
+        fraction = at[key]["fraction_of_memcpy"]
+        print(
+            f"  1 MiB, {label:<9}: {fraction:5.0%} of memcpy bandwidth "
+            f"(target >= 50%): {verdict(fraction, 0.5)}"
+        )
+
+
+# ---------------------------------------------------------------- B. against the peers
+
+
+def zmq_items(n_floats: int) -> Callable[[int], Iterator[Any]] | None:
+    try:
+        import pescador
+    except ImportError:
+        return None
+
+    def open_items(count: int) -> Iterator[Any]:
+        return pescador.ZMQStreamer(pescador.Streamer(fresh_dicts, n_floats, count)).iterate()
+
+    return open_items
+
+
+def torch_items(n_floats: int) -> Callable[[int], Iterator[Any]] | None:
+    try:
+        from torch.utils.data import DataLoader, IterableDataset
+    except ImportError:
+        return None
+    dataset_class = type("FreshArrayDataset", (FreshArrays, IterableDataset), {})
+
+    def open_items(count: int) -> Iterator[Any]:
+        loader = DataLoader(dataset_class(n_floats, count), batch_size=None, num_workers=1)
+        return iter(loader)
+
+    return open_items
+
+
+def queue_items(n_floats: int) -> Callable[[int], Iterator[Any]]:
+    def open_items(count: int) -> Iterator[Any]:
+        context = multiprocessing.get_context(default_start_method())
+        queue = context.Queue(maxsize=QUEUE_MAXSIZE)
+        process = context.Process(target=queue_producer, args=(queue, n_floats, count), daemon=True)
+        process.start()
+        try:
+            while (item := queue.get()) is not None:
+                yield item
+        finally:
+            process.join(5)
+            if process.is_alive():
+                process.terminate()
+                process.join()
+            queue.close()
+
+    return open_items
+
+
+def inline_items(n_floats: int) -> Callable[[int], Iterator[Any]]:
+    def open_items(count: int) -> Iterator[Any]:
+        return fresh_items(n_floats, count)
+
+    return open_items
+
+
+PEERS = {
+    "zmq": "pescador ZMQStreamer",
+    "torch": "torch DataLoader(nw=1)",
+    "queue": "multiprocessing.Queue",
+}
+OURS = {"background": "pf.background", "background_zero_copy": "pf.background zero-copy"}
+REFERENCE = {"inline": "np.full in-process (ref.)"}
+LABELS = {**OURS, **PEERS, **REFERENCE}
+
+
+def check_first(open_items: Callable[[int], Iterator[Any]], n_floats: int) -> None:
+    """Each contender's items must be the worker's arrays (of value 0, 1, ...)."""
+    items = open_items(2)
+    try:
+        for i, item in enumerate(items):
+            if isinstance(item, dict):
+                item = item["x"]
+            array = np.asarray(item)
+            assert array.shape == (n_floats,) and array.dtype == np.float32, (array.shape, array.dtype)
+            assert float(array[0]) == i and float(array[-1]) == i, (i, array[:3])
+            del item, array
+    finally:
+        close = getattr(items, "close", None)
+        if close is not None:
+            close()
+
+
+def bench_peers(target_s: float, repeats: int) -> tuple[dict[str, Any], list[str]]:
+    results = {}
+    skipped = []
+    for nbytes in SIZES:
+        n_floats = nbytes // FLOAT
+        openers: dict[str, Callable[[int], Iterator[Any]] | None] = {
+            "background": background_items(fresh_items, n_floats),
+            "background_zero_copy": background_items(fresh_items, n_floats, zero_copy=True),
+            "zmq": zmq_items(n_floats),
+            "torch": torch_items(n_floats),
+            "queue": queue_items(n_floats),
+            "inline": inline_items(n_floats),
+        }
+        runs = {}
+        for name, open_items in openers.items():
+            if open_items is None:
+                if name not in skipped:
+                    skipped.append(name)
+                continue
+            check_first(open_items, n_floats)
+            runs[name] = iterator_measure(open_items)
+        rates = best_rates(runs, nbytes, target_s, repeats)
+        for ours in OURS:
+            for peer in (*PEERS, *REFERENCE):
+                if peer in rates:
+                    rates[ours][f"over_{peer}"] = rates[ours]["items_per_s"] / rates[peer]["items_per_s"]
+        results[size_name(nbytes)] = rates
+    return results, skipped
+
+
+def print_peers(results: dict[str, Any], skipped: list[str]) -> None:
+    print("B. A fresh array per item (np.full), pf.background against the peers")
+    for name in skipped:
+        hint = {"zmq": "pip install pescador==3.0.0 pyzmq", "torch": "pip install torch"}[name]
+        print(f"  skipped {LABELS[name]}: not installed ({hint})")
+    print(
+        f"  {'size':>6}  {'contender':<26} {'items':>7} {'items/s':>10} {'MiB/s':>8}"
+        f"  {'copy/peer':>9} {'zero-copy/peer':>14}"
+    )
+    for size, rates in results.items():
+        for name, r in rates.items():
+            ratios = ""
+            if name not in OURS:
+                ratios = (
+                    f"  {rates['background'][f'over_{name}']:8.1f}x "
+                    f"{rates['background_zero_copy'][f'over_{name}']:13.1f}x"
+                )
+            print(
+                f"  {size:>6}  {LABELS[name]:<26} {r['items']:7d} {r['items_per_s']:10.0f} "
+                f"{r['mib_per_s']:8.0f}{ratios}"
+            )
+    targets = [("1 MiB", "zmq", 10.0), ("1 MiB", "torch", 10.0), ("1 KiB", "zmq", 5.0)]
+    for size, peer, target in targets:
+        if f"over_{peer}" not in results[size]["background"]:
+            print(f"  {size}: >= {target:g}x {LABELS[peer]}: not measured (skipped)")
+            continue
+        copy = results[size]["background"][f"over_{peer}"]
+        zero = results[size]["background_zero_copy"][f"over_{peer}"]
+        print(
+            f"  {size}: pf.background / {LABELS[peer]} = {copy:.1f}x copy ({verdict(copy, target)}), "
+            f"{zero:.1f}x zero-copy ({verdict(zero, target)}); target >= {target:g}x items/s"
+        )
+
+
+# ---------------------------------------------------------------- C. time to the first item
+
+
+def bench_first_item(tries: int) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    methods = [m for m in ("fork", "forkserver", "spawn") if m in multiprocessing.get_all_start_methods()]
+    for method in methods:
+        stream = pf.stream(same_items, KIB // FLOAT, 10**12) | pf.background(start_method=method)
+        firsts, closes = [], []
+        for _ in range(tries + (method == "forkserver")):
+            start = time.perf_counter()
+            items = iter(stream)
+            next(items)
+            firsts.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            items.close()
+            closes.append(time.perf_counter() - start)
+        entry = {"tries_s": firsts, "close_s": closes}
+        if method == "forkserver":  # the first try starts the fork server
+            entry["cold_s"] = firsts[0]
+            firsts, closes = firsts[1:], closes[1:]
+        entry["median_s"] = statistics.median(firsts)
+        entry["close_median_s"] = statistics.median(closes)
+        results[method] = entry
+    return results
+
+
+def print_first_item(results: dict[str, Any], tries: int) -> None:
+    print(f"C. Time to the first item of a fresh background iterator (median of {tries}), and to close it")
+    print(f"  {'method':<11} {'first item ms':>13} {'min':>7} {'max':>7} {'close ms':>9}")
+    for method, r in results.items():
+        tries_s = r["tries_s"][1:] if "cold_s" in r else r["tries_s"]
+        print(
+            f"  {method:<11} {r['median_s'] * 1e3:13.1f} {min(tries_s) * 1e3:7.1f} "
+            f"{max(tries_s) * 1e3:7.1f} {r['close_median_s'] * 1e3:9.1f}"
+        )
+        if "cold_s" in r:
+            print(f"  {'':<11} (first try, which starts the fork server: {r['cold_s'] * 1e3:.1f} ms)")
+
+
+# ---------------------------------------------------------------- D. scaling
+
+
+def calibrate_loops(seconds: float) -> int:
+    loops = 20_000
+    best = min(_timed(burn, 0, loops) for _ in range(5))
+    return max(1000, int(loops * seconds / best))
+
+
+def _timed(fn: Callable[..., Any], *args: Any) -> float:
+    start = time.perf_counter()
+    fn(*args)
+    return time.perf_counter() - start
+
+
+def bench_scaling(target_s: float, repeats: int) -> dict[str, Any]:
+    loops = calibrate_loops(1.5e-3)
+    cost = min(_timed(burn, 0, loops) for _ in range(5))
+    work = functools.partial(burn, loops=loops)
+    n = max(20, int(target_s / cost))
+
+    def open_with(workers: int | None) -> Callable[[int], Iterator[Any]]:
+        def open_items(count: int) -> Iterator[Any]:
+            stream = pf.from_iterable(range(count)) | pf.map(work)
+            if workers is not None:
+                stream = stream | pf.background(workers=workers)
+            return iter(stream)
+
+        return open_items
+
+    # Every item comes out once, in order.
+    assert list(open_with(2)(21)) == list(range(21))
+    runs = {
+        "inline": iterator_measure(open_with(None)),
+        "workers_1": iterator_measure(open_with(1)),
+        "workers_2": iterator_measure(open_with(2)),
+    }
+    best = dict.fromkeys(runs, float("inf"))
+    for _ in range(repeats):
+        for name, run in runs.items():
+            best[name] = min(best[name], run(n))
+    rates = {name: n / best[name] for name in runs}
+    return {
+        "items": n,
+        "ms_per_item": cost * 1e3,
+        "items_per_s": rates,
+        "ratio_2_over_1": rates["workers_2"] / rates["workers_1"],
+        "ratio_1_over_inline": rates["workers_1"] / rates["inline"],
+        "cpus": os.cpu_count(),
+    }
+
+
+def print_scaling(r: dict[str, Any]) -> None:
+    print(
+        f"D. Scaling: pure-Python pf.map at {r['ms_per_item']:.2f} ms/item over {r['items']} items "
+        f"({r['cpus']} CPUs)"
+    )
+    rates = r["items_per_s"]
+    print(f"  in-process (no background)   {rates['inline']:8.1f} items/s")
+    print(
+        f"  background(workers=1)        {rates['workers_1']:8.1f} items/s   "
+        f"{r['ratio_1_over_inline']:.2f}x in-process"
+    )
+    print(
+        f"  background(workers=2)        {rates['workers_2']:8.1f} items/s   "
+        f"{r['ratio_2_over_1']:.2f}x workers=1 (target >= 1.7x): {verdict(r['ratio_2_over_1'], 1.7)}"
+    )
+
+
+# ---------------------------------------------------------------- main
+
+
+def leftovers() -> dict[str, Any]:
+    """Shared memory and processes this run left behind (rings are named after the consumer's pid)."""
+    ours = f"{NAME_PREFIX}{os.getpid()}_"
+    names = sorted(os.listdir(SHM_DIR))
+    return {
+        "shm_ours": [n for n in names if n.startswith(ours)],
+        "shm_others": [n for n in names if n.startswith(NAME_PREFIX) and not n.startswith(ours)],
+        "children": [p.name for p in multiprocessing.active_children()],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="shorter measurements, fewer rounds")
+    parser.add_argument("--json", help="also write the results to this file")
+    args = parser.parse_args()
+    target_s = 0.15 if args.quick else 0.4
+    repeats = 1 if args.quick else 3
+    tries = 3 if args.quick else 7
+
+    started = time.perf_counter()
+    print(
+        f"default start method: {default_start_method()} "
+        f"(threads: {threading.active_count()}, CPUs: {os.cpu_count()}); "
+        f"best of {repeats} round(s), ~{target_s} s per measurement"
+    )
+    transport = bench_transport(target_s, repeats)
+    print_transport(transport)
+    peers, skipped = bench_peers(target_s, repeats)
+    print_peers(peers, skipped)
+    first = bench_first_item(tries)
+    print_first_item(first, tries)
+    scaling = bench_scaling(2.5 * target_s, repeats)
+    print_scaling(scaling)
+
+    left = leftovers()
+    if left["shm_ours"] or left["children"]:
+        print(f"LEFT BEHIND: shared memory {left['shm_ours']}, processes {left['children']}")
+    else:
+        print(f"clean: no {NAME_PREFIX}{os.getpid()}_* left in {SHM_DIR}, no worker process alive")
+    if left["shm_others"]:
+        print(f"  (other processes' rings in {SHM_DIR}: {left['shm_others']})")
+    elapsed = time.perf_counter() - started
+    print(f"total {elapsed:.0f} s")
+
+    if args.json:
+        results = {
+            "transport": transport,
+            "peers": peers,
+            "skipped": skipped,
+            "first_item": first,
+            "scaling": scaling,
+            "leftovers": left,
+            "seconds": elapsed,
+        }
+        with open(args.json, "w") as out:
+            json.dump(results, out, indent=2)
+
+
+if __name__ == "__main__":
+    main()
