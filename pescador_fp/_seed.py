@@ -83,6 +83,15 @@ class SeedContext:
         """The context of a branch: a sub-stream, a repetition, a worker."""
         return SeedContext(self.root, self.path + keys)
 
+    def reseeded(self, seed: Seed | None, depth: int) -> SeedContext:
+        """The context below a seeded multiplexer at ``depth``: its seed roots its sources' randomness.
+
+        So a seeded ``mux`` is reproducible even where its sources hold unseeded
+        random operators; with no seed here and no pass seed, nothing changes.
+        """
+        sequence = self.sequence(seed, depth)
+        return self if sequence is None else SeedContext(sequence, self.path)
+
     def sequence(self, seed: Seed | None, depth: int) -> np.random.SeedSequence | None:
         """The SeedSequence for an operator at ``depth``; ``None`` means use OS entropy."""
         entropy: list[int] = []

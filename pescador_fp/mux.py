@@ -231,6 +231,7 @@ class _Mux(Stream[Any]):
 
 def _mux_items(m: _Mux, ctx: SeedContext) -> Iterator[Any]:
     rng = ctx.generator(m.seed, m.depth)
+    below = ctx.reseeded(m.seed, m.depth)
     draw_counts = _count_sampler(rng, m.dist, m.n_active)
     counts: list[int] = []
     n = len(m.streams)
@@ -299,7 +300,7 @@ def _mux_items(m: _Mux, ctx: SeedContext) -> Iterator[Any]:
             if items == 0:
                 continue
             activations[source] += 1
-            gen = _open(m.streams[source], ctx.child(source, activations[source]))
+            gen = _open(m.streams[source], below.child(source, activations[source]))
             peeked = _peek(gen)
             if peeked is None:
                 gen.close()  # type: ignore[attr-defined]
@@ -442,6 +443,7 @@ class _ShuffledMux(Stream[Any]):
 
 def _shuffled_items(m: _ShuffledMux, ctx: SeedContext) -> Iterator[Any]:
     rng = ctx.generator(m.seed, m.depth)
+    below = ctx.reseeded(m.seed, m.depth)
     n = len(m.streams)
     picker = _Picker(m.weights, rng)
     passes = [0] * n
@@ -451,7 +453,7 @@ def _shuffled_items(m: _ShuffledMux, ctx: SeedContext) -> Iterator[Any]:
     def start(k: int) -> Iterator[Any] | None:
         """Open a fresh pass of stream ``k``; drop the stream if the pass is empty."""
         passes[k] += 1
-        gen = gens[k] = _open(m.streams[k], ctx.child(k, passes[k]))
+        gen = gens[k] = _open(m.streams[k], below.child(k, passes[k]))
         peeked = _peek(gen)
         if peeked is None:
             gen.close()  # type: ignore[attr-defined]
@@ -533,12 +535,13 @@ class _RoundRobin(Stream[Any]):
 
 def _round_robin_items(m: _RoundRobin, ctx: SeedContext) -> Iterator[Any]:
     rng = ctx.generator(m.seed, m.depth) if m.mode == "permuted_cycle" else None
+    below = ctx.reseeded(m.seed, m.depth)
     n = len(m.streams)
     gens: list[Iterator[Any]] = []
     try:
         for round_ in itertools.count():
             order = list(range(n)) if rng is None else rng.permutation(n).tolist()
-            gens = [_open(m.streams[i], ctx.child(i, round_)) for i in order]
+            gens = [_open(m.streams[i], below.child(i, round_)) for i in order]
             live = list(gens)
             produced = False
             while live:

@@ -332,3 +332,17 @@ def test_shuffled_mux_shares_hold_for_short_finite_streams():
     # A stream that ends restarts within the same draw, so short streams are not under-weighted.
     out = list(pf.shuffled_mux([pf.from_iterable("a"), pf.from_iterable("xyz")], seed=1) | pf.take(40_000))
     assert abs(out.count("a") / len(out) - 0.5) < 0.01
+
+
+def test_a_seeded_mux_makes_the_randomness_of_its_sources_reproducible():
+    sources = [pf.from_iterable(range(i * 100, i * 100 + 30)) | pf.shuffle(30) for i in range(3)]
+    for s in [
+        pf.mux(sources, 2, rate=5, seed=0),
+        pf.shuffled_mux(sources, seed=0),
+        pf.round_robin(sources, mode="permuted_cycle", seed=0),
+    ]:
+        s = s | pf.take(200)
+        assert list(s) == list(s)
+        assert list(s) != list(pf.pipe(s).iterate(seed=1))
+    unseeded = pf.mux(sources, 2, rate=5) | pf.take(200)
+    assert list(unseeded) != list(unseeded)
