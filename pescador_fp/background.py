@@ -338,8 +338,8 @@ def background(
 
     Args:
         workers: number of worker processes.
-        ring_bytes: shared memory per worker (default 64 MiB, less if
-            ``/dev/shm`` is small); a sample must fit in it.
+        ring_bytes: shared memory per worker (default 8 MiB, less if
+            ``/dev/shm`` is small); it grows when a sample needs more.
         zero_copy: yield read-only array views into the ring, valid until the
             next item, instead of arrays the consumer owns.
         start_method: ``"fork"``, ``"forkserver"`` or ``"spawn"``; the default

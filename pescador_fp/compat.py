@@ -88,16 +88,20 @@ def _source(streamer: object, args: tuple[Any, ...], kwargs: dict[str, Any]) -> 
         return streamer
     if callable(streamer):
         return _stream(streamer, *args, **kwargs)
-    if isinstance(streamer, Iterator):  # one-shot, as in Pescador: a second pass finds it empty
-        return _stream(lambda: streamer)
+    if isinstance(streamer, Iterator):
+        # Pescador copies the iterator at every pass, so each pass starts where it stood
+        # (a generator object cannot be copied: that fails at the first pass, as there).
+        return _stream(copy.deepcopy, streamer)
     return as_stream(streamer)
 
 
 def _stream_of(items: object) -> Stream[Any]:
-    """Anything Pescador's functions iterate over, as a Stream."""
+    """What Pescador's functions iterate over (a streamer, an iterable, a one-shot iterator), as a Stream."""
     if isinstance(items, Stream):
         return items
-    return _source(items, (), {}) if isinstance(items, Iterator) else as_stream(items)
+    if isinstance(items, Iterator):
+        return _stream(lambda: items)
+    return as_stream(items)
 
 
 class Streamer(Stream[Any]):
@@ -238,11 +242,17 @@ class ChainMux(_Mux):
     """Pescador's ChainMux, over ``pf.chain``: a list of streamers, or a streamer (or generator) of them."""
 
     def __init__(self, streamers: Any, mode: str = "exhaustive", random_state: Any = None) -> None:
-        if isinstance(streamers, (list, tuple)):
-            outer: Any = [s if isinstance(s, Stream) else Streamer(s) for s in streamers]
-        else:
-            outer = _stream_of(streamers) | _map(lambda s: s if isinstance(s, Stream) else Streamer(s))
-        super().__init__(_pescador_errors(lambda: _chain(outer, mode)))
+        # Pescador reads the collection (a list, a generator, a Streamer of streamers) once, when built.
+        try:
+            outer = [s if isinstance(s, Stream) else Streamer(s) for s in streamers]
+        except TypeError:
+            raise PescadorError(f"Cannot chain {streamers!r}: not a collection of streamers") from None
+        super().__init__(_pescador_errors(lambda: _chain(_chainable(outer), mode)))
+
+
+def _chainable(streams: list[Stream[Any]]) -> Any:
+    """The streams, or for none an empty Stream of streams (``pf.chain`` refuses an empty list)."""
+    return streams if streams else as_stream(streams)
 
 
 def _ndarray_dict(data: Any) -> Any:
