@@ -22,9 +22,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import cloudpickle
+import numpy as np
 
 from ._check import check_bool, check_int
 from ._ipc.ring import (
+    RECORD_ARRAYS,
     RECORD_DATA,
     RECORD_END,
     RECORD_ERROR,
@@ -126,6 +128,63 @@ def _recipe(stream: Stream[Any], ctx: SeedContext) -> bytes:
         ) from error
 
 
+# ---------------------------------------------------------------- items to records and back
+
+
+_NO_BYTES = memoryview(b"")
+
+
+def _bytes_of(array: np.ndarray) -> memoryview:
+    """The bytes of a C-contiguous array, as a flat byte view."""
+    return array.data.cast("B") if array.size else _NO_BYTES
+
+
+class _ArrayCodec:
+    """A compact encoding for the common items, arrays and flat dicts of arrays.
+
+    Pickling a small array costs more than moving it, so such items travel as
+    their raw bytes plus a layout (dtype and shape per array, and the keys),
+    and the layout is sent only when it changes. Anything else (nested
+    structures, scalars, object or non-contiguous arrays) is pickled.
+    """
+
+    def __init__(self) -> None:
+        self.sent: Any = None  # the layout the other side last received
+        self.received: Any = None
+
+    def encode(self, item: Any) -> tuple[bytes, list[memoryview]] | None:
+        kind = type(item)
+        if kind is np.ndarray:
+            if item.dtype.hasobject or not item.flags.c_contiguous:
+                return None
+            layout: Any = (False, item.dtype, item.shape)
+            views = [_bytes_of(item)]
+        elif kind is dict:
+            fields = []
+            views = []
+            for key, value in item.items():
+                if type(value) is not np.ndarray or value.dtype.hasobject or not value.flags.c_contiguous:
+                    return None
+                fields.append((key, value.dtype, value.shape))
+                views.append(_bytes_of(value))
+            layout = (True, tuple(fields))
+        else:
+            return None
+        if layout == self.sent:
+            return b"", views
+        self.sent = layout
+        return pickle.dumps(layout), views
+
+    def decode(self, metadata: memoryview, buffers: list[Any]) -> Any:
+        layout = self.received = pickle.loads(metadata) if len(metadata) else self.received
+        if not layout[0]:
+            return np.frombuffer(buffers[0], layout[1]).reshape(layout[2])
+        return {
+            key: np.frombuffer(data, dtype).reshape(shape)
+            for (key, dtype, shape), data in zip(layout[1], buffers)
+        }
+
+
 # ---------------------------------------------------------------- the worker
 
 
@@ -154,8 +213,13 @@ def _work(recipe: bytes, handle: RingHandle, parent_pid: int) -> None:
                 _send_error(ring, wrapped, alive)
             return
         ring.put(RECORD_READY, b"", alive=alive)
+        codec = _ArrayCodec()
         try:
             for item in _run(stream, ctx):
+                encoded = codec.encode(item)
+                if encoded is not None:
+                    ring.put(RECORD_ARRAYS, encoded[0], encoded[1], alive)
+                    continue
                 buffers: list[pickle.PickleBuffer] = []
                 metadata = pickle.dumps(item, protocol=5, buffer_callback=buffers.append)
                 ring.put(RECORD_DATA, metadata, [b.raw() for b in buffers], alive)
@@ -234,6 +298,7 @@ def _merge(
 ) -> Iterator[Any]:
     """Yield the workers' items: in turn, or (for divided weighted muxes) in proportion to their weights."""
     live = list(range(len(rings)))
+    codecs = [_ArrayCodec() for _ in rings]
     picker = _Picker([w or 0.0 for w in weights], rng) if any(w is not None for w in weights) else None
     turn = 0
     while live:
@@ -245,7 +310,7 @@ def _merge(
             index = picker.pick()
         else:
             return
-        item = _next_item(rings, index, workers, zero_copy)
+        item = _next_item(rings, index, workers, zero_copy, codecs[index])
         if item is not _ENDED:
             yield item
             continue
@@ -258,7 +323,7 @@ def _merge(
 _ENDED = object()
 
 
-def _next_item(rings: list[Ring], index: int, workers: Workers, zero_copy: bool) -> Any:
+def _next_item(rings: list[Ring], index: int, workers: Workers, zero_copy: bool, codec: _ArrayCodec) -> Any:
     """Worker ``index``'s next item, or ``_ENDED``; handles the records that carry no item."""
     while True:
         ring = rings[index]
@@ -266,6 +331,12 @@ def _next_item(rings: list[Ring], index: int, workers: Workers, zero_copy: bool)
         if record is None:
             raise workers.failure(index)
         kind, metadata, buffers = record
+        if kind == RECORD_ARRAYS:
+            if zero_copy:
+                return codec.decode(metadata, [b.toreadonly() for b in buffers])
+            item = codec.decode(metadata, [bytearray(b) for b in buffers])
+            ring.release()
+            return item
         if kind == RECORD_DATA:
             if zero_copy:
                 return pickle.loads(metadata, buffers=[b.toreadonly() for b in buffers])

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
+    "RECORD_ARRAYS",
     "RECORD_DATA",
     "RECORD_END",
     "RECORD_ERROR",
@@ -47,6 +48,7 @@ RECORD_ERROR = 3
 RECORD_READY = 4
 _RECORD_WRAP = 5
 RECORD_GROW = 6  # the producer needs a larger ring for its next record
+RECORD_ARRAYS = 7  # an item in a compact encoding of the layer above
 
 _ALIGN = 64
 _CONTROL_BYTES = 4 * _ALIGN
@@ -59,9 +61,32 @@ _NEXT_NAME = 3 * _ALIGN  # line 3: ...and its name (length byte, then the bytes)
 
 _HEADER = struct.Struct("<IIQQ")
 _SIZE = struct.Struct("<Q")
+_MASK = _ALIGN - 1
+
+
+class _Sizes(dict):  # type: ignore[type-arg]
+    """Struct formats for n buffer sizes, made once per n."""
+
+    def __missing__(self, n: int) -> struct.Struct:
+        made = self[n] = struct.Struct(f"<{n}Q")
+        return made
+
+
+class _Headers(dict):  # type: ignore[type-arg]
+    """Struct formats for a header followed by n buffer sizes."""
+
+    def __missing__(self, n: int) -> struct.Struct:
+        made = self[n] = struct.Struct(f"<IIQQ{n}Q")
+        return made
+
+
+_SIZES = _Sizes()
+_header = _Headers().__getitem__
 
 # How long one wait sleeps before it checks its peer is alive and looks again.
 _WAIT_SLICE_S = 0.05
+# How many times a waiting side looks at its peer's position before it sleeps (~10 µs).
+_SPINS = 200
 SHM_DIR = "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
 NAME_PREFIX = "pfp_"
 
@@ -178,37 +203,41 @@ class Ring:
         buffers: Sequence[memoryview] = (),
         alive: Callable[[], bool] | None = None,
     ) -> None:
-        """(producer) Write one record, waiting for space; raise ``Stopped`` if asked to stop."""
+        """(producer) Write one record, waiting for space; raise ``Stopped`` if asked to stop.
+
+        ``buffers`` are byte views (format ``"B"``), each copied once into the ring.
+        """
         n = len(buffers)
-        header = _HEADER.size + _SIZE.size * n
-        size = _aligned(header + len(metadata))
-        offsets = []
+        meta_size = len(metadata)
+        body = (_HEADER.size + _SIZE.size * n + meta_size + _MASK) & ~_MASK
+        size = body
         for buffer in buffers:
-            offsets.append(size)
-            size += _aligned(buffer.nbytes)
+            size += (buffer.nbytes + _MASK) & ~_MASK
         if size > self.capacity:
             self._grow(size, alive)
-        position = self._head % self.capacity
-        waste = self.capacity - position if position + size > self.capacity else 0
-        self._wait_for_space(size + waste, alive)
-        if waste:
-            _HEADER.pack_into(self._data, position, _RECORD_WRAP, 0, waste, 0)
-            self._head += waste
-            position = 0
+        capacity, control, head = self.capacity, self._control, self._head
+        position = head % capacity
+        waste = capacity - position if position + size > capacity else 0
+        if control[_STOP] or capacity - (head - control[_TAIL]) < size + waste:
+            self._wait_for_space(size + waste, alive)
         data = self._data
-        _HEADER.pack_into(data, position, kind, n, size, len(metadata))
-        at = position + _HEADER.size
+        if waste:
+            _HEADER.pack_into(data, position, _RECORD_WRAP, 0, waste, 0)
+            head += waste
+            position = 0
+        _header(n).pack_into(data, position, kind, n, size, meta_size, *[b.nbytes for b in buffers])
+        if meta_size:
+            at = position + _HEADER.size + _SIZE.size * n
+            data[at : at + meta_size] = metadata
+        at = position + body
         for buffer in buffers:
-            _SIZE.pack_into(data, at, buffer.nbytes)
-            at += _SIZE.size
-        data[at : at + len(metadata)] = metadata
-        for offset, buffer in zip(offsets, buffers):
-            start = position + offset
-            data[start : start + buffer.nbytes] = buffer.cast("B") if buffer.format != "B" else buffer
-        self._head += size
-        self._control[_HEAD] = self._head  # publish
-        if self._control[_CONSUMER_WAITING]:
-            self._control[_CONSUMER_WAITING] = 0
+            nbytes = buffer.nbytes
+            data[at : at + nbytes] = buffer
+            at += (nbytes + _MASK) & ~_MASK
+        self._head = head + size
+        control[_HEAD] = self._head  # publish
+        if control[_CONSUMER_WAITING]:
+            control[_CONSUMER_WAITING] = 0
             self.handle.data_ready.release()
 
     def _grow(self, size: int, alive: Callable[[], bool] | None) -> None:
@@ -246,6 +275,9 @@ class Ring:
                 raise Stopped
             if self.capacity - (self._head - self._control[_TAIL]) >= size:
                 return
+            for _ in range(_SPINS):
+                if self.capacity - (self._head - self._control[_TAIL]) >= size:
+                    return
             self._control[_PRODUCER_WAITING] = 1
             if self.capacity - (self._head - self._control[_TAIL]) >= size:
                 continue  # freed between the check and the flag
@@ -264,26 +296,28 @@ class Ring:
         The views stay valid until :meth:`release`. Returns ``None`` if
         ``alive()`` turns false while waiting and nothing more has arrived.
         """
-        self.release()
+        if self._pending_release:
+            self.release()
+        control, data = self._control, self._data
         while True:
-            if self._tail == self._control[_HEAD]:
+            if self._tail == control[_HEAD]:
                 if not self._wait_for_data(alive):
                     return None
                 continue
             position = self._tail % self.capacity
-            kind, n, size, meta_size = _HEADER.unpack_from(self._data, position)
+            kind, n, size, meta_size = _HEADER.unpack_from(data, position)
             if kind == _RECORD_WRAP:
                 self._advance(size)
                 continue
             at = position + _HEADER.size
-            sizes = [_SIZE.unpack_from(self._data, at + i * _SIZE.size)[0] for i in range(n)]
-            at += n * _SIZE.size
-            metadata = self._data[at : at + meta_size]
+            sizes = _SIZES[n].unpack_from(data, at) if n else ()
+            at += _SIZE.size * n
+            metadata = data[at : at + meta_size]
+            at = position + ((_HEADER.size + _SIZE.size * n + meta_size + _MASK) & ~_MASK)
             buffers = []
-            offset = _aligned(_HEADER.size + _SIZE.size * n + meta_size)
             for nbytes in sizes:
-                buffers.append(self._data[position + offset : position + offset + nbytes])
-                offset += _aligned(nbytes)
+                buffers.append(data[at : at + nbytes])
+                at += (nbytes + _MASK) & ~_MASK
             self._pending_release = size
             if self._linked:
                 self.unlink()  # the producer has written, so it has the segment mapped
@@ -303,6 +337,12 @@ class Ring:
             self.handle.space_ready.release()
 
     def _wait_for_data(self, alive: Callable[[], bool]) -> bool:
+        # Look again for a little while before sleeping: a wake-up through the
+        # semaphore costs more than a small item's whole journey.
+        control, tail = self._control, self._tail
+        for _ in range(_SPINS):
+            if tail != control[_HEAD]:
+                return True
         self._control[_CONSUMER_WAITING] = 1
         if self._tail != self._control[_HEAD]:
             return True
