@@ -11,32 +11,15 @@ issue asks for:
 from __future__ import annotations
 
 import argparse
-import collections
 import json
-import time
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Iterable
 
 import numpy as np
+from _timing import best_times, consume
 
 import pescador_fp as pf
 
 REPEATS = 7
-
-
-def consume(items: Iterable[Any]) -> None:
-    collections.deque(items, maxlen=0)
-
-
-def best_times(runs: dict[str, Callable[[], None]], repeats: int = REPEATS) -> dict[str, float]:
-    """The best wall time of each contender, running them in turn so that noise hits all alike."""
-    best = dict.fromkeys(runs, float("inf"))
-    for _ in range(repeats):
-        for name, run in runs.items():
-            start = time.perf_counter()
-            run()
-            best[name] = min(best[name], time.perf_counter() - start)
-    return best
 
 
 def f(x: int) -> int:
@@ -62,7 +45,7 @@ def bench_map_filter(n: int) -> dict[str, float]:
 
     chain = pf.from_iterable(data) | pf.map(f) | pf.filter(p) | pf.map(g)
     assert list(chain) == list(hand_written(data))
-    times = best_times({"hand": lambda: consume(hand_written(data)), "pf": lambda: consume(chain)})
+    times = best_times({"hand": lambda: consume(hand_written(data)), "pf": lambda: consume(chain)}, REPEATS)
     hand, ours = times["hand"], times["pf"]
     return {"items": n, "hand_ns": hand / n * 1e9, "pf_ns": ours / n * 1e9, "ratio_pf_over_hand": ours / hand}
 
@@ -81,7 +64,7 @@ def bench_batch(n: int, size: int = 64, dim: int = 64) -> dict[str, float]:
         first_theirs = next(pescador.buffer_stream(iter(samples), size))
         assert np.array_equal(first_ours["x"], first_theirs["x"])
         runs["pescador"] = lambda: consume(pescador.buffer_stream(iter(samples), size))
-    times = best_times(runs)
+    times = best_times(runs, REPEATS)
     batches = n // size
     result: dict[str, float] = {"samples": n, "size": size, "pf_us_per_batch": times["pf"] / batches * 1e6}
     if pescador is not None:

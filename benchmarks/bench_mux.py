@@ -18,12 +18,12 @@ pulling from the source generators, and the ratios the mux issue asks for:
 from __future__ import annotations
 
 import argparse
-import collections
 import itertools
 import json
-import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
+
+from _timing import best_times, consume
 
 import pescador_fp as pf
 
@@ -39,21 +39,6 @@ MUXES = [
     ("round_robin", "RoundRobinMux", 1.0),
 ]
 OVERHEAD_TARGET_US = {"mux": 0.5}
-
-
-def consume(items: Iterable[Any]) -> None:
-    collections.deque(items, maxlen=0)
-
-
-def best_times(runs: dict[str, Callable[[], None]], repeats: int = REPEATS) -> dict[str, float]:
-    """The best wall time of each contender, running them in turn so that noise hits all alike."""
-    best = dict.fromkeys(runs, float("inf"))
-    for _ in range(repeats):
-        for name, run in runs.items():
-            start = time.perf_counter()
-            run()
-            best[name] = min(best[name], time.perf_counter() - start)
-    return best
 
 
 def src(i: int) -> Iterator[int]:
