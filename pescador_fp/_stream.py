@@ -10,7 +10,7 @@ in the iterators that ``iterate`` returns.
 from __future__ import annotations
 
 import reprlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar, overload
 
@@ -95,7 +95,7 @@ class Stream(Generic[T]):
         )
 
 
-def _run(stream: Stream[T], ctx: SeedContext) -> Iterator[T]:
+def _run(stream: Stream[T], ctx: SeedContext) -> Generator[T, None, None]:
     # A generator, so that nothing is opened before the first next() and the
     # caller always gets an iterator with close().
     yield from stream._open(ctx)

@@ -17,7 +17,7 @@ import itertools
 import math
 import numbers
 import reprlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -98,7 +98,7 @@ def _describe_streams(streams: Sequence[Stream[Any]]) -> str:
     return f"[{', '.join(map(repr, streams))}]"
 
 
-def _open(stream: Stream[Any], ctx: SeedContext) -> Iterator[Any]:
+def _open(stream: Stream[Any], ctx: SeedContext) -> Generator[Any, None, None]:
     """Open one pass of a sub-stream as a closable generator."""
     return _run(stream, ctx)
 
@@ -303,7 +303,7 @@ def _mux_items(m: _Mux, ctx: SeedContext) -> Iterator[Any]:
             gen = _open(m.streams[source], below.child(source, activations[source]))
             peeked = _peek(gen)
             if peeked is None:
-                gen.close()  # type: ignore[attr-defined]
+                gen.close()
                 if m.prune_empty:
                     valid[source] = False
                     n_valid -= 1
@@ -448,7 +448,7 @@ def _shuffled_items(m: _ShuffledMux, ctx: SeedContext) -> Iterator[Any]:
     picker = _Picker(m.weights, rng)
     passes = [0] * n
     slots: list[Iterator[Any] | None] = [None] * n
-    gens: list[Iterator[Any] | None] = [None] * n
+    gens: list[Generator[Any, None, None] | None] = [None] * n
 
     def start(k: int) -> Iterator[Any] | None:
         """Open a fresh pass of stream ``k``; drop the stream if the pass is empty."""
@@ -456,7 +456,7 @@ def _shuffled_items(m: _ShuffledMux, ctx: SeedContext) -> Iterator[Any]:
         gen = gens[k] = _open(m.streams[k], below.child(k, passes[k]))
         peeked = _peek(gen)
         if peeked is None:
-            gen.close()  # type: ignore[attr-defined]
+            gen.close()
             gens[k] = None
             picker.drop(k)
             return None
@@ -471,7 +471,9 @@ def _shuffled_items(m: _ShuffledMux, ctx: SeedContext) -> Iterator[Any]:
                     break  # a stream was dropped: draw again with the new weights
                 x = next(items, _END)
                 if x is _END:  # an exhausted stream restarts, and this draw takes its first item
-                    gens[k].close()  # type: ignore[union-attr]
+                    finished = gens[k]
+                    if finished is not None:
+                        finished.close()
                     slots[k] = gens[k] = None
                     items = start(k)
                     if items is None:
@@ -481,7 +483,7 @@ def _shuffled_items(m: _ShuffledMux, ctx: SeedContext) -> Iterator[Any]:
     finally:
         for gen in gens:
             if gen is not None:
-                gen.close()  # type: ignore[attr-defined]
+                gen.close()
 
 
 def shuffled_mux(
@@ -537,7 +539,7 @@ def _round_robin_items(m: _RoundRobin, ctx: SeedContext) -> Iterator[Any]:
     rng = ctx.generator(m.seed, m.depth) if m.mode == "permuted_cycle" else None
     below = ctx.reseeded(m.seed, m.depth)
     n = len(m.streams)
-    gens: list[Iterator[Any]] = []
+    gens: list[Generator[Any, None, None]] = []
     try:
         for round_ in itertools.count():
             order = list(range(n)) if rng is None else rng.permutation(n).tolist()
@@ -549,7 +551,7 @@ def _round_robin_items(m: _RoundRobin, ctx: SeedContext) -> Iterator[Any]:
                     x = next(items, _END)
                     if x is _END:
                         live.remove(items)
-                        items.close()  # type: ignore[attr-defined]
+                        items.close()
                         continue
                     produced = True
                     yield x
@@ -557,7 +559,7 @@ def _round_robin_items(m: _RoundRobin, ctx: SeedContext) -> Iterator[Any]:
                 return  # a round with nothing in it would repeat forever
     finally:
         for gen in gens:
-            gen.close()  # type: ignore[attr-defined]
+            gen.close()
 
 
 def round_robin(

@@ -64,7 +64,7 @@ _SIZE = struct.Struct("<Q")
 _MASK = _ALIGN - 1
 
 
-class _Sizes(dict):  # type: ignore[type-arg]
+class _Sizes(dict[int, struct.Struct]):
     """Struct formats for n buffer sizes, made once per n."""
 
     def __missing__(self, n: int) -> struct.Struct:
@@ -72,7 +72,7 @@ class _Sizes(dict):  # type: ignore[type-arg]
         return made
 
 
-class _Headers(dict):  # type: ignore[type-arg]
+class _Headers(dict[int, struct.Struct]):
     """Struct formats for a header followed by n buffer sizes."""
 
     def __missing__(self, n: int) -> struct.Struct:
