@@ -10,6 +10,7 @@ shared memory.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 import pickle
@@ -178,7 +179,8 @@ class _ArrayCodec:
     def decode(self, metadata: memoryview, buffers: list[Any]) -> Any:
         layout = self.received = pickle.loads(metadata) if len(metadata) else self.received
         if not layout[0]:
-            return np.frombuffer(buffers[0], layout[1]).reshape(layout[2])
+            flat = np.frombuffer(buffers[0], layout[1])
+            return flat if len(layout[2]) == 1 else flat.reshape(layout[2])
         return {
             key: np.frombuffer(data, dtype).reshape(shape)
             for (key, dtype, shape), data in zip(layout[1], buffers)
@@ -299,6 +301,7 @@ def _merge(
     """Yield the workers' items: in turn, or (for divided weighted muxes) in proportion to their weights."""
     live = list(range(len(rings)))
     codecs = [_ArrayCodec() for _ in rings]
+    checks = [functools.partial(workers.alive, i) for i in range(len(rings))]
     picker = _Picker([w or 0.0 for w in weights], rng) if any(w is not None for w in weights) else None
     turn = 0
     while live:
@@ -310,7 +313,7 @@ def _merge(
             index = picker.pick()
         else:
             return
-        item = _next_item(rings, index, workers, zero_copy, codecs[index])
+        item = _next_item(rings, index, workers, zero_copy, codecs[index], checks[index])
         if item is not _ENDED:
             yield item
             continue
@@ -323,11 +326,13 @@ def _merge(
 _ENDED = object()
 
 
-def _next_item(rings: list[Ring], index: int, workers: Workers, zero_copy: bool, codec: _ArrayCodec) -> Any:
+def _next_item(
+    rings: list[Ring], index: int, workers: Workers, zero_copy: bool, codec: _ArrayCodec, alive: Any
+) -> Any:
     """Worker ``index``'s next item, or ``_ENDED``; handles the records that carry no item."""
     while True:
         ring = rings[index]
-        record = ring.get(lambda: workers.alive(index))
+        record = ring.get(alive)
         if record is None:
             raise workers.failure(index)
         kind, metadata, buffers = record

@@ -82,6 +82,7 @@ class _Headers(dict[int, struct.Struct]):
 
 _SIZES = _Sizes()
 _header = _Headers().__getitem__
+_HEADER_1 = _header(1)
 
 # How long one wait sleeps before it checks its peer is alive and looks again.
 _WAIT_SLICE_S = 0.05
@@ -225,7 +226,10 @@ class Ring:
             _HEADER.pack_into(data, position, _RECORD_WRAP, 0, waste, 0)
             head += waste
             position = 0
-        _header(n).pack_into(data, position, kind, n, size, meta_size, *[b.nbytes for b in buffers])
+        if n == 1:
+            _HEADER_1.pack_into(data, position, kind, 1, size, meta_size, buffers[0].nbytes)
+        else:
+            _header(n).pack_into(data, position, kind, n, size, meta_size, *[b.nbytes for b in buffers])
         if meta_size:
             at = position + _HEADER.size + _SIZE.size * n
             data[at : at + meta_size] = metadata
