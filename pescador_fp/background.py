@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import multiprocessing
 import os
 import pickle
 import reprlib
@@ -266,6 +267,11 @@ def _load_error(metadata: memoryview) -> tuple[BaseException | None, str]:
 
 
 def _background_items(op: _Background, upstream: Stream[Any], ctx: SeedContext, depth: int) -> Iterator[Any]:
+    if multiprocessing.current_process().daemon:
+        raise WorkerError(
+            "background: a background worker cannot start workers of its own; keep one "
+            "pf.background in a pipeline, at its end"
+        )
     count = op.workers
     if count == 1:
         parts: list[tuple[Stream[Any], float | None]] = [(upstream, None)]

@@ -399,3 +399,9 @@ def test_repr_and_pickling():
     s = pf.from_iterable([1, 2]) | op
     assert repr(s) == "from_iterable([1, 2]) | background(workers=2, zero_copy=True)"
     assert same(list(s), [1, 2])
+
+
+def test_a_background_inside_a_background_is_a_clear_error():
+    inner = pf.from_iterable(range(3)) | pf.background()
+    with pytest.raises(pf.WorkerError, match="cannot start workers of its own"):
+        list(inner | pf.map(lambda x: x) | pf.background())
