@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import json
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -22,3 +23,10 @@ def best_times(runs: dict[str, Callable[[], None]], repeats: int) -> dict[str, f
             run()
             best[name] = min(best[name], time.perf_counter() - start)
     return best
+
+
+def write_json(path: str | None, results: object) -> None:
+    """Write the results to ``path`` as JSON, if a path was given."""
+    if path:
+        with open(path, "w") as out:
+            json.dump(results, out, indent=2)

@@ -11,11 +11,10 @@ issue asks for:
 from __future__ import annotations
 
 import argparse
-import json
 from collections.abc import Iterable
 
 import numpy as np
-from _timing import best_times, consume
+from _timing import best_times, consume, write_json
 
 import pescador_fp as pf
 
@@ -99,9 +98,7 @@ def main() -> None:
         )
     else:
         print("  pescador not installed: pip install -e '.[bench]'")
-    if args.json:
-        with open(args.json, "w") as out:
-            json.dump(results, out, indent=2)
+    write_json(args.json, results)
 
 
 if __name__ == "__main__":

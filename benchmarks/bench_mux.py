@@ -19,11 +19,10 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from _timing import best_times, consume
+from _timing import best_times, consume, write_json
 
 import pescador_fp as pf
 
@@ -153,9 +152,7 @@ def main() -> None:
             )
     if not r["pescador_samples"]:
         print("  pescador not installed: pip install -e '.[bench]'")
-    if args.json:
-        with open(args.json, "w") as out:
-            json.dump(r, out, indent=2)
+    write_json(args.json, r)
 
 
 if __name__ == "__main__":
