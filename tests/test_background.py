@@ -20,6 +20,8 @@ from collections import Counter, namedtuple
 import numpy as np
 import pytest
 from helpers import same, same_items
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import pescador_fp as pf
 from pescador_fp._ipc.ring import NAME_PREFIX, SHM_DIR
@@ -405,3 +407,30 @@ def test_a_background_inside_a_background_is_a_clear_error():
     inner = pf.from_iterable(range(3)) | pf.background()
     with pytest.raises(pf.WorkerError, match="cannot start workers of its own"):
         list(inner | pf.map(lambda x: x) | pf.background())
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    items=st.lists(
+        st.one_of(
+            st.integers(-5, 5),
+            st.text(max_size=3),
+            st.lists(st.integers(0, 9), max_size=4).map(lambda xs: np.array(xs, dtype=np.int16)),
+            st.dictionaries(
+                st.sampled_from("xyz"), st.floats(width=32, allow_nan=False).map(np.float32), max_size=3
+            ),
+        ),
+        max_size=30,
+    ),
+    workers=st.integers(1, 3),
+)
+def test_background_equals_foreground(items, workers):
+    s = pf.from_iterable(items) | pf.map(lambda x: x)
+    assert same_items(list(s | pf.background(workers=workers)), list(s))
+
+
+def test_a_zero_copy_view_kept_after_close_stays_readable():
+    it = iter(pf.from_iterable(range(5)) | pf.map(lambda i: np.full(10, i)) | pf.background(zero_copy=True))
+    kept = next(it)
+    it.close()
+    assert kept.tolist() == [0] * 10  # the mapping lives as long as the view
