@@ -10,6 +10,7 @@ shared memory.
 
 from __future__ import annotations
 
+import collections
 import functools
 import itertools
 import multiprocessing
@@ -154,6 +155,18 @@ class _ArrayCodec:
         self.sent: Any = None  # the layout the other side last received
         self.received: Any = None
 
+    def repeats(self, array: np.ndarray) -> bool:
+        """Whether ``array`` has the layout the other side already has (a quick check)."""
+        sent = self.sent
+        return (
+            sent is not None
+            and not sent[0]
+            and array.dtype is sent[1]
+            and array.shape == sent[2]
+            and array.flags.c_contiguous
+            and array.size > 0
+        )
+
     def encode(self, item: Any) -> tuple[bytes, list[memoryview]] | None:
         kind = type(item)
         if kind is np.ndarray:
@@ -177,6 +190,11 @@ class _ArrayCodec:
         self.sent = layout
         return pickle.dumps(layout), views
 
+    def single(self) -> tuple[Any, tuple[int, ...]] | None:
+        """The dtype and shape of the last layout, if it was a single array."""
+        layout = self.received
+        return None if layout is None or layout[0] else (layout[1], layout[2])
+
     def decode(self, metadata: memoryview, buffers: list[Any]) -> Any:
         layout = self.received = pickle.loads(metadata) if len(metadata) else self.received
         if not layout[0]:
@@ -186,6 +204,21 @@ class _ArrayCodec:
             key: np.frombuffer(data, dtype).reshape(shape)
             for (key, dtype, shape), data in zip(layout[1], buffers)
         }
+
+
+# Small arrays that follow one another in the ring with one layout are copied out
+# together, up to this many at a time.
+_RUN_ITEMS = 256
+_RUN_ITEM_BYTES = 16 * 2**10
+
+
+def _decode_run(ring: Ring, nbytes: int, dtype: Any, shape: tuple[int, ...]) -> list[Any]:
+    """Copy a run of single-array records with one layout out of the ring, in one numpy copy."""
+    count, stride, offset, region = ring.run_after(_RUN_ITEMS)
+    rows = np.frombuffer(region, np.uint8).reshape(count, stride)[:, offset : offset + nbytes]
+    block = np.array(rows).view(dtype).reshape((count, *shape))
+    ring.release_run(count, stride)
+    return list(block)
 
 
 # ---------------------------------------------------------------- the worker
@@ -219,6 +252,12 @@ def _work(recipe: bytes, handle: RingHandle, parent_pid: int) -> None:
         codec = _ArrayCodec()
         try:
             for item in _run(stream, ctx):
+                if (
+                    type(item) is np.ndarray
+                    and codec.repeats(item)
+                    and ring.put_again(RECORD_ARRAYS, _bytes_of(item))
+                ):
+                    continue
                 encoded = codec.encode(item)
                 if encoded is not None:
                     ring.put(RECORD_ARRAYS, encoded[0], encoded[1], alive)
@@ -308,6 +347,7 @@ def _merge(
     live = list(range(len(rings)))
     codecs = [_ArrayCodec() for _ in rings]
     checks = [functools.partial(workers.alive, i) for i in range(len(rings))]
+    pendings: list[collections.deque[Any]] = [collections.deque() for _ in rings]
     picker = _Picker([w or 0.0 for w in weights], rng) if any(w is not None for w in weights) else None
     turn = 0
     while live:
@@ -319,7 +359,7 @@ def _merge(
             index = picker.pick()
         else:
             return
-        item = _next_item(rings, index, workers, zero_copy, codecs[index], checks[index])
+        item = _next_item(rings, index, workers, zero_copy, codecs[index], checks[index], pendings[index])
         if item is not _ENDED:
             yield item
             continue
@@ -333,9 +373,17 @@ _ENDED = object()
 
 
 def _next_item(
-    rings: list[Ring], index: int, workers: Workers, zero_copy: bool, codec: _ArrayCodec, alive: Any
+    rings: list[Ring],
+    index: int,
+    workers: Workers,
+    zero_copy: bool,
+    codec: _ArrayCodec,
+    alive: Any,
+    pending: collections.deque[Any],
 ) -> Any:
     """Worker ``index``'s next item, or ``_ENDED``; handles the records that carry no item."""
+    if pending:
+        return pending.popleft()
     while True:
         ring = rings[index]
         record = ring.get(alive)
@@ -345,6 +393,11 @@ def _next_item(
         if kind == RECORD_ARRAYS:
             if zero_copy:
                 return codec.decode(metadata, [b.toreadonly() for b in buffers])
+            single = codec.single() if not len(metadata) and len(buffers) == 1 else None
+            if single is not None and 0 < buffers[0].nbytes <= _RUN_ITEM_BYTES:
+                items = _decode_run(ring, buffers[0].nbytes, *single)
+                pending.extend(items[1:])
+                return items[0]
             item = codec.decode(metadata, [bytearray(b) for b in buffers])
             ring.release()
             return item

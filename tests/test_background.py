@@ -434,3 +434,17 @@ def test_a_zero_copy_view_kept_after_close_stays_readable():
     kept = next(it)
     it.close()
     assert kept.tolist() == [0] * 10  # the mapping lives as long as the view
+
+
+@pytest.mark.parametrize("zero_copy", [False, True])
+def test_runs_of_small_arrays_keep_their_layouts(zero_copy):
+    # Same byte size, different dtypes and shapes, in runs and alone: the quick paths for
+    # repeated layouts (worker) and for runs of them (consumer) must not mix them up.
+    layouts = [(np.float32, (256,)), (np.float64, (128,)), (np.int16, (16, 32)), (np.uint8, (1024,))]
+    plan = [k % 4 for k in range(40)] + [0] * 300 + [1] * 5 + [3] * 50 + [2]
+    expected = [np.full(layouts[k][1], i % 200, dtype=layouts[k][0]) for i, k in enumerate(plan)]
+    got = 0
+    for x, want in zip(pf.from_iterable(expected) | pf.background(zero_copy=zero_copy), expected):
+        assert same(x, want)
+        got += 1
+    assert got == len(expected)

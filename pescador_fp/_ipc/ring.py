@@ -125,6 +125,7 @@ class Ring:
         self._head = self._control[_HEAD]
         self._tail = self._control[_TAIL]
         self._pending_release = 0
+        self._repeat: tuple[int, int, int, bytes] | None = None  # (producer) the last record's layout
 
     # ------------------------------------------------------------ lifetime
 
@@ -243,6 +244,34 @@ class Ring:
         if control[_CONSUMER_WAITING]:
             control[_CONSUMER_WAITING] = 0
             self.handle.data_ready.release()
+        if n == 1 and not meta_size:  # remember the layout: the next record may repeat it
+            self._repeat = (kind, buffers[0].nbytes, size, bytes(data[position : position + body]))
+
+    def put_again(self, kind: int, buffer: memoryview) -> bool:
+        """(producer) Write a record laid out like the last single-buffer one, if it fits now.
+
+        The quick path for a stream of like items: ``False`` (nothing written)
+        when the layout differs or the ring would have to wait or wrap; then
+        use :meth:`put`.
+        """
+        repeat = self._repeat
+        if repeat is None or repeat[0] != kind or repeat[1] != buffer.nbytes:
+            return False
+        _, nbytes, size, header = repeat
+        control, head, capacity = self._control, self._head, self.capacity
+        position = head % capacity
+        if position + size > capacity or capacity - (head - control[_TAIL]) < size or control[_STOP]:
+            return False
+        data = self._data
+        body = len(header)
+        data[position : position + body] = header
+        data[position + body : position + body + nbytes] = buffer
+        self._head = head + size
+        control[_HEAD] = self._head  # publish
+        if control[_CONSUMER_WAITING]:
+            control[_CONSUMER_WAITING] = 0
+            self.handle.data_ready.release()
+        return True
 
     def _grow(self, size: int, alive: Callable[[], bool] | None) -> None:
         """Ask the consumer for a ring that holds ``size`` bytes, and move to it."""
@@ -326,6 +355,35 @@ class Ring:
             if self._linked:
                 self.unlink()  # the producer has written, so it has the segment mapped
             return kind, metadata, buffers
+
+    def run_after(self, limit: int) -> tuple[int, int, int, memoryview]:
+        """(consumer) After ``get``: the run of records that starts with the current one.
+
+        A run is the current record and those right after it, already published
+        and before the ring wraps, whose headers are byte for byte the same
+        (same kind and sizes, no metadata): at most ``limit`` records. Returns
+        (count, stride, offset of the first buffer in a record, the run's bytes);
+        free them with :meth:`release_run`.
+        """
+        size = self._pending_release
+        position = self._tail % self.capacity
+        data = self._data
+        _, n, _, meta_size = _HEADER.unpack_from(data, position)
+        header_end = _HEADER.size + _SIZE.size * n
+        offset = (header_end + meta_size + _MASK) & ~_MASK
+        end = position + min(self._control[_HEAD] - self._tail, self.capacity - position, size * limit)
+        count, at = 1, position + size
+        if not meta_size:
+            header = data[position : position + header_end]
+            while at + size <= end and data[at : at + header_end] == header:
+                count += 1
+                at += size
+        return count, size, offset, data[position : position + count * size]
+
+    def release_run(self, count: int, stride: int) -> None:
+        """(consumer) Free a run that :meth:`run_after` returned."""
+        self._pending_release = 0
+        self._advance(count * stride)
 
     def release(self) -> None:
         """(consumer) Free the record that ``get`` returned last."""
