@@ -1,11 +1,12 @@
 """``background``: run the upstream pipeline in worker processes, items back through shared memory.
 
 This module joins the layers: it divides the stream among workers, sends
-each worker its part (by cloudpickle), turns items into ring records (pickle
-protocol 5: array bytes travel out of band, copied once by the worker straight
-into the ring) and back, merges the workers' outputs in a deterministic order,
-and makes sure that every way out of the loop stops the workers and frees the
-shared memory.
+each worker its part (by cloudpickle), turns items into ring records and back
+(arrays and flat dicts of arrays as raw bytes plus a layout sent once, other
+items by pickle protocol 5 with array bytes out of band; either way copied
+once by the worker straight into the ring), merges the workers' outputs in a
+deterministic order, and makes sure that every way out of the loop stops the
+workers and frees the shared memory.
 """
 
 from __future__ import annotations

@@ -16,6 +16,11 @@ a liveness callback. The segment is a file in ``/dev/shm`` (the same POSIX
 shared memory that ``multiprocessing.shared_memory`` uses), reserved with
 ``posix_fallocate`` so that a full ``/dev/shm`` fails at creation instead of
 with SIGBUS later, and unlinked as soon as both sides have it mapped.
+
+Two quick paths serve streams of like items: ``put_again`` writes a record
+laid out like the previous one with a cached header, and ``run_after`` lets
+the consumer take a run of such records at once. A producer whose record does
+not fit asks for a larger ring (``RECORD_GROW``) and moves to it.
 """
 
 from __future__ import annotations
