@@ -391,22 +391,22 @@ def _next_item(
         if record is None:
             raise workers.failure(index)
         kind, metadata, buffers = record
-        if kind == RECORD_ARRAYS:
-            if zero_copy:
-                return codec.decode(metadata, [b.toreadonly() for b in buffers])
-            single = codec.single() if not len(metadata) and len(buffers) == 1 else None
+        if kind in (RECORD_ARRAYS, RECORD_DATA):
+            arrays = kind == RECORD_ARRAYS
+            single = (
+                codec.single()
+                if arrays and not zero_copy and not len(metadata) and len(buffers) == 1
+                else None
+            )
             if single is not None and 0 < buffers[0].nbytes <= _RUN_ITEM_BYTES:
                 items = _decode_run(ring, buffers[0].nbytes, *single)
                 pending.extend(items[1:])
                 return items[0]
-            item = codec.decode(metadata, [bytearray(b) for b in buffers])
-            ring.release()
-            return item
-        if kind == RECORD_DATA:
-            if zero_copy:
-                return pickle.loads(metadata, buffers=[b.toreadonly() for b in buffers])
-            item = pickle.loads(metadata, buffers=[bytearray(b) for b in buffers])
-            ring.release()
+            # Zero-copy: read-only views into the ring, freed when the next item is asked for.
+            views: list[Any] = [b.toreadonly() if zero_copy else bytearray(b) for b in buffers]
+            item = codec.decode(metadata, views) if arrays else pickle.loads(metadata, buffers=views)
+            if not zero_copy:
+                ring.release()
             return item
         if kind == RECORD_END:
             ring.release()

@@ -92,6 +92,11 @@ def _check_rate(rate: object) -> float | None:
     return float(rate)
 
 
+def _uniform(weights: Sequence[float]) -> bool:
+    """Whether ``weights`` are the default ones (all 1), which a repr leaves out."""
+    return all(w == 1.0 for w in weights)
+
+
 def _describe_streams(streams: Sequence[Stream[Any]]) -> str:
     if len(streams) > 3:
         return f"<{len(streams)} streams>"
@@ -196,7 +201,6 @@ class _Mux(Stream[Any]):
     dist: str
     prune_empty: bool
     seed: Seed | None
-    uniform: bool
 
     def _open(self, ctx: SeedContext) -> Iterator[Any]:
         return _mux_items(self, ctx)
@@ -209,14 +213,12 @@ class _Mux(Stream[Any]):
         if self.mode != "with_replacement":
             n_active = min(n_active, len(part))
         weights = self.weights[index::count]
-        divided = _Mux(
-            part, n_active, self.rate, weights, self.mode, self.dist, self.prune_empty, self.seed, False
-        )
+        divided = _Mux(part, n_active, self.rate, weights, self.mode, self.dist, self.prune_empty, self.seed)
         return divided, sum(weights)
 
     def _describe(self) -> str:
         parts = [_describe_streams(self.streams), f"n_active={self.n_active}", f"rate={self.rate!r}"]
-        if not self.uniform:
+        if not _uniform(self.weights):
             parts.append(f"weights={reprlib.repr(list(self.weights))}")
         if self.mode != "with_replacement":
             parts.append(f"mode={self.mode!r}")
@@ -236,8 +238,7 @@ def _mux_items(m: _Mux, ctx: SeedContext) -> Iterator[Any]:
     counts: list[int] = []
     n = len(m.streams)
     total_weight = sum(m.weights)
-    valid = [w > 0 for w in m.weights]
-    n_valid = sum(valid)
+    n_valid = sum(w > 0 for w in m.weights)  # sources that may still be drawn
     picker = _Picker(m.weights, rng)
     order = _weighted_order(m.weights, rng)[::-1] if m.mode == "exhaustive" else []
     activations = [0] * n
@@ -305,7 +306,6 @@ def _mux_items(m: _Mux, ctx: SeedContext) -> Iterator[Any]:
             if peeked is None:
                 gen.close()
                 if m.prune_empty:
-                    valid[source] = False
                     n_valid -= 1
                     if n_valid:
                         picker.drop(source)
@@ -409,7 +409,6 @@ def mux(
         _check_choice("mux", "dist", dist, DISTS),
         check_bool("mux", "prune_empty", prune_empty),
         check_seed("mux: seed", seed),
-        weights is None,
     )
 
 
@@ -421,7 +420,6 @@ class _ShuffledMux(Stream[Any]):
     streams: tuple[Stream[Any], ...]
     weights: tuple[float, ...]
     seed: Seed | None
-    uniform: bool
 
     def _open(self, ctx: SeedContext) -> Iterator[Any]:
         return _shuffled_items(self, ctx)
@@ -430,11 +428,11 @@ class _ShuffledMux(Stream[Any]):
         if len(self.streams) < count:
             return None
         weights = self.weights[index::count]
-        return _ShuffledMux(self.streams[index::count], weights, self.seed, False), sum(weights)
+        return _ShuffledMux(self.streams[index::count], weights, self.seed), sum(weights)
 
     def _describe(self) -> str:
         parts = [_describe_streams(self.streams)]
-        if not self.uniform:
+        if not _uniform(self.weights):
             parts.append(f"weights={reprlib.repr(list(self.weights))}")
         if self.seed is not None:
             parts.append(f"seed={self.seed!r}")
@@ -508,7 +506,6 @@ def shuffled_mux(
         streams_t,
         _check_weights("shuffled_mux", weights, len(streams_t)),
         check_seed("shuffled_mux: seed", seed),
-        weights is None,
     )
 
 

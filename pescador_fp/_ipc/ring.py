@@ -199,10 +199,6 @@ class Ring:
         self._control[_STOP] = 1
         self.handle.space_ready.release()
 
-    @property
-    def stop_requested(self) -> bool:
-        return bool(self._control[_STOP])
-
     def put(
         self,
         kind: int,
@@ -282,14 +278,7 @@ class Ring:
         """Ask the consumer for a ring that holds ``size`` bytes, and move to it."""
         self.put(RECORD_GROW, _SIZE.pack(size), alive=alive)
         while not self._control[_NEXT_CAPACITY]:
-            if self._control[_STOP]:
-                raise Stopped
-            if (
-                not self.handle.space_ready.acquire(timeout=_WAIT_SLICE_S)
-                and alive is not None
-                and not alive()
-            ):
-                raise Stopped
+            self._doze(alive)
         length = self._view[_NEXT_NAME]
         name = bytes(self._view[_NEXT_NAME + 1 : _NEXT_NAME + 1 + length]).decode()
         handle = RingHandle(
@@ -311,20 +300,19 @@ class Ring:
         while True:
             if self._control[_STOP]:
                 raise Stopped
-            if self.capacity - (self._head - self._control[_TAIL]) >= size:
-                return
             for _ in range(_SPINS):
                 if self.capacity - (self._head - self._control[_TAIL]) >= size:
                     return
             self._control[_PRODUCER_WAITING] = 1
-            if self.capacity - (self._head - self._control[_TAIL]) >= size:
-                continue  # freed between the check and the flag
-            if (
-                not self.handle.space_ready.acquire(timeout=_WAIT_SLICE_S)
-                and alive is not None
-                and not alive()
-            ):
-                raise Stopped
+            if self.capacity - (self._head - self._control[_TAIL]) < size:  # not freed meanwhile
+                self._doze(alive)
+
+    def _doze(self, alive: Callable[[], bool] | None) -> None:
+        """(producer) Sleep one slice or until the consumer signals; ``Stopped`` if asked or it is gone."""
+        if self._control[_STOP]:
+            raise Stopped
+        if not self.handle.space_ready.acquire(timeout=_WAIT_SLICE_S) and alive is not None and not alive():
+            raise Stopped
 
     # ------------------------------------------------------------ consumer
 
