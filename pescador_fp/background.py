@@ -11,24 +11,21 @@ workers and frees the shared memory.
 
 from __future__ import annotations
 
-import collections
 import functools
 import itertools
 import multiprocessing
 import os
-import pickle
 import reprlib
 import shutil
 import struct
-import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import cloudpickle
-import numpy as np
 
 from ._check import check_bool, check_int
+from ._ipc.codec import Decoder, Encoder, RemoteTraceback, load_error, send_error
 from ._ipc.ring import (
     RECORD_ARRAYS,
     RECORD_DATA,
@@ -58,17 +55,6 @@ _MIN_RING_BYTES = 2**20
 # seed of the weighted merge (combined with the pass seed).
 _WORKER_BRANCH = 0x6267
 _MERGE_SEED = 0x6D65
-
-
-class _RemoteTraceback(Exception):
-    """The traceback of an exception raised in a worker, attached as its ``__cause__``."""
-
-    def __init__(self, text: str) -> None:
-        super().__init__(text)
-        self.text = text
-
-    def __str__(self) -> str:
-        return self.text
 
 
 # ---------------------------------------------------------------- dividing the work
@@ -132,107 +118,7 @@ def _recipe(stream: Stream[Any], ctx: SeedContext) -> bytes:
         ) from error
 
 
-# ---------------------------------------------------------------- items to records and back
-
-
-_NO_BYTES = memoryview(b"")
-
-
-def _bytes_of(array: np.ndarray) -> memoryview:
-    """The bytes of a C-contiguous array, as a flat byte view."""
-    return array.data.cast("B") if array.size else _NO_BYTES
-
-
-class _ArrayCodec:
-    """A compact encoding for the common items, arrays and flat dicts of arrays.
-
-    Pickling a small array costs more than moving it, so such items travel as
-    their raw bytes plus a layout (dtype and shape per array, and the keys),
-    and the layout is sent only when it changes. Anything else (nested
-    structures, scalars, object or non-contiguous arrays) is pickled.
-    """
-
-    def __init__(self) -> None:
-        self.sent: Any = None  # the layout the other side last received
-        self.received: Any = None
-
-    def repeats(self, array: np.ndarray) -> bool:
-        """Whether ``array`` has the layout the other side already has (a quick check)."""
-        sent = self.sent
-        return (
-            sent is not None
-            and not sent[0]
-            and array.dtype is sent[1]
-            and array.shape == sent[2]
-            and array.flags.c_contiguous
-            and array.size > 0
-        )
-
-    def encode(self, item: Any) -> tuple[bytes, list[memoryview]] | None:
-        kind = type(item)
-        if kind is np.ndarray:
-            if item.dtype.hasobject or not item.flags.c_contiguous:
-                return None
-            layout: Any = (False, item.dtype, item.shape)
-            views = [_bytes_of(item)]
-        elif kind is dict:
-            fields = []
-            views = []
-            for key, value in item.items():
-                if type(value) is not np.ndarray or value.dtype.hasobject or not value.flags.c_contiguous:
-                    return None
-                fields.append((key, value.dtype, value.shape))
-                views.append(_bytes_of(value))
-            layout = (True, tuple(fields))
-        else:
-            return None
-        if layout == self.sent:
-            return b"", views
-        self.sent = layout
-        return pickle.dumps(layout), views
-
-    def single(self) -> tuple[Any, tuple[int, ...]] | None:
-        """The dtype and shape of the last layout, if it was a single array."""
-        layout = self.received
-        return None if layout is None or layout[0] else (layout[1], layout[2])
-
-    def decode(self, metadata: memoryview, buffers: list[Any]) -> Any:
-        layout = self.received = pickle.loads(metadata) if len(metadata) else self.received
-        if not layout[0]:
-            flat = np.frombuffer(buffers[0], layout[1])
-            return flat if len(layout[2]) == 1 else flat.reshape(layout[2])
-        return {
-            key: np.frombuffer(data, dtype).reshape(shape)
-            for (key, dtype, shape), data in zip(layout[1], buffers)
-        }
-
-
-# Small arrays that follow one another in the ring with one layout are copied out
-# together, up to this many at a time.
-_RUN_ITEMS = 256
-_RUN_ITEM_BYTES = 16 * 2**10
-
-
-def _decode_run(ring: Ring, nbytes: int, dtype: Any, shape: tuple[int, ...]) -> list[Any]:
-    """Copy a run of single-array records with one layout out of the ring, in one numpy copy."""
-    count, stride, offset, region = ring.run_after(_RUN_ITEMS)
-    rows = np.frombuffer(region, np.uint8).reshape(count, stride)[:, offset : offset + nbytes]
-    block = np.array(rows).view(dtype).reshape((count, *shape))
-    ring.release_run(count, stride)
-    return list(block)
-
-
 # ---------------------------------------------------------------- the worker
-
-
-def _send_error(ring: Ring, error: BaseException, alive: Any) -> None:
-    text = traceback.format_exc()
-    try:
-        payload = cloudpickle.dumps((error, text))
-        pickle.loads(payload)  # it must also come back to life on the other side
-    except Exception:
-        payload = pickle.dumps((None, f"{type(error).__qualname__}: {error}", text))
-    ring.put(RECORD_ERROR, payload, alive=alive)
 
 
 def _work(recipe: bytes, handle: RingHandle, parent_pid: int) -> None:
@@ -247,29 +133,17 @@ def _work(recipe: bytes, handle: RingHandle, parent_pid: int) -> None:
             try:
                 raise WorkerError(f"a background worker could not load its pipeline: {error!r}") from error
             except WorkerError as wrapped:
-                _send_error(ring, wrapped, alive)
+                send_error(ring, wrapped, alive)
             return
         ring.put(RECORD_READY, b"", alive=alive)
-        codec = _ArrayCodec()
+        encoder = Encoder()
         try:
             for item in _run(stream, ctx):
-                if (
-                    type(item) is np.ndarray
-                    and codec.repeats(item)
-                    and ring.put_again(RECORD_ARRAYS, _bytes_of(item))
-                ):
-                    continue
-                encoded = codec.encode(item)
-                if encoded is not None:
-                    ring.put(RECORD_ARRAYS, encoded[0], encoded[1], alive)
-                    continue
-                buffers: list[pickle.PickleBuffer] = []
-                metadata = pickle.dumps(item, protocol=5, buffer_callback=buffers.append)
-                ring.put(RECORD_DATA, metadata, [b.raw() for b in buffers], alive)
+                encoder.write(ring, item, alive)
         except Stopped:
             raise
         except BaseException as error:
-            _send_error(ring, error, alive)
+            send_error(ring, error, alive)
             return
         ring.put(RECORD_END, b"", alive=alive)
     except Stopped:
@@ -289,21 +163,11 @@ def _ring_bytes(requested: int | None, workers: int) -> int:
 
 
 def _raise_remote(metadata: memoryview, index: int) -> None:
-    error, text = _load_error(metadata)
+    error, text = load_error(metadata)
     if error is None:
         raise WorkerError(f"background worker {index} raised an error that cannot be sent back: {text}")
-    error.__cause__ = _RemoteTraceback(f"\n\nraised in background worker {index}:\n\n{text}")
+    error.__cause__ = RemoteTraceback(f"\n\nraised in background worker {index}:\n\n{text}")
     raise error
-
-
-def _load_error(metadata: memoryview) -> tuple[BaseException | None, str]:
-    try:
-        loaded = pickle.loads(metadata)
-    except Exception as error:
-        return None, f"(it could not be unpickled: {error})"
-    if loaded[0] is None:
-        return None, f"{loaded[1]}\n\n{loaded[2]}"
-    return loaded[0], loaded[1]
 
 
 def _background_items(op: _Background, upstream: Stream[Any], ctx: SeedContext, depth: int) -> Iterator[Any]:
@@ -331,7 +195,8 @@ def _background_items(op: _Background, upstream: Stream[Any], ctx: SeedContext, 
             except OSError as error:
                 raise WorkerError(str(error.strerror or error)) from error
         workers.start(_work, [(recipes[i], rings[i].handle, os.getpid()) for i in range(count)])
-        yield from _merge(rings, workers, weights, ctx.generator(_MERGE_SEED, depth), op.zero_copy)
+        channels = [_Channel(i, rings, workers, op.zero_copy) for i in range(count)]
+        yield from _merge(channels, weights, ctx.generator(_MERGE_SEED, depth))
     finally:
         for ring in rings:
             ring.request_stop()
@@ -341,14 +206,9 @@ def _background_items(op: _Background, upstream: Stream[Any], ctx: SeedContext, 
             ring.close()
 
 
-def _merge(
-    rings: list[Ring], workers: Workers, weights: list[float | None], rng: Any, zero_copy: bool
-) -> Iterator[Any]:
+def _merge(channels: list[_Channel], weights: list[float | None], rng: Any) -> Iterator[Any]:
     """Yield the workers' items: in turn, or (for divided weighted muxes) in proportion to their weights."""
-    live = list(range(len(rings)))
-    codecs = [_ArrayCodec() for _ in rings]
-    checks = [functools.partial(workers.alive, i) for i in range(len(rings))]
-    pendings: list[collections.deque[Any]] = [collections.deque() for _ in rings]
+    live = list(range(len(channels)))
     picker = _Picker([w or 0.0 for w in weights], rng) if any(w is not None for w in weights) else None
     turn = 0
     while live:
@@ -360,7 +220,7 @@ def _merge(
             index = picker.pick()
         else:
             return
-        item = _next_item(rings, index, workers, zero_copy, codecs[index], checks[index], pendings[index])
+        item = channels[index].next_item()
         if item is not _ENDED:
             yield item
             continue
@@ -373,50 +233,38 @@ def _merge(
 _ENDED = object()
 
 
-def _next_item(
-    rings: list[Ring],
-    index: int,
-    workers: Workers,
-    zero_copy: bool,
-    codec: _ArrayCodec,
-    alive: Any,
-    pending: collections.deque[Any],
-) -> Any:
-    """Worker ``index``'s next item, or ``_ENDED``; handles the records that carry no item."""
-    if pending:
-        return pending.popleft()
-    while True:
-        ring = rings[index]
-        record = ring.get(alive)
-        if record is None:
-            raise workers.failure(index)
-        kind, metadata, buffers = record
-        if kind in (RECORD_ARRAYS, RECORD_DATA):
-            arrays = kind == RECORD_ARRAYS
-            single = (
-                codec.single()
-                if arrays and not zero_copy and not len(metadata) and len(buffers) == 1
-                else None
-            )
-            if single is not None and 0 < buffers[0].nbytes <= _RUN_ITEM_BYTES:
-                items = _decode_run(ring, buffers[0].nbytes, *single)
-                pending.extend(items[1:])
-                return items[0]
-            # Zero-copy: read-only views into the ring, freed when the next item is asked for.
-            views: list[Any] = [b.toreadonly() if zero_copy else bytearray(b) for b in buffers]
-            item = codec.decode(metadata, views) if arrays else pickle.loads(metadata, buffers=views)
-            if not zero_copy:
+class _Channel:
+    """The consumer's end of one worker: its ring, its decoder, and how to tell it is alive."""
+
+    def __init__(self, index: int, rings: list[Ring], workers: Workers, zero_copy: bool) -> None:
+        self.index = index
+        self.rings = rings  # shared with the caller, who frees them: a grown ring replaces its entry
+        self.workers = workers
+        self.decoder = Decoder(zero_copy)
+        self.alive = functools.partial(workers.alive, index)
+
+    def next_item(self) -> Any:
+        """The worker's next item, or ``_ENDED``; handles the records that carry no item."""
+        pending = self.decoder.pending
+        if pending:
+            return pending.popleft()
+        while True:
+            ring = self.rings[self.index]
+            record = ring.get(self.alive)
+            if record is None:
+                raise self.workers.failure(self.index)
+            kind, metadata, buffers = record
+            if kind in (RECORD_ARRAYS, RECORD_DATA):
+                return self.decoder.read(ring, kind, metadata, buffers)
+            if kind == RECORD_END:
                 ring.release()
-            return item
-        if kind == RECORD_END:
-            ring.release()
-            return _ENDED
-        if kind == RECORD_ERROR:
-            _raise_remote(metadata, index)
-        if kind == RECORD_GROW:
-            rings[index] = _grown(ring, metadata)
-        else:  # RECORD_READY
-            ring.release()
+                return _ENDED
+            if kind == RECORD_ERROR:
+                _raise_remote(metadata, self.index)
+            if kind == RECORD_GROW:
+                self.rings[self.index] = _grown(ring, metadata)
+            else:  # RECORD_READY
+                ring.release()
 
 
 def _grown(ring: Ring, request: memoryview) -> Ring:

@@ -1,0 +1,173 @@
+"""Items to ring records and back, and errors as records: the two sides mirror each other here.
+
+Arrays and flat dicts of arrays travel as raw bytes plus a layout (dtype and
+shape per array, and the keys) that is sent only when it changes; anything
+else is pickled (protocol 5, array bytes out of band). Either way the worker
+copies each array's bytes once, straight into the ring. The consumer copies a
+run of small like arrays out of the ring in one numpy copy.
+"""
+
+from __future__ import annotations
+
+import collections
+import pickle
+import traceback
+from typing import Any
+
+import cloudpickle
+import numpy as np
+
+from .ring import RECORD_ARRAYS, RECORD_DATA, RECORD_ERROR, Ring
+
+__all__ = ["Decoder", "Encoder", "RemoteTraceback", "load_error", "send_error"]
+
+_NO_BYTES = memoryview(b"")
+# Small arrays that follow one another in the ring with one layout are copied out
+# together, up to this many at a time.
+_RUN_ITEMS = 256
+_RUN_ITEM_BYTES = 16 * 2**10
+
+
+def _bytes_of(array: np.ndarray) -> memoryview:
+    """The bytes of a C-contiguous array, as a flat byte view."""
+    return array.data.cast("B") if array.size else _NO_BYTES
+
+
+class Encoder:
+    """(worker) Writes items into a ring; remembers the layout the consumer last received."""
+
+    def __init__(self) -> None:
+        self.sent: Any = None
+
+    def write(self, ring: Ring, item: Any, alive: Any) -> None:
+        """Write ``item`` as one record, waiting for space."""
+        if (
+            type(item) is np.ndarray
+            and self._repeats(item)
+            and ring.put_again(RECORD_ARRAYS, _bytes_of(item))
+        ):
+            return
+        encoded = self._encode(item)
+        if encoded is not None:
+            ring.put(RECORD_ARRAYS, encoded[0], encoded[1], alive)
+            return
+        buffers: list[pickle.PickleBuffer] = []
+        metadata = pickle.dumps(item, protocol=5, buffer_callback=buffers.append)
+        ring.put(RECORD_DATA, metadata, [b.raw() for b in buffers], alive)
+
+    def _repeats(self, array: np.ndarray) -> bool:
+        """Whether ``array`` has the layout the other side already has (a quick check)."""
+        sent = self.sent
+        return (
+            sent is not None
+            and not sent[0]
+            and array.dtype is sent[1]
+            and array.shape == sent[2]
+            and array.flags.c_contiguous
+            and array.size > 0
+        )
+
+    def _encode(self, item: Any) -> tuple[bytes, list[memoryview]] | None:
+        kind = type(item)
+        if kind is np.ndarray:
+            if item.dtype.hasobject or not item.flags.c_contiguous:
+                return None
+            layout: Any = (False, item.dtype, item.shape)
+            views = [_bytes_of(item)]
+        elif kind is dict:
+            fields = []
+            views = []
+            for key, value in item.items():
+                if type(value) is not np.ndarray or value.dtype.hasobject or not value.flags.c_contiguous:
+                    return None
+                fields.append((key, value.dtype, value.shape))
+                views.append(_bytes_of(value))
+            layout = (True, tuple(fields))
+        else:
+            return None
+        if layout == self.sent:
+            return b"", views
+        self.sent = layout
+        return pickle.dumps(layout), views
+
+
+class Decoder:
+    """(consumer) Turns records of one ring back into items."""
+
+    def __init__(self, zero_copy: bool) -> None:
+        self.zero_copy = zero_copy
+        self.received: Any = None
+        # Items already decoded (a run of small arrays) and not yet handed out.
+        self.pending: collections.deque[Any] = collections.deque()
+
+    def read(self, ring: Ring, kind: int, metadata: memoryview, buffers: list[memoryview]) -> Any:
+        """The item in the record that ``ring.get`` returned; frees it unless zero-copy."""
+        arrays = kind == RECORD_ARRAYS
+        zero_copy = self.zero_copy
+        if arrays and not zero_copy and not len(metadata) and len(buffers) == 1:
+            layout = self.received
+            if layout is not None and not layout[0] and 0 < buffers[0].nbytes <= _RUN_ITEM_BYTES:
+                items = self._decode_run(ring, buffers[0].nbytes, layout[1], layout[2])
+                self.pending.extend(items[1:])
+                return items[0]
+        # Zero-copy: read-only views into the ring, freed when the next item is asked for.
+        views: list[Any] = [b.toreadonly() if zero_copy else bytearray(b) for b in buffers]
+        item = self._decode(metadata, views) if arrays else pickle.loads(metadata, buffers=views)
+        if not zero_copy:
+            ring.release()
+        return item
+
+    def _decode(self, metadata: memoryview, buffers: list[Any]) -> Any:
+        layout = self.received = pickle.loads(metadata) if len(metadata) else self.received
+        if not layout[0]:
+            flat = np.frombuffer(buffers[0], layout[1])
+            return flat if len(layout[2]) == 1 else flat.reshape(layout[2])
+        return {
+            key: np.frombuffer(data, dtype).reshape(shape)
+            for (key, dtype, shape), data in zip(layout[1], buffers)
+        }
+
+    @staticmethod
+    def _decode_run(ring: Ring, nbytes: int, dtype: Any, shape: tuple[int, ...]) -> list[Any]:
+        """Copy a run of single-array records with one layout out of the ring, in one numpy copy."""
+        count, stride, offset, region = ring.run_after(_RUN_ITEMS)
+        rows = np.frombuffer(region, np.uint8).reshape(count, stride)[:, offset : offset + nbytes]
+        block = np.array(rows).view(dtype).reshape((count, *shape))
+        ring.release_run(count, stride)
+        return list(block)
+
+
+# ---------------------------------------------------------------- errors
+
+
+class RemoteTraceback(Exception):
+    """The traceback of an exception raised in a worker, attached as its ``__cause__``."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.text = text
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def send_error(ring: Ring, error: BaseException, alive: Any) -> None:
+    """(worker) Write the exception being handled, with its traceback, as an error record."""
+    text = traceback.format_exc()
+    try:
+        payload = cloudpickle.dumps((error, text))
+        pickle.loads(payload)  # it must also come back to life on the other side
+    except Exception:
+        payload = pickle.dumps((None, f"{type(error).__qualname__}: {error}", text))
+    ring.put(RECORD_ERROR, payload, alive=alive)
+
+
+def load_error(metadata: memoryview) -> tuple[BaseException | None, str]:
+    """(consumer) The exception in an error record (``None`` if it cannot travel) and its traceback text."""
+    try:
+        loaded = pickle.loads(metadata)
+    except Exception as error:
+        return None, f"(it could not be unpickled: {error})"
+    if loaded[0] is None:
+        return None, f"{loaded[1]}\n\n{loaded[2]}"
+    return loaded[0], loaded[1]
