@@ -25,7 +25,7 @@ from typing import Any
 import cloudpickle
 
 from ._check import check_bool, check_int
-from ._ipc.codec import Decoder, Encoder, RemoteTraceback, load_error, send_error
+from ._ipc.codec import Decoder, Encoder, RemoteTraceback, dumps_recipe, load_error, loads_recipe, send_error
 from ._ipc.ring import (
     RECORD_ARRAYS,
     RECORD_DATA,
@@ -103,7 +103,7 @@ def _components(stream: Stream[Any]) -> Iterator[object]:
 def _recipe(stream: Stream[Any], ctx: SeedContext) -> bytes:
     """The bytes a worker needs; a clear error naming the piece that cannot be pickled."""
     try:
-        return bytes(cloudpickle.dumps((stream, ctx)))
+        return dumps_recipe((stream, ctx))
     except Exception as error:
         culprit: object = stream
         for piece in _components(stream):
@@ -128,7 +128,7 @@ def _work(recipe: bytes, handle: RingHandle, parent_pid: int) -> None:
     ring = Ring.attach(handle)
     try:
         try:
-            stream, ctx = cloudpickle.loads(recipe)
+            stream, ctx = loads_recipe(recipe)
         except BaseException as error:
             try:
                 raise WorkerError(f"a background worker could not load its pipeline: {error!r}") from error

@@ -1,7 +1,8 @@
-"""Test helpers: comparing samples that hold arrays, and sources that record what was pulled."""
+"""Test helpers: comparing samples with arrays, sources that record what was pulled, our own /dev/shm."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -47,3 +48,18 @@ class Recorder:
 
     def stream(self) -> pf.Stream[int]:
         return pf.stream(self._items)
+
+
+def own_shm_entries() -> list[str]:
+    """The shared-memory names this test process made (rings are named after the consumer's pid).
+
+    Other processes on the machine may leave entries of their own in /dev/shm;
+    a test checks only its own.
+    """
+    from pescador_fp._ipc.ring import NAME_PREFIX, SHM_DIR
+
+    mine = f"{NAME_PREFIX}{os.getpid()}_"
+    try:
+        return sorted(f for f in os.listdir(SHM_DIR) if f.startswith(mine))
+    except FileNotFoundError:
+        return []

@@ -19,7 +19,15 @@ import numpy as np
 
 from .ring import RECORD_ARRAYS, RECORD_DATA, RECORD_ERROR, Ring
 
-__all__ = ["Decoder", "Encoder", "RemoteTraceback", "load_error", "send_error"]
+__all__ = [
+    "Decoder",
+    "Encoder",
+    "RemoteTraceback",
+    "dumps_recipe",
+    "load_error",
+    "loads_recipe",
+    "send_error",
+]
 
 _NO_BYTES = memoryview(b"")
 # Small arrays that follow one another in the ring with one layout are copied out
@@ -171,3 +179,16 @@ def load_error(metadata: memoryview) -> tuple[BaseException | None, str]:
     if loaded[0] is None:
         return None, f"{loaded[1]}\n\n{loaded[2]}"
     return loaded[0], loaded[1]
+
+
+# ---------------------------------------------------------------- the recipe a worker runs
+
+
+def dumps_recipe(recipe: Any) -> bytes:
+    """(consumer) The bytes of what a worker runs (a stream and its seed context), by cloudpickle."""
+    return bytes(cloudpickle.dumps(recipe))
+
+
+def loads_recipe(data: bytes) -> Any:
+    """(worker) The recipe back from :func:`dumps_recipe`."""
+    return cloudpickle.loads(data)
