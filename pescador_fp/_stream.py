@@ -41,6 +41,9 @@ class Stream(Generic[T]):
 
     #: Operators between this stream and the source of its branch.
     depth: int = 0
+    #: ``_divide`` deals the items out in turn (part ``i`` gets items ``i, i + count, ...``),
+    #: so merging the parts in turn gives the undivided order back.
+    _divides_in_turn = False
 
     def _open(self, ctx: SeedContext) -> Iterator[T]:
         """Open an iterator for one pass; subclasses implement this."""
@@ -118,6 +121,15 @@ class Operator(Generic[T, U]):
     #: Applying the operator to each part of a divided stream gives the parts of
     #: its output (up to order): ``background`` may then run it in every worker.
     _splittable = False
+    #: Each input item's outputs depend on that item alone and all come out before
+    #: the next input is pulled (map, filter, mapcat, tuples, unbatch): ``background``
+    #: can then restore the order of the foreground pass after dividing.
+    _per_item = False
+    #: Exactly one output per input item (map, tuples).
+    _one_to_one = False
+    #: Iterates its upstream more than once (cycle), so it cannot run over items
+    #: that a feeder process hands out once.
+    _reopens_upstream = False
 
     def _apply(self, upstream: Stream[T]) -> Stream[U]:
         return Applied(upstream, self)

@@ -11,20 +11,26 @@ workers and frees the shared memory.
 
 from __future__ import annotations
 
+import contextlib
+import faulthandler
 import functools
-import itertools
+import math
 import multiprocessing
+import numbers
 import os
 import reprlib
 import shutil
+import signal
 import struct
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import cloudpickle
 
 from ._check import check_bool, check_int
+from ._divide import Part, components, divide, rebuild
 from ._ipc.codec import Decoder, Encoder, RemoteTraceback, dumps_recipe, load_error, loads_recipe, send_error
 from ._ipc.ring import (
     RECORD_ARRAYS,
@@ -40,9 +46,12 @@ from ._ipc.ring import (
 )
 from ._ipc.workers import Workers, default_start_method, ignore_interrupts, parent_alive
 from ._seed import SeedContext
-from ._stream import Applied, Operator, Stream, _run
+from ._stream import Operator, Stream, _run
 from .errors import WorkerError
 from .mux import _Picker
+
+# (item layer) A worker's outputs of one input item are complete: the merge moves to the next worker.
+RECORD_MARK = 16
 
 __all__ = ["background"]
 
@@ -51,62 +60,25 @@ START_METHODS = ("fork", "forkserver", "spawn")
 # that reserving it is quick; it grows when a sample needs more.
 _DEFAULT_RING_BYTES = 8 * 2**20
 _MIN_RING_BYTES = 2**20
-# Branch of the seed tree that the workers' parts hang from, and the fixed
-# seed of the weighted merge (combined with the pass seed).
-_WORKER_BRANCH = 0x6267
+_MAX_RING_BYTES = 2**56  # far more than any shared memory, and far from overflowing an offset
+# The signal that makes a worker write its stack (where the system has one), and how long
+# the consumer waits for it.
+_STACK_SIGNAL = getattr(signal, "SIGUSR1", None)
+_STACK_WAIT_S = 1.0
+# The fixed seed of the weighted merge (combined with the pass seed).
 _MERGE_SEED = 0x6D65
 
 
-# ---------------------------------------------------------------- dividing the work
+# ---------------------------------------------------------------- recipes
 
 
-@dataclass(frozen=True, repr=False, eq=False)
-class _Strided(Stream[Any]):
-    """Every ``count``-th item of ``stream`` from ``index`` on, all parts drawn from one seed."""
-
-    stream: Stream[Any]
-    index: int
-    count: int
-    ctx: SeedContext  # the pass's context, the same in every worker so all see the same items
-
-    def _open(self, ctx: SeedContext) -> Iterator[Any]:
-        return itertools.islice(_run(self.stream, self.ctx), self.index, None, self.count)
-
-    def _describe(self) -> str:
-        return f"{self.stream!r} | <every {self.count}th item from {self.index}>"
-
-
-def _part(stream: Stream[Any], index: int, count: int, ctx: SeedContext) -> tuple[Stream[Any], float | None]:
-    """Worker ``index``'s part of ``stream``, split as low as the operators above allow."""
-    if isinstance(stream, Applied) and stream.op._splittable:
-        inner, weight = _part(stream.upstream, index, count, ctx)
-        return Applied(inner, stream.op), weight
-    divided = stream._divide(index, count)
-    if divided is not None:
-        return divided
-    return _Strided(stream, index, count, ctx), None
-
-
-def _components(stream: Stream[Any]) -> Iterator[object]:
-    """The operators and sources a pipeline is made of, outermost first."""
-    if isinstance(stream, Applied):
-        yield stream.op
-        yield from _components(stream.upstream)
-        return
-    inner = getattr(stream, "streams", None)
-    if isinstance(inner, tuple):
-        for sub in inner:
-            yield from _components(sub)
-    yield stream
-
-
-def _recipe(stream: Stream[Any], ctx: SeedContext) -> bytes:
-    """The bytes a worker needs; a clear error naming the piece that cannot be pickled."""
+def _recipe(recipe: tuple[Any, ...], whole: Stream[Any]) -> bytes:
+    """The bytes a worker needs; a clear error naming the piece of ``whole`` that cannot be pickled."""
     try:
-        return dumps_recipe((stream, ctx))
+        return dumps_recipe(recipe)
     except Exception as error:
-        culprit: object = stream
-        for piece in _components(stream):
+        culprit: object = whole
+        for piece in components(whole):
             try:
                 cloudpickle.dumps(piece)
             except Exception:
@@ -121,14 +93,29 @@ def _recipe(stream: Stream[Any], ctx: SeedContext) -> bytes:
 # ---------------------------------------------------------------- the worker
 
 
-def _work(recipe: bytes, handle: RingHandle, parent_pid: int) -> None:
-    """A worker's life: load the recipe, say ready, write every item, then the end (or the error)."""
+class _Forwarded(Exception):
+    """(worker) The feeder's error record, passed on to the consumer unchanged."""
+
+    def __init__(self, payload: bytes) -> None:
+        super().__init__("an error in the feeder")
+        self.payload = payload
+
+
+def _work(recipe: bytes, handle: RingHandle, parent_pid: int, inbox: RingHandle | None, stack: Any) -> None:
+    """A worker's life: load the recipe, say ready, write every item, then the end (or the error).
+
+    ``inbox``: the ring the feeder deals this worker's input items into.
+    ``stack``: where to write this worker's stack when the consumer asks (a timeout).
+    """
     ignore_interrupts()
+    if stack is not None and _STACK_SIGNAL is not None:
+        faulthandler.register(_STACK_SIGNAL, file=stack, all_threads=False)
     alive = parent_alive(parent_pid)
     ring = Ring.attach(handle)
+    fed = Ring.attach(inbox) if inbox is not None else None
     try:
         try:
-            stream, ctx = loads_recipe(recipe)
+            plan_part, grouped, ctx = loads_recipe(recipe)
         except BaseException as error:
             try:
                 raise WorkerError(f"a background worker could not load its pipeline: {error!r}") from error
@@ -136,12 +123,16 @@ def _work(recipe: bytes, handle: RingHandle, parent_pid: int) -> None:
                 send_error(ring, wrapped, alive)
             return
         ring.put(RECORD_READY, b"", alive=alive)
+        stream = _worker_stream(plan_part, grouped, ring, fed, alive)
         encoder = Encoder()
         try:
             for item in _run(stream, ctx):
                 encoder.write(ring, item, alive)
         except Stopped:
             raise
+        except _Forwarded as forwarded:
+            ring.put(RECORD_ERROR, forwarded.payload, alive=alive)
+            return
         except BaseException as error:
             send_error(ring, error, alive)
             return
@@ -150,6 +141,130 @@ def _work(recipe: bytes, handle: RingHandle, parent_pid: int) -> None:
         pass
     finally:
         ring.close()
+        if fed is not None:
+            fed.close()
+
+
+def _worker_stream(part: Part, grouped: bool, ring: Ring, fed: Ring | None, alive: Any) -> Stream[Any]:
+    """The stream a worker runs: its part's operators over its source or over the feeder's items."""
+    source = part.source
+    if source is None:
+        assert fed is not None
+        source = _Fed(functools.partial(_fed_items, fed, alive), part.depth)
+    if grouped:
+        source = _Marked(source, functools.partial(ring.put, RECORD_MARK, b"", alive=alive))
+    return rebuild(source, part.ops)
+
+
+@dataclass(frozen=True, repr=False, eq=False)
+class _Fed(Stream[Any]):
+    """(worker) The items the feeder deals this worker, as a source for the operators above the head."""
+
+    items: Callable[[], Iterator[Any]]
+    depth: int = 0
+
+    def _open(self, ctx: SeedContext) -> Iterator[Any]:
+        return self.items()
+
+    def _describe(self) -> str:
+        return "<items from the feeder>"
+
+
+@dataclass(frozen=True, repr=False, eq=False)
+class _Marked(Stream[Any]):
+    """(worker) ``source``, calling ``mark()`` when the outputs of the previous item are complete.
+
+    The operators above are per-item (or gather items in order), so all that
+    the previous item led to has been written when the next one is pulled, or
+    when the source ends or fails.
+    """
+
+    source: Stream[Any]
+    mark: Callable[[], None]
+
+    @property
+    def depth(self) -> int:  # type: ignore[override]
+        return self.source.depth
+
+    def _open(self, ctx: SeedContext) -> Iterator[Any]:
+        return _marked(self.source._open(ctx), self.mark)
+
+    def _describe(self) -> str:
+        return f"{self.source!r} | <marked>"
+
+
+def _marked(items: Iterator[Any], mark: Callable[[], None]) -> Iterator[Any]:
+    started = False
+    while True:
+        try:
+            item = next(items)
+        except StopIteration:
+            if started:
+                mark()
+            return
+        except BaseException:  # an error closes the last group too: it comes after its outputs
+            if started:
+                mark()
+            raise
+        if started:
+            mark()
+        started = True
+        yield item
+
+
+def _fed_items(fed: Ring, alive: Any) -> Iterator[Any]:
+    """(worker) The items the feeder deals this worker, until its end record."""
+    decoder = Decoder(zero_copy=False)
+    while True:
+        if decoder.pending:
+            yield decoder.pending.popleft()
+            continue
+        record = fed.get(alive)
+        if record is None:
+            raise Stopped
+        kind, metadata, buffers = record
+        if kind in (RECORD_ARRAYS, RECORD_DATA):
+            yield decoder.read(fed, kind, metadata, buffers)
+        elif kind == RECORD_END:
+            fed.release()
+            return
+        elif kind == RECORD_ERROR:
+            payload = bytes(metadata)
+            fed.release()
+            raise _Forwarded(payload)
+        elif kind == RECORD_GROW:
+            fed.__dict__.update(_grown(fed, metadata).__dict__)
+        else:
+            fed.release()
+
+
+def _feed(recipe: bytes, handles: list[RingHandle], parent_pid: int) -> None:
+    """The feeder's life: run the head of the pipeline once, dealing its items to the workers in turn."""
+    ignore_interrupts()
+    alive = parent_alive(parent_pid)
+    rings = [Ring.attach(handle) for handle in handles]
+    ended: set[int] = set()
+    try:
+        turn = 0
+        try:
+            stream, ctx = loads_recipe(recipe)
+            encoders = [Encoder() for _ in rings]
+            for item in _run(stream, ctx):
+                encoders[turn].write(rings[turn], item, alive)
+                turn = turn + 1 if turn + 1 < len(rings) else 0
+        except Stopped:
+            raise
+        except BaseException as error:
+            send_error(rings[turn], error, alive)
+            ended.add(turn)
+        for index, ring in enumerate(rings):
+            if index not in ended:
+                ring.put(RECORD_END, b"", alive=alive)
+    except Stopped:
+        pass
+    finally:
+        for ring in rings:
+            ring.close()
 
 
 # ---------------------------------------------------------------- the consumer
@@ -176,34 +291,62 @@ def _background_items(op: _Background, upstream: Stream[Any], ctx: SeedContext, 
             "background: a background worker cannot start workers of its own; keep one "
             "pf.background in a pipeline, at its end"
         )
-    count = op.workers
-    if count == 1:
-        parts: list[tuple[Stream[Any], float | None]] = [(upstream, None)]
-        contexts = [ctx]
-    else:
-        parts = [_part(upstream, i, count, ctx) for i in range(count)]
-        contexts = [ctx.child(_WORKER_BRANCH, i) for i in range(count)]
-    recipes = [_recipe(stream, part_ctx) for (stream, _), part_ctx in zip(parts, contexts)]
-    weights = [w for _, w in parts]
+    plan = divide(upstream, op.workers)
+    count = len(plan.parts)
+    recipes = [
+        _recipe((part, plan.grouped, plan.context(i, ctx)), upstream) for i, part in enumerate(plan.parts)
+    ]
+    feeder_recipe = _recipe((plan.head, ctx), upstream) if plan.head is not None else None
     workers = Workers(op.start_method or default_start_method())
     rings: list[Ring] = []
+    inboxes: list[Ring] = []
+    stacks: list[tuple[Any, Any]] = []
     try:
         capacity = _ring_bytes(op.ring_bytes, count)
         for _ in range(count):
             try:
                 rings.append(Ring.create(capacity, workers.semaphore))
+                if plan.fed:
+                    inboxes.append(Ring.create(capacity, workers.semaphore))
             except OSError as error:
                 raise WorkerError(str(error.strerror or error)) from error
-        workers.start(_work, [(recipes[i], rings[i].handle, os.getpid()) for i in range(count)])
-        channels = [_Channel(i, rings, workers, op.zero_copy) for i in range(count)]
-        yield from _merge(channels, weights, ctx.generator(_MERGE_SEED, depth))
+        parent = os.getpid()
+        stacks = [workers.context.Pipe(duplex=False) for _ in range(count)] if op.timeout else []
+        workers.start(
+            _work,
+            [
+                (
+                    recipes[i],
+                    rings[i].handle,
+                    parent,
+                    inboxes[i].handle if inboxes else None,
+                    stacks[i][1] if stacks else None,
+                )
+                for i in range(count)
+            ],
+        )
+        for _, writer in stacks:
+            writer.close()
+        if feeder_recipe is not None:
+            workers.start(_feed, [(feeder_recipe, [inbox.handle for inbox in inboxes], parent)])
+        channels = [
+            _Channel(i, rings, workers, op, count if plan.fed else None, stacks[i][0] if stacks else None)
+            for i in range(count)
+        ]
+        if plan.grouped:
+            yield from _merge_groups(channels)
+        else:
+            weights = [part.weight for part in plan.parts]
+            yield from _merge(channels, weights, ctx.generator(_MERGE_SEED, depth))
     finally:
-        for ring in rings:
+        for ring in rings + inboxes:
             ring.request_stop()
         workers.stop()
-        for ring in rings:
+        for ring in rings + inboxes:
             ring.unlink()
             ring.close()
+        for reader, _ in stacks:
+            reader.close()
 
 
 def _merge(channels: list[_Channel], weights: list[float | None], rng: Any) -> Iterator[Any]:
@@ -230,24 +373,66 @@ def _merge(channels: list[_Channel], weights: list[float | None], rng: Any) -> I
             picker.drop(index)
 
 
+def _merge_groups(channels: list[_Channel]) -> Iterator[Any]:
+    """Yield the workers' outputs group by group in turn: the order of the undivided stream."""
+    live = list(range(len(channels)))
+    turn = 0
+    while live:
+        turn %= len(live)
+        channel = channels[live[turn]]
+        while True:
+            item = channel.next_item()
+            if item is _MARK:
+                turn += 1
+                break
+            if item is _ENDED:
+                del live[turn]
+                break
+            yield item
+
+
 _ENDED = object()
+_MARK = object()
 
 
 class _Channel:
-    """The consumer's end of one worker: its ring, its decoder, and how to tell it is alive."""
+    """The consumer's end of one worker: its ring, its decoder, and whether it (and the feeder) lives."""
 
-    def __init__(self, index: int, rings: list[Ring], workers: Workers, zero_copy: bool) -> None:
+    def __init__(
+        self,
+        index: int,
+        rings: list[Ring],
+        workers: Workers,
+        op: _Background,
+        feeder: int | None,
+        stack: Any = None,
+    ) -> None:
         self.index = index
         self.rings = rings  # shared with the caller, who frees them: a grown ring replaces its entry
         self.workers = workers
-        self.decoder = Decoder(zero_copy)
-        self.alive = functools.partial(workers.alive, index)
+        self.decoder = Decoder(op.zero_copy)
+        self.feeder = feeder
+        self.timeout = op.timeout
+        self.deadline = 0.0
+        self.started = False  # the worker has loaded its pipeline: the timeout counts from then
+        self.stack = stack  # where the worker's faulthandler writes its stack on SIGUSR1
+
+    def alive(self) -> bool:
+        """Whether the worker (and the feeder, where there is one) may still send something."""
+        if self.timeout is not None and self.started and time.monotonic() > self.deadline:
+            raise _stalled(self.workers, self.index, self.timeout, self.stack)
+        feeder = self.feeder
+        if feeder is not None and not self.workers.alive(feeder) and self.workers.processes[feeder].exitcode:
+            raise _renamed(self.workers.failure(feeder), feeder, "the feeder")
+        return self.workers.alive(self.index)
 
     def next_item(self) -> Any:
-        """The worker's next item, or ``_ENDED``; handles the records that carry no item."""
+        """The worker's next item, ``_MARK`` or ``_ENDED``; handles the records that carry no item."""
         pending = self.decoder.pending
         if pending:
             return pending.popleft()
+        if self.timeout is not None:
+            self.deadline = time.monotonic() + self.timeout
         while True:
             ring = self.rings[self.index]
             record = ring.get(self.alive)
@@ -256,6 +441,9 @@ class _Channel:
             kind, metadata, buffers = record
             if kind in (RECORD_ARRAYS, RECORD_DATA):
                 return self.decoder.read(ring, kind, metadata, buffers)
+            if kind == RECORD_MARK:
+                ring.release()
+                return _MARK
             if kind == RECORD_END:
                 ring.release()
                 return _ENDED
@@ -265,6 +453,48 @@ class _Channel:
                 self.rings[self.index] = _grown(ring, metadata)
             else:  # RECORD_READY
                 ring.release()
+                self.started = True
+                if self.timeout is not None:
+                    self.deadline = time.monotonic() + self.timeout
+
+
+def _renamed(error: WorkerError, index: int, name: str) -> WorkerError:
+    """``error`` about process ``index``, saying ``name`` instead of "background worker <index>"."""
+    return WorkerError(str(error).replace(f"background worker {index}", f"background: {name}", 1))
+
+
+def _stalled(workers: Workers, index: int, timeout: float, stack: Any) -> WorkerError:
+    """The error for a worker that sent nothing for ``timeout`` seconds, saying where it is stuck."""
+    process = workers.processes[index]
+    where = ""
+    if stack is not None and _STACK_SIGNAL is not None and process.is_alive():
+        with contextlib.suppress(OSError):
+            os.kill(process.pid, _STACK_SIGNAL)
+            where = _read_stack(stack)
+    return WorkerError(
+        f"background worker {index} (pid {process.pid}) sent nothing for {timeout:g} s "
+        f"(timeout={timeout:g}){where}"
+    )
+
+
+def _read_stack(stack: Any) -> str:
+    """What faulthandler wrote: the innermost frame of the user's code first, then the whole stack."""
+    chunks = []
+    wait = _STACK_WAIT_S
+    while stack.poll(wait):
+        chunk = os.read(stack.fileno(), 1 << 16)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        wait = 0.1
+    text = b"".join(chunks).decode(errors="replace")
+    frames = [line.strip() for line in text.splitlines() if line.strip().startswith("File ")]
+    package = os.path.dirname(os.path.abspath(__file__))
+    users = [f for f in frames if package not in f and f"multiprocessing{os.sep}" not in f]
+    if not users:
+        return ""
+    stack = "".join(f"\n  {frame}" for frame in users)
+    return f"; it is in {users[0]}\nits code, most recent call first:{stack}"
 
 
 def _grown(ring: Ring, request: memoryview) -> Ring:
@@ -289,6 +519,7 @@ class _Background(Operator[Any, Any]):
     ring_bytes: int | None
     zero_copy: bool
     start_method: str | None
+    timeout: float | None = None
 
     def _open(self, upstream: Stream[Any], ctx: SeedContext, depth: int) -> Iterator[Any]:
         return _background_items(self, upstream, ctx, depth)
@@ -301,6 +532,8 @@ class _Background(Operator[Any, Any]):
             options.append("zero_copy=True")
         if self.start_method is not None:
             options.append(f"start_method={self.start_method!r}")
+        if self.timeout is not None:
+            options.append(f"timeout={self.timeout:g}")
         return f"background({', '.join(options)})"
 
 
@@ -310,6 +543,7 @@ def background(
     ring_bytes: int | None = None,
     zero_copy: bool = False,
     start_method: str | None = None,
+    timeout: object = None,
 ) -> Operator[Any, Any]:
     """Run everything upstream in ``workers`` processes; items come back through shared memory.
 
@@ -317,8 +551,11 @@ def background(
     ``break``, ``close()``, garbage collection, an exception, Ctrl-C) stops the
     workers and frees the shared memory. With several workers the stream is
     divided among them (the sources of a mux, the items of a collection or
-    of an array; otherwise every ``workers``-th item), each finite item comes
-    out exactly once, and the same seed gives the same order.
+    the rows of arrays, each in one worker); where nothing can be divided, a
+    feeder process runs the undividable part once and deals its items to the
+    workers, which run the operators above it. Either way each item of a
+    finite stream comes out exactly once, and the same seed gives the same
+    output.
 
     Args:
         workers: number of worker processes.
@@ -328,6 +565,10 @@ def background(
             next item, instead of arrays the consumer owns.
         start_method: ``"fork"``, ``"forkserver"`` or ``"spawn"``; the default
             is ``fork`` in a single-threaded process, else ``forkserver``.
+        timeout: seconds to wait for a worker's next item (counted from the
+            moment it has loaded its pipeline) before raising
+            :class:`~pescador_fp.WorkerError` that names the worker and where
+            its code is stuck; ``None`` (the default) waits as long as it takes.
 
     >>> import numpy as np, pescador_fp as pf
     >>> s = pf.from_iterable(range(6)) | pf.map(lambda i: np.full(3, i)) | pf.background(workers=2)
@@ -337,9 +578,24 @@ def background(
     workers = check_int("background", "workers", workers, 1)
     if ring_bytes is not None:
         ring_bytes = check_int("background", "ring_bytes", ring_bytes, 4096)
+        if ring_bytes > _MAX_RING_BYTES:
+            raise ValueError(
+                f"background: ring_bytes must be at most 2**{_MAX_RING_BYTES.bit_length() - 1} "
+                f"({_MAX_RING_BYTES / 2**50:.0f} PiB), got {ring_bytes}"
+            )
     if start_method is not None and start_method not in START_METHODS:
         raise ValueError(
             f"background: start_method must be one of {', '.join(map(repr, START_METHODS))} or None, "
             f"got {start_method!r}"
         )
-    return _Background(workers, ring_bytes, check_bool("background", "zero_copy", zero_copy), start_method)
+    seconds: float | None = None
+    if timeout is not None:
+        if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real):
+            raise TypeError(f"background: timeout must be a number of seconds or None, got {timeout!r}")
+        seconds = float(timeout)
+        if not 0 < seconds < math.inf:
+            raise ValueError(
+                f"background: timeout must be a positive, finite number of seconds, got {timeout!r}"
+            )
+    zero_copy = check_bool("background", "zero_copy", zero_copy)
+    return _Background(workers, ring_bytes, zero_copy, start_method, seconds)

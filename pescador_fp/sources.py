@@ -132,6 +132,7 @@ def streamable(fn: Callable[P, Iterable[T]]) -> Callable[P, Stream[T]]:
 @dataclass(frozen=True, repr=False, eq=False)
 class _IterableStream(Stream[T]):
     items: Iterable[T]
+    _divides_in_turn = True
 
     def _open(self, ctx: SeedContext) -> Iterator[T]:
         return iter(self.items)
@@ -181,6 +182,7 @@ def from_iterable(items: Iterable[T]) -> Stream[T]:
 
 @dataclass(frozen=True, repr=False, eq=False)
 class _ArrayStream(Stream[Any]):
+    _divides_in_turn = True
     arrays: tuple[np.ndarray, ...]
     keys: tuple[str, ...] | None  # dict keys, or None for a tuple (or a single array)
     single: bool

@@ -19,12 +19,11 @@ from collections import Counter, namedtuple
 
 import numpy as np
 import pytest
-from helpers import same, same_items
+from helpers import own_shm_entries, same, same_items
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import pescador_fp as pf
-from pescador_fp._ipc.ring import NAME_PREFIX, SHM_DIR
 
 START_METHODS = ["fork", "forkserver", "spawn"]
 # Workers must be gone this soon after the iterator is closed (the contract says ~2 s).
@@ -36,7 +35,7 @@ Pair = namedtuple("Pair", "left right")
 
 
 def shm_entries() -> list[str]:
-    return sorted(f for f in os.listdir(SHM_DIR) if f.startswith(NAME_PREFIX))
+    return own_shm_entries()
 
 
 def fd_count() -> int:
@@ -195,7 +194,7 @@ def test_building_starts_nothing_and_each_way_out_stops_the_workers(start_method
     # close()
     it = iter(s)
     next(it)
-    assert len(multiprocessing.active_children()) == 2
+    assert len(multiprocessing.active_children()) == 3  # two workers and the feeder of the generator
     it.close()
     it.close()  # idempotent
     assert wait_for_no_children() == []
@@ -378,6 +377,43 @@ def _alive(pid: int) -> bool:
         return False
 
 
+# ------------------------------------------------------------------ timeout
+
+
+def _stuck_on_seven(i):
+    if i == 7:
+        time.sleep(1e9)
+    return i
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("start_method", START_METHODS)
+def test_a_hung_worker_becomes_a_worker_error_naming_it_and_where_it_is(start_method):
+    s = (
+        pf.from_iterable(range(20))
+        | pf.map(_stuck_on_seven)
+        | pf.background(workers=2, timeout=1.5, start_method=start_method)
+    )
+    got = []
+    with pytest.raises(pf.WorkerError) as caught:
+        for x in s:
+            got.append(x)
+    assert got == [0, 1, 2, 3, 4, 5, 6]
+    message = str(caught.value)
+    assert "background worker 1 " in message and "sent nothing for 1.5 s (timeout=1.5)" in message
+    assert "it is in File" in message and "test_background.py" in message and "_stuck_on_seven" in message
+
+
+@pytest.mark.timeout(60)
+def test_a_slow_but_steady_worker_is_not_timed_out():
+    def slow(i):
+        time.sleep(0.3)
+        return i
+
+    s = pf.from_iterable(range(6)) | pf.map(slow) | pf.background(timeout=1)
+    assert list(s) == list(range(6))
+
+
 # ------------------------------------------------------------------ arguments
 
 
@@ -388,6 +424,17 @@ def _alive(pid: int) -> bool:
         ({"ring_bytes": 10}, ValueError, "ring_bytes must be an integer >= 4096, got 10"),
         ({"start_method": "thread"}, ValueError, "start_method must be one of"),
         ({"zero_copy": "yes"}, TypeError, "zero_copy"),
+        ({"ring_bytes": 2**63}, ValueError, r"ring_bytes must be at most 2\*\*56 .*got 9223372036854775808"),
+        ({"ring_bytes": 1.5}, TypeError, "ring_bytes must be an integer"),
+        ({"timeout": 0}, ValueError, "timeout must be a positive, finite number of seconds, got 0"),
+        (
+            {"timeout": float("nan")},
+            ValueError,
+            "timeout must be a positive, finite number of seconds, got nan",
+        ),
+        ({"timeout": float("inf")}, ValueError, "timeout must be a positive"),
+        ({"timeout": "5"}, TypeError, "timeout must be a number of seconds or None, got '5'"),
+        ({"timeout": True}, TypeError, "timeout must be a number"),
     ],
 )
 def test_bad_arguments_are_refused_when_built(kwargs, error, text):
@@ -396,6 +443,7 @@ def test_bad_arguments_are_refused_when_built(kwargs, error, text):
 
 
 def test_repr_and_pickling():
+    assert repr(pf.background(timeout=2.5)) == "background(workers=1, timeout=2.5)"
     op = pf.background(workers=2, zero_copy=True)
     assert repr(op) == "background(workers=2, zero_copy=True)"
     s = pf.from_iterable([1, 2]) | op

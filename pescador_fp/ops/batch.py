@@ -243,7 +243,7 @@ def _unbatched(items: Iterator[Any]) -> Iterator[Any]:
 
 @dataclass(frozen=True, repr=False)
 class _Unbatch(Operator[Any, Any]):
-    _splittable = True
+    _splittable = _per_item = True
 
     def _open(self, upstream: Stream[Any], ctx: SeedContext, depth: int) -> Iterator[Any]:
         return _unbatched(upstream._open(ctx))

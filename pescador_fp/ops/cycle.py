@@ -32,7 +32,7 @@ def _repeat(upstream: Stream[Any], ctx: SeedContext, times: int | None) -> Itera
 
 @dataclass(frozen=True, repr=False)
 class _Cycle(Operator[Any, Any]):
-    _splittable = True
+    _splittable = _reopens_upstream = True
     times: int | None
 
     def _open(self, upstream: Stream[Any], ctx: SeedContext, depth: int) -> Iterator[Any]:

@@ -21,7 +21,7 @@ U = TypeVar("U")
 
 @dataclass(frozen=True, repr=False)
 class _Map(Operator[Any, Any]):
-    _splittable = True
+    _splittable = _per_item = _one_to_one = True
     fn: Callable[[Any], Any]
 
     def _open(self, upstream: Stream[Any], ctx: SeedContext, depth: int) -> Iterator[Any]:
@@ -33,7 +33,7 @@ class _Map(Operator[Any, Any]):
 
 @dataclass(frozen=True, repr=False)
 class _Filter(Operator[Any, Any]):
-    _splittable = True
+    _splittable = _per_item = True
     pred: Callable[[Any], object]
 
     def _open(self, upstream: Stream[Any], ctx: SeedContext, depth: int) -> Iterator[Any]:
@@ -45,7 +45,7 @@ class _Filter(Operator[Any, Any]):
 
 @dataclass(frozen=True, repr=False)
 class _Mapcat(Operator[Any, Any]):
-    _splittable = True
+    _splittable = _per_item = True
     fn: Callable[[Any], Iterable[Any]]
 
     def _open(self, upstream: Stream[Any], ctx: SeedContext, depth: int) -> Iterator[Any]:

@@ -30,7 +30,7 @@ def _as_tuples(items: Iterator[Any], keys: tuple[Hashable, ...]) -> Iterator[tup
 
 @dataclass(frozen=True, repr=False)
 class _Tuples(Operator[Any, Any]):
-    _splittable = True
+    _splittable = _per_item = _one_to_one = True
     keys: tuple[Hashable, ...]
 
     def _open(self, upstream: Stream[Any], ctx: SeedContext, depth: int) -> Iterator[Any]:
@@ -74,7 +74,7 @@ def _as_keras(
 
 @dataclass(frozen=True, repr=False)
 class _KerasTuples(Operator[Any, Any]):
-    _splittable = True
+    _splittable = _per_item = _one_to_one = True
     inputs: str | tuple[str, ...] | None
     outputs: str | tuple[str, ...] | None
 

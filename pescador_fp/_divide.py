@@ -1,0 +1,127 @@
+"""Dividing a stream into parts that run in separate processes, and how their outputs merge back.
+
+``background`` asks :func:`divide` how to split a pipeline among ``count``
+workers. There are two ways, and both give every item of a finite stream
+exactly once, whatever the pipeline does (seeded or not, hash-ordered or not):
+
+- **divided**: a stream low in the pipeline divides itself (the sources of a
+  mux, the items of a collection, the rows of arrays: ``Stream._divide``) and
+  only operators that can run on each part sit above it
+  (``Operator._splittable``). Each worker runs one part.
+- **fed**: nothing divides. A feeder process runs the lowest part of the
+  pipeline that cannot be divided (the *head*) once, and deals its items in
+  turn to the workers, which run the splittable operators above it (the
+  *tail*). With no tail the whole stream runs in a single worker: there is
+  nothing to share, and pretending otherwise would repeat the work.
+
+Order. Where the parts are dealt in turn (a collection, or the feeder's deal)
+and the tail is per-item (``map``, ``filter``, ``mapcat``, ``tuples``,
+``unbatch``), the merge gives the foreground order back: with one-to-one
+operators item by item, else group by group, each worker marking where the
+outputs of one input item end. Operators that gather several items
+(``batch``, ``shuffle``, ``cache``) run on each part, so their output depends
+on how the work was divided (same seed and same ``count``: same output).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ._seed import SeedContext
+from ._stream import Applied, Operator, Stream
+
+__all__ = ["WORKER_BRANCH", "Part", "Plan", "divide", "rebuild"]
+
+# Branch of the seed tree that the workers' parts hang from.
+WORKER_BRANCH = 0x6267
+
+
+@dataclass(frozen=True)
+class Part:
+    """What one worker runs: ``ops`` over ``source`` (``None``: the items the feeder deals it)."""
+
+    source: Stream[Any] | None
+    ops: tuple[Operator[Any, Any], ...]
+    weight: float | None  # how often the merge reads this part; None: in turn
+    depth: int = 0  # (fed) the depth of the head in the whole pipeline, so seeds line up
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How a stream runs in parts, and how to merge them."""
+
+    parts: tuple[Part, ...]
+    head: Stream[Any] | None = None  # (fed) what the feeder runs once
+    grouped: bool = False  # workers mark the end of each input item's outputs; merge group by group
+
+    @property
+    def fed(self) -> bool:
+        return self.head is not None
+
+    def context(self, index: int, ctx: SeedContext) -> SeedContext:
+        """The seed context of part ``index``: the pass's own for a single part, else a child."""
+        return ctx if len(self.parts) == 1 and not self.fed else ctx.child(WORKER_BRANCH, index)
+
+
+def _peel(stream: Stream[Any]) -> tuple[Stream[Any], list[Operator[Any, Any]]]:
+    """The stream below the splittable operators at the top, and those operators (innermost first)."""
+    ops: list[Operator[Any, Any]] = []
+    while isinstance(stream, Applied) and stream.op._splittable:
+        ops.append(stream.op)
+        stream = stream.upstream
+    ops.reverse()
+    return stream, ops
+
+
+def rebuild(source: Stream[Any], ops: Sequence[Operator[Any, Any]]) -> Stream[Any]:
+    """``source | ops[0] | ops[1] ...``."""
+    for op in ops:
+        source = Applied(source, op)
+    return source
+
+
+def divide(stream: Stream[Any], count: int) -> Plan:
+    """How ``stream`` runs in ``count`` parts.
+
+    >>> import pescador_fp as pf
+    >>> plan = divide(pf.from_iterable(range(10)) | pf.filter(bool), 2)
+    >>> [list(part.source) for part in plan.parts], plan.grouped
+    ([[0, 2, 4, 6, 8], [1, 3, 5, 7, 9]], True)
+    >>> divide(pf.stream(iter, "abc") | pf.map(str.upper), 2).fed
+    True
+    """
+    if count == 1:
+        return Plan((Part(stream, (), None),))
+    base, ops = _peel(stream)
+    per_item = all(op._per_item for op in ops)
+    one_to_one = all(op._one_to_one for op in ops)
+    divided = [base._divide(i, count) for i in range(count)]
+    if all(d is not None for d in divided):
+        parts = tuple(Part(d[0], tuple(ops), d[1]) for d in divided if d is not None)
+        in_turn = base._divides_in_turn and all(p.weight is None for p in parts)
+        return Plan(parts, grouped=in_turn and per_item and not one_to_one)
+    # Operators that restart their upstream cannot run over items dealt once: they join the head.
+    cut = max((i + 1 for i, op in enumerate(ops) if op._reopens_upstream), default=0)
+    head, tail = rebuild(base, ops[:cut]), tuple(ops[cut:])
+    if not tail:
+        return Plan((Part(stream, (), None),))
+    return Plan(
+        tuple(Part(None, tail, None, head.depth) for _ in range(count)),
+        head=head,
+        grouped=not all(op._one_to_one for op in tail),
+    )
+
+
+def components(stream: Stream[Any]) -> Iterator[object]:
+    """The operators and sources a pipeline is made of, outermost first."""
+    if isinstance(stream, Applied):
+        yield stream.op
+        yield from components(stream.upstream)
+        return
+    inner = getattr(stream, "streams", None)
+    if isinstance(inner, tuple):
+        for sub in inner:
+            yield from components(sub)
+    yield stream

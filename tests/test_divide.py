@@ -1,0 +1,242 @@
+"""Dividing a stream among workers: every item exactly once, whatever the pipeline does, and in order.
+
+The pipelines here are the ones that broke a division that ran the whole
+pipeline in every worker and kept every k-th item: unseeded shuffles and
+muxes, hash-ordered sets under spawn. They run in real worker processes.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections import Counter
+
+import numpy as np
+import pytest
+from helpers import own_shm_entries, same_items
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import pescador_fp as pf
+from pescador_fp._divide import divide
+
+START_METHODS = ["fork", "forkserver", "spawn"]
+
+
+@pytest.fixture(autouse=True)
+def nothing_left_behind():
+    before = own_shm_entries()
+    yield
+    end = time.monotonic() + 3
+    while multiprocessing.active_children() and time.monotonic() < end:
+        time.sleep(0.02)
+    assert multiprocessing.active_children() == []
+    assert own_shm_entries() == before
+
+
+def ints(stream):
+    return [int(x) for x in stream]
+
+
+# ------------------------------------------------------------------ exactly once, seeded or not
+
+
+UNSEEDED = {
+    "shuffle-take": (lambda: pf.from_iterable(range(100)) | pf.shuffle(100) | pf.take(100), 100),
+    "mux-take": (
+        lambda: (
+            pf.mux([pf.from_iterable(range(i * 20, i * 20 + 20)) for i in range(5)], 2, mode="exhaustive")
+            | pf.take(50)
+        ),
+        50,
+    ),
+    "chain-shuffle": (lambda: pf.chain([pf.from_iterable(range(50)) | pf.shuffle(50)]), 50),
+    "generator-take-map": (
+        lambda: (
+            pf.stream(lambda: iter(np.random.default_rng().permutation(80).tolist()))
+            | pf.take(60)
+            | pf.map(lambda x: x + 1000)
+        ),
+        60,
+    ),
+}
+
+
+@pytest.mark.parametrize("workers", [2, 3])
+@pytest.mark.parametrize("name", sorted(UNSEEDED))
+def test_unseeded_pipelines_give_each_item_exactly_once(name, workers):
+    make, count = UNSEEDED[name]
+    for _ in range(3):
+        out = ints(make() | pf.background(workers=workers))
+        assert len(out) == count
+        assert len(set(out)) == count, [x for x, n in Counter(out).items() if n > 1]
+
+
+SCRIPT = """
+import sys
+import pescador_fp as pf
+
+def words():
+    return iter({"w%d" % i for i in range(200)})
+
+if __name__ == "__main__":
+    s = pf.stream(words) | pf.map(str.upper) | pf.background(workers=2, start_method=sys.argv[1])
+    out = list(s)
+    print(len(out), len(set(out)), sorted(out) == sorted("W%d" % i for i in range(200)))
+"""
+
+
+@pytest.mark.parametrize("start_method", START_METHODS)
+def test_a_hash_ordered_source_is_read_once_under_every_start_method(tmp_path, start_method):
+    script = tmp_path / "words.py"
+    script.write_text(textwrap.dedent(SCRIPT))
+    env = {**os.environ, "PYTHONHASHSEED": "random"}
+    result = subprocess.run(
+        [sys.executable, str(script), start_method], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["200", "200", "True"]
+
+
+OPS = {
+    "map": lambda: pf.map(lambda x: x * 3),
+    "filter": lambda: pf.filter(lambda x: x % 3 != 1),
+    "mapcat": lambda: pf.mapcat(lambda x: [x] * (x % 3)),
+    "shuffle": lambda: pf.shuffle(7),
+    "take": lambda: pf.take(25),
+    "skip": lambda: pf.skip(4),
+    "batch-unbatch": lambda: pf.batch(3, partial=True) | pf.unbatch(),
+    "cycle": lambda: pf.cycle(2),
+}
+SOURCES = {
+    "list": lambda n: pf.from_iterable(list(range(n))),
+    "set": lambda n: pf.from_iterable(set(range(n))),
+    "generator": lambda n: pf.stream(lambda: iter(range(n))),
+    "arrays": lambda n: pf.from_arrays(np.arange(n)) | pf.map(int),
+}
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    source=st.sampled_from(sorted(SOURCES)),
+    n=st.integers(0, 60),
+    ops=st.lists(st.sampled_from(sorted(OPS)), max_size=4),
+    workers=st.integers(1, 3),
+    seed=st.integers(0, 2**16),
+)
+def test_background_gives_the_items_of_the_foreground_pass(source, n, ops, workers, seed):
+    s = pf.pipe(SOURCES[source](n), *(OPS[name]() for name in ops))
+    foreground = ints(s.iterate(seed=seed))
+    background = ints((s | pf.background(workers=workers)).iterate(seed=seed))
+    assert sorted(background) == sorted(foreground)
+    again = ints((s | pf.background(workers=workers)).iterate(seed=seed))
+    assert again == background
+
+
+# ------------------------------------------------------------------ the foreground order
+
+
+PER_ITEM = {
+    "map": pf.map(lambda x: x * 2),
+    "filter": pf.filter(lambda x: x != 0 and x % 4 != 1),
+    "mapcat": pf.mapcat(lambda x: range(x % 3)),
+    "tuples": pf.map(lambda x: {"a": x, "b": -x}) | pf.tuples("b", "a") | pf.map(lambda t: t[0] * 7 + t[1]),
+    "keras_tuples": pf.map(lambda x: {"a": x, "b": 2 * x}) | pf.keras_tuples("a", "b") | pf.map(sum),
+    "unbatch": pf.map(lambda x: np.arange(x % 4)) | pf.unbatch() | pf.map(int),
+}
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3])
+@pytest.mark.parametrize("source", ["list", "arrays", "generator", "set"])
+@pytest.mark.parametrize("op", sorted(PER_ITEM))
+def test_per_item_pipelines_keep_the_foreground_order(op, source, workers):
+    s = SOURCES[source](40) | PER_ITEM[op]
+    assert ints(s | pf.background(workers=workers)) == ints(s)
+
+
+def test_the_filter_example_of_the_issue_keeps_its_order():
+    s = pf.from_iterable(range(10)) | pf.filter(lambda i: i != 0)
+    assert list(s | pf.background(workers=3)) == [1, 2, 3, 4, 5, 6, 7, 8, 9]
+
+
+@pytest.mark.parametrize("start_method", START_METHODS)
+def test_an_error_in_the_feeder_arrives_after_every_earlier_item(start_method):
+    def source():
+        yield from range(7)
+        raise KeyError("source broke")
+
+    s = (
+        pf.stream(source)
+        | pf.filter(lambda x: x % 2 == 0)
+        | pf.background(workers=3, start_method=start_method)
+    )
+    got = []
+    with pytest.raises(KeyError, match="source broke"):
+        for x in s:
+            got.append(x)
+    assert got == [0, 2, 4, 6]
+
+
+def test_an_error_in_a_worker_arrives_in_the_foreground_order():
+    def check(x):
+        if x == 11:
+            raise ValueError("bad 11")
+        return [x] * (x % 2)
+
+    s = pf.from_iterable(range(30)) | pf.mapcat(check) | pf.background(workers=3)
+    got = []
+    with pytest.raises(ValueError, match="bad 11"):
+        for x in s:
+            got.append(x)
+    assert got == [1, 3, 5, 7, 9]
+
+
+def test_a_killed_feeder_is_a_worker_error_naming_it():
+    def source():
+        yield from range(5)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    s = pf.stream(source) | pf.map(lambda x: x) | pf.background(workers=2)
+    with pytest.raises(pf.WorkerError, match=r"feeder .*SIGKILL"):
+        list(s)
+
+
+# ------------------------------------------------------------------ the plan
+
+
+def test_a_pipeline_with_nothing_to_share_runs_in_one_worker():
+    plan = divide(pf.stream(lambda: iter(range(5))) | pf.take(3), 4)
+    assert len(plan.parts) == 1 and not plan.fed
+
+
+def test_cycle_runs_in_the_feeder_and_the_operators_above_it_in_the_workers():
+    s = pf.stream(lambda: iter(range(4))) | pf.cycle(2) | pf.map(lambda x: x + 1)
+    plan = divide(s, 2)
+    assert plan.fed and [repr(op) for op in plan.parts[0].ops] == ["map(<lambda>)"]
+    assert ints(s | pf.background(workers=2)) == [1, 2, 3, 4, 1, 2, 3, 4]
+
+
+def test_a_divided_collection_batches_in_each_worker():
+    s = pf.from_iterable(range(10)) | pf.batch(2)
+    plan = divide(s, 2)
+    assert not plan.fed and not plan.grouped
+    assert [list(p.source) for p in plan.parts] == [[0, 2, 4, 6, 8], [1, 3, 5, 7, 9]]
+
+
+def test_fed_samples_batched_in_the_workers_come_back_in_a_fixed_order():
+    s = pf.stream(lambda: iter(range(40))) | pf.map(lambda x: np.full(2, x)) | pf.batch(4)
+    out = [b[:, 0].tolist() for b in s | pf.background(workers=2)]
+    assert sorted(x for b in out for x in b) == list(range(40))
+    assert out == [b[:, 0].tolist() for b in s | pf.background(workers=2)]
+    # Worker 0 batches items 0, 2, 4, ...; worker 1 items 1, 3, 5, ...
+    assert out[0] == [0, 2, 4, 6] and out[1] == [1, 3, 5, 7]
+
+
+def test_background_equals_foreground_for_one_worker_whatever_the_pipeline():
+    s = pf.stream(lambda: iter(range(30))) | pf.shuffle(8) | pf.batch(4) | pf.map(lambda b: b.tolist())
+    assert same_items(list((s | pf.background()).iterate(seed=3)), list(s.iterate(seed=3)))
