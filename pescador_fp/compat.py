@@ -21,7 +21,7 @@ import copy
 import inspect
 import itertools
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -109,7 +109,16 @@ class Streamer(Stream[Any]):
 
     ``iterate(max_iter)``, ``cycle(max_iter)``, ``__call__(max_iter, cycle)``
     and ``__iter__`` behave as in Pescador; it is also a pescador_fp Stream,
-    so ``streamer | pf.batch(32)`` works.
+    so ``streamer | pf.batch(32)`` works. Pescador's activation protocol is
+    kept too: ``with streamer as active:`` gives a copy whose ``stream_`` is an
+    open pass, and ``active`` (``active_count_``) counts the passes open now.
+
+    >>> s = Streamer(range(3))
+    >>> with s as active:
+    ...     s.active, next(active.stream_)
+    (1, 0)
+    >>> s.active
+    0
     """
 
     def __init__(self, streamer: Any, *args: Any, **kwargs: Any) -> None:
@@ -117,11 +126,51 @@ class Streamer(Stream[Any]):
             raise PescadorError(
                 "`streamer` must be an iterable or callable function that returns an iterable object."
             )
+        self._adopt(streamer, args, kwargs, _source(streamer, args, kwargs))
+
+    def _adopt(
+        self, streamer: Any, args: tuple[Any, ...], kwargs: dict[str, Any], built: Stream[Any]
+    ) -> None:
         self.streamer, self.args, self.kwargs = streamer, args, kwargs
-        self._stream: Stream[Any] = _source(streamer, args, kwargs)
+        self._stream: Stream[Any] = built
+        #: Passes of this streamer open now, as Pescador counts them.
+        self.active_count_ = 0
+        #: The open pass of an activated copy (``with streamer as copy``); None otherwise.
+        self.stream_: Iterator[Any] | None = None
+
+    @property
+    def active(self) -> int:
+        """How many passes over this streamer are open now."""
+        return self.active_count_
+
+    @property
+    def is_activated_copy(self) -> bool:
+        """True for the copy that ``with streamer as copy`` gives, which holds an open pass."""
+        return self.stream_ is not None
+
+    def __enter__(self) -> Streamer:
+        if self.is_activated_copy:
+            return self
+        active = copy.copy(self)
+        active.active_count_ = 0
+        active.stream_ = Stream.iterate(self._stream)
+        self.active_count_ += 1
+        return active
+
+    def __exit__(self, *exc: object) -> Literal[False]:
+        if not self.is_activated_copy:
+            self.active_count_ -= 1
+            if self.active_count_ < 0:
+                raise PescadorError(f"Active stream count passed below 0 for {self!r}")
+        return False
 
     def _open(self, ctx: SeedContext) -> Iterator[Any]:
-        return self._stream._open(ctx)
+        # A pass opened by pescador_fp (a mux, an operator, a worker) counts as active too.
+        self.active_count_ += 1
+        try:
+            yield from self._stream._open(ctx)
+        finally:
+            self.active_count_ -= 1
 
     def _divide(self, index: int, count: int) -> tuple[Stream[Any], float | None] | None:
         return self._stream._divide(index, count)
@@ -131,21 +180,26 @@ class Streamer(Stream[Any]):
 
     def iterate(self, max_iter: int | None = None) -> Iterator[Any]:  # type: ignore[override]
         """Yield the items of one pass, at most ``max_iter`` of them."""
-        items = Stream.iterate(self)
-        return items if max_iter is None else itertools.islice(items, max_iter)
+        opens = not self.is_activated_copy
+        with self as active:
+            items = active.stream_
+            assert items is not None
+            try:
+                yield from items if max_iter is None else itertools.islice(items, max_iter)
+            finally:
+                if opens:  # an activated copy's pass stays open, for the next iterate, as in Pescador
+                    _close(items)
 
     def cycle(self, max_iter: int | None = None) -> Iterator[Any]:
         """Yield items pass after pass, at most ``max_iter`` in all; an empty stream ends, never hangs."""
-        passes: Iterator[Any] = itertools.chain.from_iterable(self._passes())
-        return passes if max_iter is None else itertools.islice(passes, max_iter)
-
-    def _passes(self) -> Iterator[Iterator[Any]]:
-        while True:
-            items = Stream.iterate(self)
-            first = next(items, _NOTHING)
-            if first is _NOTHING:
+        count = 0
+        while max_iter is None or count < max_iter:
+            before = count
+            for item in self.iterate(None if max_iter is None else max_iter - count):
+                count += 1
+                yield item
+            if count == before:
                 return
-            yield itertools.chain((first,), items)
 
     def __call__(self, max_iter: int | None = None, cycle: bool = False) -> Iterator[Any]:
         yield from (self.cycle(max_iter) if cycle else self.iterate(max_iter))
@@ -154,7 +208,10 @@ class Streamer(Stream[Any]):
         return self.iterate()
 
 
-_NOTHING = object()
+def _close(items: Iterator[Any]) -> None:
+    close = getattr(items, "close", None)
+    if close is not None:
+        close()
 
 
 def streamable(function: Callable[..., Any]) -> Callable[..., Streamer]:
@@ -179,12 +236,43 @@ def _streams(streamers: Any) -> list[Stream[Any]]:
     return [s if isinstance(s, Stream) else Streamer(s) for s in items]
 
 
-class _Mux(Streamer):
-    """A Streamer whose stream is a pescador_fp multiplexer."""
+def _shares(weights: Any, n: int) -> np.ndarray:
+    """Pescador's ``mux.weights``: the weights as floats that sum to one (uniform for None)."""
+    w = np.full(n, 1.0 / n) if weights is None else np.atleast_1d(np.asarray(weights, dtype=float))
+    shares: np.ndarray = w / w.sum()
+    return shares
 
-    def __init__(self, built: Stream[Any]) -> None:
-        self.streamer, self.args, self.kwargs = built, (), {}
-        self._stream = built
+
+class _Mux(Streamer):
+    """A Streamer whose stream is a pescador_fp multiplexer, with a Pescador mux's attributes.
+
+    ``streamers`` holds the streamers as Pescador does; all sampling state
+    lives in the iterators of the multiplexer, never on this object.
+    """
+
+    def _adopt_mux(self, streamers: Any, random_state: Any, built: Stream[Any]) -> None:
+        self._adopt(built, (), {}, built)
+        self.streamers = streamers
+        self._random_state = random_state
+
+    @property
+    def n_streams(self) -> int:
+        """How many streamers the mux draws from."""
+        return len(self.streamers)
+
+    @property
+    def rng(self) -> Any:
+        """The generator Pescador would hold: ``np.random`` for ``random_state=None``, else a RandomState.
+
+        For reading only: the seed was taken from ``random_state`` when the
+        mux was built, so this is a fresh copy and changing it changes nothing.
+        """
+        state = self._random_state
+        if state is None:
+            return np.random
+        if isinstance(state, (int, np.integer)):
+            return np.random.RandomState(int(state))
+        return copy.deepcopy(state)
 
 
 class StochasticMux(_Mux):
@@ -203,21 +291,22 @@ class StochasticMux(_Mux):
     ) -> None:
         streams = _streams(streamers)
         seed = _seed(random_state)
-        super().__init__(
-            _pescador_errors(
-                lambda: _mux(
-                    streams,
-                    n_active,
-                    rate,
-                    weights=weights,
-                    mode=mode,
-                    dist=dist,
-                    prune_empty=bool(prune_empty_streams),
-                    seed=seed,
-                )
+        built = _pescador_errors(
+            lambda: _mux(
+                streams,
+                n_active,
+                rate,
+                weights=weights,
+                mode=mode,
+                dist=dist,
+                prune_empty=bool(prune_empty_streams),
+                seed=seed,
             )
         )
-        self.n_active, self.rate, self.weights, self.mode, self.dist = n_active, rate, weights, mode, dist
+        self._adopt_mux(streams, random_state, built)
+        self.n_active, self.rate, self.mode, self.dist = n_active, rate, mode, dist
+        self.prune_empty_streams = prune_empty_streams
+        self.weights = _shares(weights, len(streams))
 
 
 class ShuffledMux(_Mux):
@@ -226,7 +315,10 @@ class ShuffledMux(_Mux):
     def __init__(self, streamers: Any, weights: Any = None, random_state: Any = None) -> None:
         streams = _streams(streamers)
         seed = _seed(random_state)
-        super().__init__(_pescador_errors(lambda: _shuffled_mux(streams, weights, seed=seed)))
+        self._adopt_mux(
+            streams, random_state, _pescador_errors(lambda: _shuffled_mux(streams, weights, seed=seed))
+        )
+        self.weights = _shares(weights, len(streams))
 
 
 class RoundRobinMux(_Mux):
@@ -235,24 +327,44 @@ class RoundRobinMux(_Mux):
     def __init__(self, streamers: Any, mode: str = "exhaustive", random_state: Any = None) -> None:
         streams = _streams(streamers)
         seed = _seed(random_state)
-        super().__init__(_pescador_errors(lambda: _round_robin(streams, mode, seed=seed)))
+        self._adopt_mux(
+            streams, random_state, _pescador_errors(lambda: _round_robin(streams, mode, seed=seed))
+        )
+        self.mode = mode
 
 
 class ChainMux(_Mux):
-    """Pescador's ChainMux, over ``pf.chain``: a list of streamers, or a streamer (or generator) of them."""
+    """Pescador's ChainMux, over ``pf.chain``: streamers one after another.
+
+    ``streamers`` is a list of streamers, a streamer or generator of them
+    (read once, when built, as Pescador does), or a generator function of
+    them (called afresh at every pass, as Pescador does).
+
+    >>> def shards():
+    ...     yield Streamer("ab")
+    ...     yield Streamer("c")
+    >>> "".join(ChainMux(shards)), "".join(ChainMux(shards, mode="cycle")(max_iter=5))
+    ('abc', 'abcab')
+    """
 
     def __init__(self, streamers: Any, mode: str = "exhaustive", random_state: Any = None) -> None:
-        # Pescador reads the collection (a list, a generator, a Streamer of streamers) once, when built.
-        try:
-            outer = [s if isinstance(s, Stream) else Streamer(s) for s in streamers]
-        except TypeError:
-            raise PescadorError(f"Cannot chain {streamers!r}: not a collection of streamers") from None
-        super().__init__(_pescador_errors(lambda: _chain(_chainable(outer), mode)))
+        _seed(random_state)  # checked as Pescador does; a chain draws nothing
+        outer: Any
+        if callable(streamers) and not isinstance(streamers, Iterable):
+            outer = Streamer(streamers)
+        else:
+            try:
+                outer = [s if isinstance(s, Stream) else Streamer(s) for s in streamers]
+            except TypeError:
+                raise PescadorError(f"Cannot chain {streamers!r}: not a collection of streamers") from None
+            streamers = outer
+        self._adopt_mux(streamers, random_state, _pescador_errors(lambda: _chain(_chainable(outer), mode)))
+        self.mode = mode
 
 
-def _chainable(streams: list[Stream[Any]]) -> Any:
+def _chainable(streams: Stream[Any] | list[Stream[Any]]) -> Any:
     """The streams, or for none an empty Stream of streams (``pf.chain`` refuses an empty list)."""
-    return streams if streams else as_stream(streams)
+    return streams if isinstance(streams, Stream) or streams else as_stream(streams)
 
 
 def _ndarray_dict(data: Any) -> Any:
@@ -279,7 +391,9 @@ class ZMQStreamer(Streamer):
         copy: bool = False,
         timeout: float | None = 5,
     ) -> None:
-        self.streamer, self.args, self.kwargs = streamer, (), {}
+        if inspect.isgenerator(streamer):
+            raise PescadorError(_zmq_generator_message(streamer))
+        self._adopt(streamer, (), {}, _stream_of(streamer) | _map(_ndarray_dict) | _background(workers=1))
         self.min_port, self.max_port, self.max_tries, self.copy, self.timeout = (
             min_port,
             max_port,
@@ -287,7 +401,16 @@ class ZMQStreamer(Streamer):
             copy,
             timeout,
         )
-        self._stream = _stream_of(streamer) | _map(_ndarray_dict) | _background(workers=1)
+
+
+def _zmq_generator_message(generator: Any) -> str:
+    name = getattr(generator, "__name__", "generator")
+    return (
+        f"ZMQStreamer runs its streamer in a worker process, which cannot take the generator object "
+        f"{name}(...): a generator cannot be pickled, and runs only once. Wrap the generator function "
+        f"and its arguments in a Streamer: ZMQStreamer(Streamer({name}, ...)), for example "
+        f"ZMQStreamer(Streamer(buffer_stream, mux, 32)) instead of ZMQStreamer(buffer_stream(mux, 32))."
+    )
 
 
 def buffer_stream(

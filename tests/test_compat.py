@@ -163,12 +163,6 @@ def test_no_hang_on_empty_sources_in_cycling_muxes():  # each of these hangs in 
     assert list(C.StochasticMux(empties, 2, 4, prune_empty_streams=False, random_state=0)) == []
 
 
-def test_streamer_machinery_not_offered():
-    for name in ("__enter__", "__exit__", "active", "is_activated_copy", "stream_", "active_count_"):
-        assert hasattr(P.Streamer([1]), name)
-        assert not hasattr(C.Streamer([1]), name)
-
-
 def test_compat_streamer_is_a_pescador_fp_stream():
     s = C.Streamer(numbers, 4)
     assert [b.tolist() for b in s | pf.batch(2)] == [[0, 1], [2, 3]]
