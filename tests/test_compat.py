@@ -13,12 +13,13 @@ import itertools
 import os
 from collections import Counter
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pescador as P
 import pytest
-from helpers import same, same_items
+from helpers import own_shm_entries, same, same_items
 
 import pescador_fp as pf
 import pescador_fp.compat as C
@@ -50,10 +51,6 @@ def differential(program: Callable[[Any], Any]) -> Any:
     theirs, ours = program(P), program(C)
     assert same(theirs, ours), (theirs, ours)
     return ours
-
-
-def pfp_entries() -> list[str]:
-    return sorted(name for name in os.listdir("/dev/shm") if name.startswith("pfp_"))
 
 
 # ---------------------------------------------------------------- Streamer
@@ -690,9 +687,26 @@ def test_unseeded_pescador_uses_the_global_numpy_state_and_ours_never_touches_it
 
 @pytest.fixture
 def no_shm_leak():
-    before = pfp_entries()
+    """This test process leaves no shared memory behind; other processes' entries are not its business."""
+    assert own_shm_entries() == []
     yield
-    assert pfp_entries() == before == []
+    assert own_shm_entries() == []
+
+
+@pytest.fixture
+def foreign_shm_entry():
+    """A ``pfp_`` entry that another process (pid 0 stands for it) left in the shared-memory folder."""
+    from pescador_fp._ipc.ring import NAME_PREFIX, SHM_DIR
+
+    path = Path(SHM_DIR) / f"{NAME_PREFIX}0_left_by_another_process_{os.getpid()}"
+    path.touch()
+    yield path.name
+    path.unlink()
+
+
+def test_zmq_tests_ignore_shared_memory_left_by_other_processes(foreign_shm_entry, no_shm_leak):
+    assert foreign_shm_entry not in own_shm_entries()
+    assert same_items(list(C.ZMQStreamer(C.Streamer(arrays, 2))), list(arrays(2)))
 
 
 def arrays(n: int) -> Iterator[dict[str, np.ndarray]]:
