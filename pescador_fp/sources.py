@@ -3,11 +3,18 @@
 ``stream`` calls a function afresh for every pass, ``from_iterable`` walks a
 re-iterable collection, ``from_arrays`` yields one sample per row of arrays
 (``np.memmap`` included, read chunk by chunk).
+
+A source pickles file-backed arrays (an ``np.memmap``, and any view of one:
+slices, strided parts, ``np.asarray`` of it) as their file, offset, dtype,
+shape and strides, and maps the file again when unpickled; this is how a
+memmap reaches ``background`` workers without being copied into each.
 """
 
 from __future__ import annotations
 
 import functools
+import mmap
+import os
 import reprlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -17,6 +24,7 @@ import numpy as np
 
 from ._seed import SeedContext
 from ._stream import Stream, describe_callable
+from .errors import PescadorError
 
 __all__ = ["from_arrays", "from_iterable", "stream", "streamable"]
 
@@ -29,6 +37,12 @@ _ARRAY_CHUNK_ROWS = 1024
 
 # Collections longer than this are summarised in a pipeline's repr.
 _REPR_ITEMS = 4
+
+# Bytes at each end of a mapped array that are compared with its file when the
+# array is pickled: a file replaced since it was mapped differs there.
+_CHECK_BYTES = 4096
+# A memmap's mode, as it is mapped again in another process ("w+" would truncate the file).
+_REOPEN_MODES = {"r": "r", "c": "c", "r+": "r+", "w+": "r+"}
 
 Arrays = np.ndarray | Mapping[str, np.ndarray] | tuple[np.ndarray, ...]
 
@@ -67,6 +81,11 @@ class _CallStream(Stream[T]):
                 f"pf.stream({describe_callable(self.fn)}, ...): the function must return an "
                 f"iterable, but returned {reprlib.repr(items)} ({type(items).__name__})"
             ) from None
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        args = tuple(map(_portable, self.args))
+        kwargs = tuple((k, _portable(v)) for k, v in self.kwargs)
+        return (_CallStream, (self.fn, args, kwargs))
 
     def _describe(self) -> str:
         parts = [describe_callable(self.fn), *map(_repr_value, self.args)]
@@ -137,6 +156,9 @@ class _IterableStream(Stream[T]):
     def _open(self, ctx: SeedContext) -> Iterator[T]:
         return iter(self.items)
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_IterableStream, (_portable(self.items),))
+
     def _describe(self) -> str:
         return f"from_iterable({_repr_value(self.items)})"
 
@@ -192,6 +214,9 @@ class _ArrayStream(Stream[Any]):
 
     def _divide(self, index: int, count: int) -> tuple[Stream[Any], float | None] | None:
         return _ArrayStream(tuple(a[index::count] for a in self.arrays), self.keys, self.single), None
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_ArrayStream, (tuple(map(_by_file, self.arrays)), self.keys, self.single))
 
     def _describe(self) -> str:
         if self.single:
@@ -269,3 +294,133 @@ def from_arrays(data: Arrays) -> Stream[Any]:
             f"from_arrays: all arrays need the same first dimension, got lengths {lengths} for {list(named)}"
         )
     return _ArrayStream(tuple(arrays), keys, single)
+
+
+# ---------------------------------------------------------------- file-backed arrays travel as their file
+
+
+def _portable(value: object) -> object:
+    """``value`` ready to pickle: file-backed arrays, alone or in a list, tuple or dict, go by file."""
+    if isinstance(value, np.ndarray):
+        return _by_file(value)
+    if type(value) in (list, tuple):
+        items = [_by_file(x) if isinstance(x, np.ndarray) else x for x in value]  # type: ignore[attr-defined]
+        return value if all(a is b for a, b in zip(items, value)) else type(value)(items)  # type: ignore
+    if type(value) is dict:
+        return {k: _by_file(v) if isinstance(v, np.ndarray) else v for k, v in value.items()}
+    return value
+
+
+def _mapping_of(array: np.ndarray) -> np.memmap[Any, Any] | None:
+    """The ``np.memmap`` that maps a file under ``array`` (itself or one of its bases), or None."""
+    x: object = array
+    while isinstance(x, np.ndarray):
+        base: object = x.base
+        if isinstance(x, np.memmap) and isinstance(base, mmap.mmap) and x.filename is not None:
+            return x
+        x = base
+    return None
+
+
+class _ByFile:
+    """Pickles as a call to :func:`_reopen`: the array's file, where it lies there, and its layout."""
+
+    __slots__ = ("args",)
+
+    def __init__(self, args: tuple[Any, ...]) -> None:
+        self.args = args
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_reopen, self.args)
+
+
+def _by_file(array: np.ndarray) -> np.ndarray | _ByFile:
+    """``array`` itself, or for a file-backed array a stand-in that pickles as its file and layout.
+
+    Raises an error naming the file if it is gone, shorter than the array, or
+    holds other bytes than the mapping (replaced since it was mapped, or
+    changed in a copy-on-write memmap): another process could not map the
+    same data.
+    """
+    mapping = _mapping_of(array)
+    if mapping is None or array.size == 0:
+        return array
+    path = str(mapping.filename)
+    itemsize = array.dtype.itemsize
+    spans = [(n - 1) * s for n, s in zip(array.shape, array.strides)]
+    low = sum(d for d in spans if d < 0)
+    length = sum(d for d in spans if d > 0) - low + itemsize
+    # Where the array's lowest byte lies in the file: the mapping's data starts at its offset.
+    start = int(mapping.offset) + (array.ctypes.data - mapping.ctypes.data) + low
+    identity = _check_file(path, start, length, mapping)
+    mode = _REOPEN_MODES[str(mapping.mode)]
+    layout = (array.dtype, array.shape, array.strides, -low)
+    kind = (isinstance(array, np.memmap), bool(array.flags.writeable))
+    return _ByFile((path, mode, start, length, *layout, *kind, identity))
+
+
+def _check_file(path: str, start: int, length: int, mapping: np.memmap[Any, Any]) -> tuple[int, int]:
+    """(consumer) The file's device and inode, once sure that it still holds what ``mapping`` shows."""
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"the memory-mapped file {path} no longer exists (deleted after it was mapped?); "
+            "a stream that holds a memmap sends its file name to other processes, which map it again"
+        ) from None
+    if info.st_size < start + length:
+        raise PescadorError(
+            f"the memory-mapped file {path} is now {info.st_size} bytes long, but the array needs "
+            f"bytes {start} to {start + length}: it changed after it was mapped"
+        )
+    flat = mapping.reshape(-1, order="A").view(np.uint8)
+    base = start - int(mapping.offset)  # where the array's bytes start in ``flat``
+    n = min(length, _CHECK_BYTES)
+    with open(path, "rb") as f:
+        for at in {0, length - n}:
+            f.seek(start + at)
+            if f.read(n) != flat[base + at : base + at + n].tobytes():
+                raise PescadorError(
+                    f"the memory-mapped file {path} holds other bytes than its memmap (replaced or "
+                    "rewritten after it was mapped, or changed in a copy-on-write memmap): other "
+                    "processes, which map the file again, would not see the same data"
+                )
+    return info.st_dev, info.st_ino
+
+
+def _reopen(
+    path: str,
+    mode: Any,
+    start: int,
+    length: int,
+    dtype: np.dtype[Any],
+    shape: tuple[int, ...],
+    strides: tuple[int, ...],
+    first: int,
+    as_memmap: bool,
+    writeable: bool,
+    identity: tuple[int, int],
+) -> np.ndarray:
+    """(worker) Map the bytes ``start`` to ``start + length`` of ``path`` again, as the array they held."""
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"the memory-mapped file {path} was deleted after the stream was sent to this process, "
+            "which maps it again by name"
+        ) from None
+    if (info.st_dev, info.st_ino) != identity or info.st_size < start + length:
+        raise PescadorError(
+            f"the memory-mapped file {path} was replaced or truncated after the stream was sent to "
+            "this process, which maps it again by name"
+        )
+    whole = np.memmap(path, dtype=np.uint8, mode=mode, offset=start, shape=(length,))
+    array: np.ndarray = np.ndarray(shape, dtype, buffer=whole, offset=first, strides=strides)
+    if as_memmap:  # as the original: its rows are memmaps too, and flush() reaches the file
+        mapped: np.memmap[Any, Any] = array.view(np.memmap)
+        mapped._mmap = whole._mmap  # type: ignore[attr-defined]
+        mapped.filename, mapped.offset, mapped.mode = whole.filename, start + first, mode
+        array = mapped
+    if not writeable:
+        array.flags.writeable = False
+    return array
