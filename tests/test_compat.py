@@ -559,6 +559,31 @@ def test_rate_below_one(dist):
     assert len(program(C)) == 50
 
 
+def test_single_active_runs_are_longer_in_ours():
+    # Drawing a source open in the other slot extends its activation here; Pescador draws only
+    # among the closed ones. Same mean share, about twice the variance of a source's count.
+    def counts_of_a(M):
+        return np.array(
+            [
+                list(
+                    M.StochasticMux(
+                        [M.Streamer(forever, c) for c in "abc"],
+                        2,
+                        4,
+                        mode="single_active",
+                        dist="constant",
+                        random_state=k,
+                    )(max_iter=600)
+                ).count("a")
+                for k in range(100)
+            ]
+        )
+
+    theirs, ours = counts_of_a(P), counts_of_a(C)
+    assert abs(theirs.mean() - 200) < 6 and abs(ours.mean() - 200) < 6
+    assert ours.var() > 1.5 * theirs.var()
+
+
 # ---------------------------------------------------------------- cache
 
 
