@@ -40,6 +40,13 @@ _DRAWS_PER_CALL = 4096
 _END = object()
 # The count of an activation that runs until its source ends (rate=None).
 _UNTIL_END = 1 << 62
+# The range of ``rate``: below ``_MIN_RATE`` almost every activation yields nothing and
+# a pass spins through draws; above ``_MAX_RATE`` the counts leave numpy's samplers' range.
+_MIN_RATE = 1e-3
+_MAX_RATE = 2.0**50
+# Positive weights below the smallest normal float lose their precision in the draws.
+_MIN_WEIGHT = float(np.finfo(np.float64).tiny)
+_MAX_FLOAT = float(np.finfo(np.float64).max)
 
 
 # ---------------------------------------------------------------- arguments
@@ -61,8 +68,10 @@ def _check_weights(where: str, weights: object, n: int) -> tuple[float, ...]:
         return (1.0,) * n
     try:
         w = np.asarray(weights, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise TypeError(f"{where}: weights must be a list of numbers, got {reprlib.repr(weights)}") from None
+    except (TypeError, ValueError, OverflowError):
+        raise TypeError(
+            f"{where}: weights must be a list of finite numbers, got {reprlib.repr(weights)}"
+        ) from None
     if w.shape != (n,):
         raise ValueError(
             f"{where}: weights must hold one number per stream ({n}), got {reprlib.repr(weights)}"
@@ -73,6 +82,19 @@ def _check_weights(where: str, weights: object, n: int) -> tuple[float, ...]:
         raise ValueError(
             f"{where}: weights must hold at least one positive number, got {reprlib.repr(weights)}"
         )
+    with np.errstate(over="ignore"):
+        total = np.cumsum(w)[-1]  # as the draws sum them
+    if not np.isfinite(total):
+        raise ValueError(
+            f"{where}: weights must have a finite sum (at most {_MAX_FLOAT:.3g}), got "
+            f"{reprlib.repr(weights)}; scale them down"
+        )
+    tiny = (w > 0) & (w < _MIN_WEIGHT)
+    if tiny.any():
+        raise ValueError(
+            f"{where}: weights must be 0 or at least {_MIN_WEIGHT:.3g} (the smallest normal float), "
+            f"got {float(w[tiny][0])!r} in {reprlib.repr(weights)}; scale them up"
+        )
     return tuple(w.tolist())
 
 
@@ -82,14 +104,33 @@ def _check_choice(where: str, name: str, value: object, choices: tuple[str, ...]
     return str(value)
 
 
-def _check_rate(rate: object) -> float | None:
+def _check_rate(rate: object, mode: str, n_streams: int) -> float | None:
     if rate is None:
         return None
     if isinstance(rate, bool) or not isinstance(rate, numbers.Real):
         raise TypeError(f"mux: rate must be a positive number or None, got {reprlib.repr(rate)}")
-    if not (0 < float(rate) < math.inf):
+    value = float(rate)
+    if not (0 < value < math.inf):
         raise ValueError(f"mux: rate must be a positive number or None, got {rate!r}")
-    return float(rate)
+    if value < _MIN_RATE:
+        raise ValueError(
+            f"mux: rate must be at least {_MIN_RATE:g} (or None), got {rate!r}: below 1 an activation "
+            f"yields an item with probability rate, so each item would take about {1 / value:.3g} "
+            "activations"
+        )
+    # Exhaustive mode gives a source up to rate * len(streams) items in its one activation.
+    if mode == "exhaustive" and value * n_streams > _MAX_RATE:
+        raise ValueError(
+            f"mux: rate must keep rate * len(streams) at most {_MAX_RATE:.3g} in exhaustive mode, "
+            f"got rate={rate!r} (rate * len(streams) = {value * n_streams:.3g}); use rate=None to "
+            "run each activation until its source ends"
+        )
+    if value > _MAX_RATE:
+        raise ValueError(
+            f"mux: rate must be at most {_MAX_RATE:.3g} items per activation, got rate={rate!r}; use "
+            "rate=None to run each activation until its source ends"
+        )
+    return value
 
 
 def _uniform(weights: Sequence[float]) -> bool:
@@ -183,12 +224,26 @@ def _weighted_order(weights: Sequence[float], rng: np.random.Generator) -> list[
     """A random order of the positive-weight sources, heavier ones earlier on average."""
     w = np.asarray(weights)
     positive = np.flatnonzero(w > 0)
-    keys = np.log(rng.random(len(positive))) / w[positive]  # Efraimidis-Spirakis
-    order: list[int] = positive[np.argsort(-keys, kind="stable")].tolist()
+    # Efraimidis-Spirakis: ascending -log(u) / w, in log space so that no weight overflows it.
+    keys = np.log(-np.log(rng.random(len(positive)))) - np.log(w[positive])
+    order: list[int] = positive[np.argsort(keys, kind="stable")].tolist()
     return order
 
 
 # ---------------------------------------------------------------- mux
+
+
+@dataclass(frozen=True, repr=False, eq=False)
+class _EmptyPart(Stream[Any]):
+    """A part of a divided multiplexer that gets no sources: it yields nothing."""
+
+    what: str
+
+    def _open(self, ctx: SeedContext) -> Iterator[Any]:
+        return iter(())
+
+    def _describe(self) -> str:
+        return f"<no sources: {self.what}>"
 
 
 @dataclass(frozen=True, repr=False, eq=False)
@@ -206,14 +261,28 @@ class _Mux(Stream[Any]):
         return _mux_items(self, ctx)
 
     def _divide(self, index: int, count: int) -> tuple[Stream[Any], float | None] | None:
-        if len(self.streams) < count:
-            return None
-        n_active = max(1, self.n_active // count + (index < self.n_active % count))
-        part = self.streams[index::count]
+        """Part ``index``: the working set is shared out, so all parts keep ``n_active`` open together.
+
+        The sources are dealt among ``min(count, n_active, len(streams))``
+        parts, each with its share of ``n_active``; any further part is empty
+        with weight 0. A part's weight is the sum of its sources' weights, so
+        the merge keeps every source's share. In exhaustive mode with a
+        ``rate`` a part's rate is scaled so that each source's activation keeps
+        the mean length it has in the whole mux.
+        """
+        parts = min(count, self.n_active, len(self.streams))
+        if index >= parts:
+            head = f"mux(<{len(self.streams)} streams>, n_active={self.n_active})"
+            return _EmptyPart(f"{head} divided among {parts} of {count} parts"), 0.0
+        streams = self.streams[index::parts]
+        weights = self.weights[index::parts]
+        n_active = self.n_active // parts + (index < self.n_active % parts)
         if self.mode != "with_replacement":
-            n_active = min(n_active, len(part))
-        weights = self.weights[index::count]
-        divided = _Mux(part, n_active, self.rate, weights, self.mode, self.dist, self.prune_empty, self.seed)
+            n_active = min(n_active, len(streams))
+        rate = self.rate
+        if self.mode == "exhaustive" and rate is not None and sum(weights) > 0:
+            rate *= (sum(weights) / sum(self.weights)) * (len(self.streams) / len(streams))
+        divided = _Mux(streams, n_active, rate, weights, self.mode, self.dist, self.prune_empty, self.seed)
         return divided, sum(weights)
 
     def _describe(self) -> str:
@@ -261,7 +330,7 @@ def _mux_items(m: _Mux, ctx: SeedContext) -> Iterator[Any]:
         if m.rate is None:
             return _UNTIL_END
         if m.mode == "exhaustive":  # one activation per source: its length carries its weight
-            return int(draw_counts(m.rate * n * m.weights[source] / total_weight, 1)[0])
+            return int(draw_counts(m.rate * n * (m.weights[source] / total_weight), 1)[0])
         if not counts:
             counts.extend(draw_counts(m.rate, _DRAWS_PER_CALL).tolist()[::-1])
         return counts.pop()
@@ -403,7 +472,7 @@ def mux(
     return _Mux(
         streams_t,
         n_active,
-        _check_rate(rate),
+        _check_rate(rate, mode, len(streams_t)),
         _check_weights("mux", weights, len(streams_t)),
         mode,
         _check_choice("mux", "dist", dist, DISTS),
@@ -425,10 +494,16 @@ class _ShuffledMux(Stream[Any]):
         return _shuffled_items(self, ctx)
 
     def _divide(self, index: int, count: int) -> tuple[Stream[Any], float | None] | None:
-        if len(self.streams) < count:
-            return None
-        weights = self.weights[index::count]
-        return _ShuffledMux(self.streams[index::count], weights, self.seed), sum(weights)
+        """Part ``index``: the sources dealt among ``min(count, len(streams))`` parts, weighted by their sum.
+
+        Parts beyond the number of sources are empty, with weight 0.
+        """
+        parts = min(count, len(self.streams))
+        if index >= parts:
+            head = f"shuffled_mux(<{len(self.streams)} streams>)"
+            return _EmptyPart(f"{head} divided among {parts} of {count} parts"), 0.0
+        weights = self.weights[index::parts]
+        return _ShuffledMux(self.streams[index::parts], weights, self.seed), sum(weights)
 
     def _describe(self) -> str:
         parts = [_describe_streams(self.streams)]

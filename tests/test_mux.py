@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import re
 from collections import Counter
 
 import cloudpickle
@@ -311,13 +312,47 @@ def test_muxes_pickle_and_print():
         (lambda: pf.mux([[1]], 1, dist="gamma"), "dist must be one of"),
         (lambda: pf.mux([[1]], 2, mode="exhaustive"), "n_active <= the number of streams"),
         (lambda: pf.shuffled_mux([[1]], weights=[-1]), "non-negative"),
+        (lambda: pf.mux([[1]], 1, rate=1e-300), "rate must be at least 0.001 (or None), got 1e-300"),
+        (lambda: pf.mux([[1]], 1, rate=float("nan")), "rate must be a positive number or None, got nan"),
+        (lambda: pf.mux([[1]], 1, rate=float("inf")), "rate must be a positive number or None, got inf"),
+        (lambda: pf.mux([[1]], 1, rate=1e300), "got rate=1e+300"),
+        (lambda: pf.mux([[1]] * 10**4, 1, rate=1e12, mode="exhaustive"), "rate * len(streams) = 1e+16"),
+        (lambda: pf.mux([[1], [2]], 1, weights=[1e308, 1e308]), "weights must have a finite sum"),
+        (lambda: pf.mux([[1], [2]], 1, weights=[1, float("inf")]), "finite"),
+        (lambda: pf.mux([[1], [2]], 1, weights=[1e-320, 1]), "got 1e-320"),
+        (
+            lambda: pf.shuffled_mux([[1], [2]], weights=[1e308, 1e308]),
+            "shuffled_mux: weights must have a finite",
+        ),
+        (
+            lambda: pf.shuffled_mux([[1], [2]], weights=[float("nan"), 1]),
+            "shuffled_mux: weights must be finite",
+        ),
+        (lambda: pf.shuffled_mux([[1], [2]], weights=[1e-320, 1]), "shuffled_mux: weights must be 0 or at"),
         (lambda: pf.round_robin([[1]], mode="random"), "mode must be one of"),
         (lambda: pf.chain([[1]], mode="permuted_cycle"), "mode must be one of"),
     ],
 )
 def test_bad_arguments_are_refused_when_built(make, text):
-    with pytest.raises(ValueError, match=text.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(ValueError, match=re.escape(text)):
         make()
+
+
+def test_weights_that_do_not_fit_a_float_are_refused_when_built():
+    with pytest.raises(TypeError, match=r"mux: weights must be a list of finite numbers"):
+        pf.mux([[1], [2]], 1, weights=[10**400, 1])
+
+
+@pytest.mark.timeout(HANG_TIMEOUT_S)
+def test_extreme_but_accepted_weights_and_rates_keep_their_promises():
+    huge = pf.mux([forever("a"), forever("b")], 1, rate=4, weights=[3e307, 1e307], seed=0)
+    assert round(list(huge | pf.take(8000)).count("a") / 8000, 1) == 0.8
+    tiny = pf.shuffled_mux([forever("a"), forever("b")], weights=[3e-300, 1e-300], seed=0)
+    assert round(list(tiny | pf.take(8000)).count("a") / 8000, 1) == 0.8
+    letters = [pf.from_iterable("ab"), pf.from_iterable("cde"), pf.from_iterable("f")]
+    exhaustive = pf.mux(letters, 2, mode="exhaustive", weights=[1e-300, 1e300, 1], seed=0)
+    assert sorted(exhaustive) == list("abcdef")
+    assert len(list(pf.mux([forever("x")], 1, rate=0.001, seed=0) | pf.take(3))) == 3
 
 
 def test_streams_must_be_a_list():
@@ -349,3 +384,119 @@ def test_an_unseeded_mux_over_unseeded_sources_differs_every_pass():
     sources = [pf.from_iterable(range(i * 100, i * 100 + 30)) | pf.shuffle(30) for i in range(3)]
     unseeded = pf.mux(sources, 2, rate=5) | pf.take(200)
     assert list(unseeded) != list(unseeded)
+
+
+# ------------------------------------------------------------------ divided among background workers
+
+
+def divided(stream, count):
+    return [stream._divide(i, count) for i in range(count)]
+
+
+def test_a_divided_mux_shares_out_its_sources_and_its_working_set():
+    modes = ["with_replacement", "single_active", "exhaustive"]
+    for n_streams, n_active, count, mode in itertools.product(range(1, 8), range(1, 9), range(1, 5), modes):
+        if mode != "with_replacement" and n_active > n_streams:
+            continue
+        sources = [pf.from_iterable([i]) for i in range(n_streams)]
+        weights = [1 + i % 3 for i in range(n_streams)]
+        m = pf.mux(sources, n_active, rate=3, weights=weights, mode=mode, seed=0)
+        parts = divided(m, count)
+        muxes = [(part, w) for part, w in parts if w > 0]
+        case = (n_streams, n_active, count, mode)
+        assert len(muxes) == min(count, n_active, n_streams), case
+        assert sum(part.n_active for part, _ in muxes) == n_active, case
+        assert sorted(id(s) for part, _ in muxes for s in part.streams) == sorted(map(id, sources)), case
+        assert [w for _, w in muxes] == [sum(part.weights) for part, _ in muxes], case
+        for part, w in parts:
+            if w == 0:
+                assert list(part) == [], case
+        if mode == "exhaustive":  # each source's activation keeps its mean length
+            for part, _ in muxes:
+                for w in part.weights:
+                    mean = part.rate * len(part.streams) * w / sum(part.weights)
+                    assert mean == pytest.approx(3 * n_streams * w / sum(weights)), case
+
+
+def test_a_divided_shuffled_mux_deals_its_sources_among_at_most_as_many_parts():
+    sources = [pf.from_iterable([i]) for i in range(2)]
+    parts = divided(pf.shuffled_mux(sources, weights=[3, 1], seed=0), 3)
+    assert [w for _, w in parts] == [3.0, 1.0, 0.0]
+    assert [len(part.streams) for part, _ in parts[:2]] == [1, 1] and list(parts[2][0]) == []
+    assert "no sources" in repr(parts[2][0])
+
+
+def counted_sources(folder, n):
+    """``n`` infinite sources that record, in a file any process can lock, how many are open at once."""
+    path = str(folder / "open-sources")
+    with open(path, "w") as f:
+        f.write("0 0")
+
+    def bump(delta):
+        import fcntl
+
+        with open(path, "r+") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)  # released when the file closes
+            now, most = map(int, f.read().split())
+            f.seek(0)
+            f.truncate()
+            f.write(f"{now + delta} {max(most, now + delta)}")
+
+    def items(label):
+        bump(1)
+        try:
+            while True:
+                yield label
+        finally:
+            bump(-1)
+
+    def most_open():
+        with open(path) as f:
+            return int(f.read().split()[1])
+
+    return [pf.stream(items, i) for i in range(n)], most_open
+
+
+BACKGROUND_TIMEOUT_S = 120
+
+
+@pytest.mark.timeout(BACKGROUND_TIMEOUT_S)
+@pytest.mark.parametrize("start_method", ["fork", "forkserver", "spawn"])
+@pytest.mark.parametrize(
+    "n_streams, n_active, workers", [(6, 2, 3), (6, 1, 3), (6, 3, 2), (2, 2, 3), (5, 4, 3)]
+)
+def test_background_keeps_n_active_for_the_whole_pipeline(
+    tmp_path, start_method, n_streams, n_active, workers
+):
+    sources, most_open = counted_sources(tmp_path, n_streams)
+    s = pf.mux(sources, n_active, rate=3, seed=0) | pf.background(workers=workers, start_method=start_method)
+    out = list(s | pf.take(600))
+    assert most_open() <= n_active
+    assert sorted(set(out)) == list(range(n_streams))  # every source had its chance
+
+
+@pytest.mark.timeout(BACKGROUND_TIMEOUT_S)
+@pytest.mark.parametrize("n_active", [1, 2])
+def test_background_over_an_exhaustive_mux_with_fewer_active_than_workers_yields_every_item_once(n_active):
+    sizes = [0, 5, 17, 1, 40, 3, 8]
+    sources = [pf.from_iterable([(i, j) for j in range(size)]) for i, size in enumerate(sizes)]
+    s = pf.mux(sources, n_active, mode="exhaustive", seed=3) | pf.background(workers=3)
+    out = list(s)
+    assert sorted(out) == [(i, j) for i, size in enumerate(sizes) for j in range(size)]
+    assert out == list(s)  # same seed, same workers: same output
+
+
+@pytest.mark.timeout(BACKGROUND_TIMEOUT_S)
+@pytest.mark.parametrize("mode", ["with_replacement", "single_active"])
+def test_background_keeps_weights_as_output_shares_with_fewer_active_than_workers(mode):
+    labels = "abcd"
+    s = pf.mux([forever(c) for c in labels], 2, rate=4, weights=WEIGHTS, mode=mode, seed=0)
+    out = list(s | pf.background(workers=3) | pf.take(20_000))
+    assert np.abs(shares(out, labels) - EXPECTED).max() < 0.02
+
+
+@pytest.mark.timeout(BACKGROUND_TIMEOUT_S)
+def test_background_over_a_shuffled_mux_with_fewer_sources_than_workers_keeps_the_weights():
+    s = pf.shuffled_mux([forever("a"), forever("b")], weights=[3, 1], seed=0) | pf.background(workers=3)
+    out = list(s | pf.take(8000))
+    assert np.abs(shares(out, "ab") - [0.75, 0.25]).max() < 0.02
