@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import inspect
 import itertools
+import math
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Literal
 
@@ -178,34 +179,47 @@ class Streamer(Stream[Any]):
     def _describe(self) -> str:
         return f"{type(self).__name__}({self._stream!r})"
 
-    def iterate(self, max_iter: int | None = None) -> Iterator[Any]:  # type: ignore[override]
+    def iterate(self, max_iter: float | None = None) -> Iterator[Any]:  # type: ignore[override]
         """Yield the items of one pass, at most ``max_iter`` of them."""
+        limit = _item_count(max_iter, math.ceil)
         opens = not self.is_activated_copy
         with self as active:
             items = active.stream_
             assert items is not None
             try:
-                yield from items if max_iter is None else itertools.islice(items, max_iter)
+                yield from items if limit is None else itertools.islice(items, limit)
             finally:
                 if opens:  # an activated copy's pass stays open, for the next iterate, as in Pescador
                     _close(items)
 
-    def cycle(self, max_iter: int | None = None) -> Iterator[Any]:
+    def cycle(self, max_iter: float | None = None) -> Iterator[Any]:
         """Yield items pass after pass, at most ``max_iter`` in all; an empty stream ends, never hangs."""
+        limit = _item_count(max_iter, math.floor)
         count = 0
-        while max_iter is None or count < max_iter:
+        while limit is None or count < limit:
             before = count
-            for item in self.iterate(None if max_iter is None else max_iter - count):
+            for item in self.iterate(None if limit is None else limit - count):
                 count += 1
                 yield item
             if count == before:
                 return
 
-    def __call__(self, max_iter: int | None = None, cycle: bool = False) -> Iterator[Any]:
+    def __call__(self, max_iter: float | None = None, cycle: bool = False) -> Iterator[Any]:
         yield from (self.cycle(max_iter) if cycle else self.iterate(max_iter))
 
     def __iter__(self) -> Iterator[Any]:
         return self.iterate()
+
+
+def _item_count(max_iter: float | None, rounding: Callable[[float], int]) -> int | None:
+    """Pescador's ``max_iter`` as a number of items: None or infinity for all, none for zero or less.
+
+    Pescador compares a running count with ``max_iter``, so a fractional one
+    rounds up in ``iterate`` and down in ``cycle``; ``rounding`` says which.
+    """
+    if max_iter is None or max_iter == math.inf:
+        return None
+    return max(0, int(rounding(max_iter)))
 
 
 def _close(items: Iterator[Any]) -> None:

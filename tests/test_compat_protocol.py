@@ -186,6 +186,19 @@ def test_a_pass_opened_by_pescador_fp_counts_as_active():
     assert s.active == 0
 
 
+@pytest.mark.parametrize("max_iter", [-1, 0, 2, 2.5, 7.0, np.inf], ids=str)
+def test_max_iter_counts_items_as_pescador_does(max_iter):
+    def program(M):
+        s = M.Streamer(numbers, 5)
+        mux = M.RoundRobinMux([M.Streamer("ab"), M.Streamer("cde")])
+        out = [list(s.iterate(max_iter)), list(s(max_iter=max_iter)), "".join(mux.iterate(max_iter))]
+        if max_iter != np.inf:  # cycle(inf) never ends
+            out += [list(s.cycle(max_iter)), list(s(max_iter=max_iter, cycle=True))]
+        return out
+
+    differential(program)
+
+
 # ---------------------------------------------------------------- copies
 
 
