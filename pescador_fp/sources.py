@@ -240,6 +240,7 @@ class _ArrayStream(Stream[Any]):
 
 def _array_rows(arrays: tuple[np.ndarray, ...], keys: tuple[str, ...] | None, single: bool) -> Iterator[Any]:
     n = len(arrays[0])
+    releases = [_releaser(a) for a in arrays]
     for start in range(0, n, _ARRAY_CHUNK_ROWS):
         # np.asarray turns memmap slices into plain ndarray views of the mapping.
         chunks = [np.asarray(a[start : start + _ARRAY_CHUNK_ROWS]) for a in arrays]
@@ -250,13 +251,48 @@ def _array_rows(arrays: tuple[np.ndarray, ...], keys: tuple[str, ...] | None, si
                 yield dict(zip(keys, row))
         else:
             yield from zip(*chunks)
+        for release, chunk in zip(releases, chunks):
+            if release is not None:
+                release(chunk)
+
+
+def _releaser(array: np.ndarray) -> Callable[[np.ndarray], None] | None:
+    """For an array over a shared file mapping, a function that drops a read chunk's pages from this process.
+
+    Pages of a mapped file count in the resident set as long as they stay
+    mapped; ``MADV_DONTNEED`` unmaps those wholly inside the chunk, so a pass
+    over a large memmap keeps a flat footprint. The data stays in the file
+    (and the page cache): a view that reads it again faults it back in. Not
+    for copy-on-write memmaps (mode ``"c"``), whose changed pages would be lost.
+    """
+    mapping = _mapping_of(array)
+    advice = getattr(mmap, "MADV_DONTNEED", None)
+    if mapping is None or advice is None or mapping.mode == "c" or array.size == 0:
+        return None
+    mm: mmap.mmap = mapping.base  # type: ignore[assignment]
+    base = np.frombuffer(mm, dtype=np.uint8, count=1).ctypes.data  # the mapping's first byte
+
+    def release(chunk: np.ndarray) -> None:
+        if chunk.size == 0:
+            return
+        spans = [(n - 1) * s for n, s in zip(chunk.shape, chunk.strides)]
+        low = chunk.ctypes.data - base + sum(d for d in spans if d < 0)
+        high = chunk.ctypes.data - base + sum(d for d in spans if d > 0) + chunk.dtype.itemsize
+        first, end = -(-low // mmap.PAGESIZE) * mmap.PAGESIZE, high // mmap.PAGESIZE * mmap.PAGESIZE
+        if end > first:
+            mm.madvise(advice, first, end - first)
+
+    return release
 
 
 def from_arrays(data: Arrays) -> Stream[Any]:
     """Make a stream with one sample per row of an array, a dict of arrays or a tuple of arrays.
 
     All arrays must have the same first dimension. Rows are views, read a chunk
-    at a time, so an ``np.memmap`` is never read whole.
+    at a time, so an ``np.memmap`` is never read whole; once a chunk is done
+    its pages leave the resident set (not for copy-on-write memmaps), so a
+    pass over a large file keeps a flat footprint. In ``background`` workers a
+    memmap is mapped again from its file, never copied.
 
     >>> import numpy as np, pescador_fp as pf
     >>> s = pf.from_arrays({"x": np.arange(6).reshape(3, 2), "y": np.array([0, 1, 0])})

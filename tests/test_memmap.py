@@ -215,3 +215,65 @@ def test_a_file_changed_after_sending_is_a_clear_error_naming_it(tmp_path, chang
     error = FileNotFoundError if change == "delete" else pf.PescadorError
     with pytest.raises(error, match=re.escape(str(path))):
         cloudpickle.loads(pickled)
+
+
+# ------------------------------------------------------------------ a flat footprint
+
+
+def resident_kib():
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+
+
+BIG_ROWS, BIG_COLS = 64 * 1024, 256  # 64 MiB of float32
+# A pass over the whole file keeps at most a chunk or two of its pages mapped.
+FLAT_GROWTH_KIB = 16 * 1024
+
+
+@pytest.fixture
+def big(tmp_path):
+    path = tmp_path / "big.npy"
+    data = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(BIG_ROWS, BIG_COLS))
+    data[:] = np.arange(BIG_ROWS, dtype=np.float32)[:, None]
+    data.flush()
+    del data
+    return path
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs /proc")
+@pytest.mark.parametrize("mode", ["r", "r+"])
+def test_a_full_pass_over_a_memmap_keeps_a_flat_footprint(big, mode):
+    data = np.load(big, mmap_mode=mode)
+    before = resident_kib()
+    total = 0.0
+    for batch in pf.from_arrays({"x": data}) | pf.batch(256):
+        total += float(batch["x"][:, 0].sum())
+    grown = resident_kib() - before
+    assert total == float(np.arange(BIG_ROWS).sum())
+    assert grown < FLAT_GROWTH_KIB, f"resident memory grew by {grown / 1024:.0f} MiB over a 64 MiB memmap"
+
+
+@pytest.mark.timeout(WORKER_TIMEOUT_S)
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs /proc")
+def test_workers_keep_a_flat_footprint_over_a_memmap(big):
+    def worker_rss(batch):
+        return os.getpid(), resident_kib(), float(batch[:, 0].sum())
+
+    s = pf.from_arrays(np.load(big, mmap_mode="r")) | pf.batch(256) | pf.map(worker_rss)
+    seen = list(s | pf.background(workers=2))
+    assert sum(total for _, _, total in seen) == float(np.arange(BIG_ROWS).sum())
+    for pid in {pid for pid, _, _ in seen}:
+        rss = [kib for p, kib, _ in seen if p == pid]
+        assert max(rss) - rss[0] < FLAT_GROWTH_KIB, (
+            f"worker {pid} grew by {(max(rss) - rss[0]) / 1024:.0f} MiB"
+        )
+
+
+def test_a_copy_on_write_memmap_keeps_its_changes_through_a_pass(tmp_path):
+    path = tmp_path / "private.npy"
+    make_file(path, rows=5000, cols=256)
+    private = np.load(path, mmap_mode="c")
+    private[::7] = -1.0  # changes in this process's pages only
+    rows = list(pf.from_arrays(private) | pf.map(lambda row: float(row[0])))
+    assert rows == [float(x) for x in private[:, 0]]
+    assert (private[::7] == -1.0).all()
