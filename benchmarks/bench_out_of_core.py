@@ -14,6 +14,20 @@ resident set stays flat however much of the dataset goes by. The script
 samples VmRSS every few batches and reads the peak (VmHWM, reset before the
 streaming starts where the kernel allows it) from ``/proc/self/status``, and
 reports the growth over the starting RSS as a fraction of the dataset size.
+
+``--workers k`` adds ``| pf.background(workers=k)``: the mux is divided among
+the workers (its ``n_active`` shared out), and the script also reports the
+peak RSS (VmHWM) of every worker process, read from ``/proc/<pid>/status``
+while they run. Under ``fork`` a worker's VmHWM includes the pages it shares
+with the consumer it was forked from.
+
+``--case arrays`` instead writes one ``--array-mib`` MiB float32 ``.npy`` file
+and runs ``pf.from_arrays(np.load(path, mmap_mode="r")) | pf.take(10) |
+pf.background(workers=k)`` (then a full pass of ``| pf.batch(256)``),
+reporting the size of the pickled recipe, the time to the first item and the
+peak RSS of the consumer and of each worker: the memmap travels as its file
+name and is mapped again in each worker, not copied.
+
 Linux only (``/proc``). The folder is removed at the end.
 """
 
@@ -21,12 +35,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import cloudpickle
 import numpy as np
 
 import pescador_fp as pf
@@ -34,13 +50,56 @@ import pescador_fp as pf
 MIB = 1 << 20
 
 
-def status_kib(field: str) -> int:
-    """A ``kB`` field of ``/proc/self/status`` (``VmRSS``, ``VmHWM``), in KiB."""
-    with open("/proc/self/status") as f:
+def status_kib(field: str, pid: int | str = "self") -> int:
+    """A ``kB`` field of ``/proc/<pid>/status`` (``VmRSS``, ``VmHWM``), in KiB."""
+    with open(f"/proc/{pid}/status") as f:
         for line in f:
             if line.startswith(field + ":"):
                 return int(line.split()[1])
-    raise RuntimeError(f"no {field} in /proc/self/status (this script needs Linux)")
+    raise RuntimeError(f"no {field} in /proc/{pid}/status (this script needs Linux)")
+
+
+def descendants(root: int) -> list[int]:
+    """The processes below ``root`` (workers under fork, and under the forkserver's children)."""
+    parent: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    # Fields after the command name, which is in parentheses and may hold spaces.
+                    parent[int(entry)] = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    found, frontier = [], [root]
+    while frontier:
+        children = [pid for pid, ppid in parent.items() if ppid in frontier]
+        found += children
+        frontier = children
+    return found
+
+
+class WorkerPeaks:
+    """The highest VmHWM seen for each process below this one, read whenever ``sample`` runs."""
+
+    def __init__(self) -> None:
+        self.kib: dict[int, int] = {}
+        self.names: dict[int, str] = {}
+
+    def sample(self) -> None:
+        for pid in descendants(os.getpid()):
+            try:
+                hwm = status_kib("VmHWM", pid)
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    name = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+            except (OSError, RuntimeError):
+                continue
+            self.kib[pid] = max(self.kib.get(pid, 0), hwm)
+            self.names.setdefault(pid, name[:60])
+
+    def table(self) -> list[dict[str, Any]]:
+        return [
+            {"pid": pid, "peak_rss_kib": kib, "cmd": self.names[pid]} for pid, kib in sorted(self.kib.items())
+        ]
 
 
 def reset_peak_rss() -> bool:
@@ -107,6 +166,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
         sources = [pf.stream(read_rows, p) for p in paths]
         train = pf.mux(sources, n_active=args.n_active, rate=args.rate, seed=0) | pf.batch(args.batch)
+        if args.workers:
+            train = train | pf.background(workers=args.workers)
+        workers = WorkerPeaks()
         n_batches = args.samples // args.batch
         checkpoints = {max(1, round(n_batches * j / args.points)) for j in range(1, args.points + 1)}
 
@@ -119,6 +181,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             checksum += float(b[0, 0])
             if k in checkpoints:
                 trace.append((k * args.batch, status_kib("VmRSS")))
+                workers.sample()
             if k == n_batches:
                 break
         seconds = time.perf_counter() - start
@@ -150,7 +213,61 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "peak_growth_bytes": growth,
         "peak_growth_fraction_of_dataset": growth / dataset_bytes,
         "checksum": checksum,
+        "workers": args.workers,
+        "worker_peaks": workers.table(),
     }
+
+
+def run_arrays(args: argparse.Namespace) -> dict[str, Any]:
+    """One big memmap through ``from_arrays | take(10) | background``, then a full pass in batches."""
+    with tempfile.TemporaryDirectory(prefix="pf-out-of-core-") as tmp:
+        path = Path(tmp) / "big.npy"
+        rows = args.array_mib * MIB // (4 * args.cols)
+        big = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(rows, args.cols))
+        for start in range(0, rows, 65536):
+            big[start : start + 65536] = start
+        big.flush()
+        del big
+        data = np.load(path, mmap_mode="r")
+        recipe_bytes = len(cloudpickle.dumps(pf.from_arrays(data)))
+        results: dict[str, Any] = {"array_bytes": data.nbytes, "recipe_bytes": recipe_bytes, "runs": []}
+        print(f"{data.nbytes / MIB:,.0f} MiB memmap; pickled from_arrays(data): {recipe_bytes:,} bytes")
+        pipelines = {
+            "from_arrays(data) | take(10)": pf.from_arrays(data) | pf.take(10),
+            f"from_arrays(data) | batch({args.batch})": pf.from_arrays(data) | pf.batch(args.batch),
+        }
+        for name, pipeline in pipelines.items():
+            workers = WorkerPeaks()
+            peak_reset = reset_peak_rss()
+            rss_start = status_kib("VmRSS")
+            start = time.perf_counter()
+            first_s = None
+            n = 0
+            for n, _ in enumerate(pipeline | pf.background(workers=args.workers or 2), 1):
+                if first_s is None:
+                    first_s = time.perf_counter() - start
+                if n % 64 == 1:
+                    workers.sample()
+            seconds = time.perf_counter() - start
+            run = {
+                "pipeline": f"{name} | background(workers={args.workers or 2})",
+                "items": n,
+                "first_item_s": first_s,
+                "seconds": seconds,
+                "rss_start_kib": rss_start,
+                "peak_rss_kib": status_kib("VmHWM"),
+                "peak_reset_before_streaming": peak_reset,
+                "worker_peaks": workers.table(),
+            }
+            results["runs"].append(run)
+            print(
+                f"{run['pipeline']}: {n:,} items, first after {first_s * 1e3:.1f} ms, all in {seconds:.2f} s"
+            )
+            peak = run["peak_rss_kib"]
+            print(f"  consumer RSS at start {rss_start / 1024:.1f} MiB, peak {peak / 1024:.1f} MiB")
+            for w in run["worker_peaks"]:
+                print(f"  pid {w['pid']:>7} peak RSS {w['peak_rss_kib'] / 1024:8.1f} MiB  {w['cmd']}")
+    return results
 
 
 def main() -> None:
@@ -165,19 +282,31 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=64)
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--points", type=int, default=10, help="how many RSS samples to take while streaming")
+    parser.add_argument("--workers", type=int, default=0, help="add | background(workers=k) (0: none)")
+    parser.add_argument("--case", choices=["mux", "arrays"], default="mux")
+    parser.add_argument("--array-mib", type=int, default=1024, help="--case arrays: size of the memmap")
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args()
+
+    if args.case == "arrays":
+        results = run_arrays(args)
+        if args.json:
+            with open(args.json, "w") as out:
+                json.dump(results, out, indent=2)
+        return
 
     r = run(args)
     print(
         f"streamed {r['samples']:,} samples ({r['samples'] * args.cols * 4 / MIB:,.0f} MiB) through "
-        f"mux(n_active={r['n_active']}, rate={r['rate']:g}) | batch({r['batch']}) "
-        f"in {r['seconds']:.1f} s: {r['samples_per_s']:,.0f} samples/s, {r['mib_per_s']:,.0f} MiB/s"
+        f"mux(n_active={r['n_active']}, rate={r['rate']:g}) | batch({r['batch']})"
+        + (f" | background(workers={args.workers})" if args.workers else "")
+        + f" in {r['seconds']:.1f} s: {r['samples_per_s']:,.0f} samples/s, {r['mib_per_s']:,.0f} MiB/s"
     )
-    print(
-        f"{r['activations']:,} activations; at most {r['files_mapped_at_most']} files mapped at once "
-        f"(n_active={r['n_active']})"
-    )
+    if not args.workers:  # the counters live in the process that runs the sources
+        print(
+            f"{r['activations']:,} activations; at most {r['files_mapped_at_most']} files mapped at once "
+            f"(n_active={r['n_active']})"
+        )
     print(f"RSS at start       {r['rss_start_kib'] / 1024:8.1f} MiB")
     for done, kib in r["rss_trace_kib"][1:]:
         print(f"RSS at {done:>11,}  {kib / 1024:8.1f} MiB")
@@ -190,6 +319,8 @@ def main() -> None:
         f"peak RSS above start: {r['peak_growth_bytes'] / MIB:.1f} MiB = "
         f"{r['peak_growth_fraction_of_dataset']:.2%} of the {r['dataset_bytes'] / MIB:,.1f} MiB dataset"
     )
+    for w in r["worker_peaks"]:
+        print(f"worker pid {w['pid']:>7} peak RSS (VmHWM) {w['peak_rss_kib'] / 1024:8.1f} MiB  {w['cmd']}")
     if args.json:
         with open(args.json, "w") as out:
             json.dump(r, out, indent=2)
