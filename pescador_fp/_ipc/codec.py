@@ -4,12 +4,14 @@ Arrays and flat dicts of arrays travel as raw bytes plus a layout (dtype and
 shape per array, and the keys) that is sent only when it changes; anything
 else is pickled (protocol 5, array bytes out of band). Either way the worker
 copies each array's bytes once, straight into the ring. The consumer copies a
-run of small like arrays out of the ring in one numpy copy.
+run of small like arrays out of the ring in one pass, each into an array of
+its own, so that an item the consumer keeps holds only its own bytes.
 """
 
 from __future__ import annotations
 
 import collections
+import io
 import pickle
 import traceback
 from typing import Any
@@ -31,14 +33,42 @@ __all__ = [
 
 _NO_BYTES = memoryview(b"")
 # Small arrays that follow one another in the ring with one layout are copied out
-# together, up to this many at a time.
+# in one pass, each into its own array: up to _RUN_ITEMS arrays and _RUN_BYTES bytes
+# at a time. More bytes at once and malloc hands the memory back to the system
+# between runs, and every page of the next run faults in again.
 _RUN_ITEMS = 256
+_RUN_BYTES = 256 * 2**10
 _RUN_ITEM_BYTES = 16 * 2**10
 
 
 def _bytes_of(array: np.ndarray) -> memoryview:
     """The bytes of a C-contiguous array, as a flat byte view."""
-    return array.data.cast("B") if array.size else _NO_BYTES
+    if not array.size:
+        return _NO_BYTES
+    try:
+        return array.data.cast("B")
+    except ValueError:  # a dtype the buffer protocol cannot describe: datetime64, timedelta64
+        return array.reshape(-1).view(np.uint8).data
+
+
+def _from_bytes(data: Any, dtype: np.dtype[Any], shape: tuple[int, ...]) -> np.ndarray:
+    """The array of ``dtype`` and ``shape`` whose bytes are ``data`` (a view of it)."""
+    if not len(data):  # nothing to view: zero-size arrays, zero-size dtypes
+        return np.zeros(shape, dtype)
+    flat = np.frombuffer(data, dtype)
+    return flat if len(shape) == 1 else flat.reshape(shape)
+
+
+def _reduce_array(array: np.ndarray) -> Any:
+    """numpy's pickling, but datetime64/timedelta64 arrays keep their byte order (numpy makes them native)."""
+    dtype = array.dtype
+    if dtype.kind in "mM" and not dtype.isnative:
+        return _with_dtype, (array.astype(dtype.newbyteorder("=")), dtype)
+    return NotImplemented
+
+
+def _with_dtype(array: np.ndarray, dtype: np.dtype[Any]) -> np.ndarray:
+    return array.astype(dtype)
 
 
 class Encoder:
@@ -119,6 +149,7 @@ class Decoder:
                 self.pending.extend(items[1:])
                 return items[0]
         # Zero-copy: read-only views into the ring, freed when the next item is asked for.
+        # Otherwise each buffer is copied into memory of its own.
         views: list[Any] = [b.toreadonly() if zero_copy else bytearray(b) for b in buffers]
         item = self._decode(metadata, views) if arrays else pickle.loads(metadata, buffers=views)
         if not zero_copy:
@@ -128,21 +159,22 @@ class Decoder:
     def _decode(self, metadata: memoryview, buffers: list[Any]) -> Any:
         layout = self.received = pickle.loads(metadata) if len(metadata) else self.received
         if not layout[0]:
-            flat = np.frombuffer(buffers[0], layout[1])
-            return flat if len(layout[2]) == 1 else flat.reshape(layout[2])
-        return {
-            key: np.frombuffer(data, dtype).reshape(shape)
-            for (key, dtype, shape), data in zip(layout[1], buffers)
-        }
+            return _from_bytes(buffers[0], layout[1], layout[2])
+        return {key: _from_bytes(data, dtype, shape) for (key, dtype, shape), data in zip(layout[1], buffers)}
 
     @staticmethod
     def _decode_run(ring: Ring, nbytes: int, dtype: Any, shape: tuple[int, ...]) -> list[Any]:
-        """Copy a run of single-array records with one layout out of the ring, in one numpy copy."""
-        count, stride, offset, region = ring.run_after(_RUN_ITEMS)
+        """Copy a run of single-array records with one layout out of the ring, each into its own array."""
+        count, stride, offset, region = ring.run_after(min(_RUN_ITEMS, _RUN_BYTES // nbytes))
         rows = np.frombuffer(region, np.uint8).reshape(count, stride)[:, offset : offset + nbytes]
-        block = np.array(rows).view(dtype).reshape((count, *shape))
+        views = rows.view(dtype).reshape((count, *shape))  # no copy yet: rows of the ring
+        if shape:
+            items = list(map(np.ndarray.copy, views))
+        else:  # 0-d arrays: indexing would give numpy scalars
+            items = [views[i, ...].copy() for i in range(count)]
+        del rows, views
         ring.release_run(count, stride)
-        return list(block)
+        return items
 
 
 # ---------------------------------------------------------------- errors
@@ -184,9 +216,20 @@ def load_error(metadata: memoryview) -> tuple[BaseException | None, str]:
 # ---------------------------------------------------------------- the recipe a worker runs
 
 
+class _RecipePickler(cloudpickle.Pickler):  # type: ignore[misc]
+    """cloudpickle, but datetime64/timedelta64 arrays keep their byte order."""
+
+    def reducer_override(self, obj: Any) -> Any:
+        if type(obj) is np.ndarray:
+            return _reduce_array(obj)
+        return super().reducer_override(obj)
+
+
 def dumps_recipe(recipe: Any) -> bytes:
     """(consumer) The bytes of what a worker runs (a stream and its seed context), by cloudpickle."""
-    return bytes(cloudpickle.dumps(recipe))
+    file = io.BytesIO()
+    _RecipePickler(file, protocol=5).dump(recipe)
+    return file.getvalue()
 
 
 def loads_recipe(data: bytes) -> Any:
