@@ -9,6 +9,7 @@ tests that do not name a start method use the default.
 
 from __future__ import annotations
 
+import linecache
 import os
 import subprocess
 import sys
@@ -221,3 +222,117 @@ def test_each_item_from_background_owns_only_its_own_bytes(start_method):
     assert all(owned_bytes(a) == a.nbytes for a in arrays)
     assert len({id(root(a)) for a in arrays}) == len(arrays)  # no two share memory
     assert all(a.flags.writeable for a in arrays)
+
+
+# ------------------------------------------------------------ worker tracebacks (issue 8, item 14)
+
+TRACEBACK_SCRIPT = """
+    import sys
+
+    import pescador_fp as pf
+
+
+    def check(i):
+        if i == 3:
+            raise ValueError(f"sample {i} is corrupt")
+        return i
+
+
+    if __name__ == "__main__":
+        which = sys.argv[2]
+        fn = check if which == "function" else lambda i: i // (i - 3)
+        list(pf.from_iterable(range(10)) | pf.map(fn) | pf.background(start_method=sys.argv[1]))
+"""
+
+
+def worker_part(stderr: str) -> str:
+    """What the user sees first: the worker's traceback, before the consumer's."""
+    return stderr.split("The above exception was the direct cause")[0]
+
+
+@pytest.mark.timeout(SCRIPT_TIMEOUT_S * 2)
+@pytest.mark.parametrize("start_method", START_METHODS)
+@pytest.mark.parametrize(
+    ("which", "line", "source"),
+    [
+        ("function", 9, 'raise ValueError(f"sample {i} is corrupt")'),
+        ("lambda", 15, "fn = check if which == "),
+    ],
+)
+def test_a_worker_traceback_shows_the_script_s_file_and_line(tmp_path, start_method, which, line, source):
+    done = run_script(tmp_path, TRACEBACK_SCRIPT, start_method, which)
+    assert done.returncode != 0
+    shown = worker_part(done.stderr)
+    script = str(tmp_path / "script.py")
+    assert f'File "{script}", line {line}, in ' in shown, done.stderr
+    assert source in shown, done.stderr
+    assert "<dynamic-code>" not in done.stderr
+    assert f"{os.sep}pescador_fp{os.sep}" not in shown, done.stderr
+    error = "ValueError: sample 3 is corrupt" if which == "function" else "ZeroDivisionError"
+    assert error in shown and done.stderr.rstrip().splitlines()[-1].startswith(error.split(":")[0])
+
+
+def remote_text(stream: pf.Stream[Any], error_type: type[BaseException]) -> str:
+    with pytest.raises(error_type) as caught:
+        list(stream)
+    cause = caught.value.__cause__
+    assert cause is not None
+    return str(cause)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("start_method", START_METHODS)
+def test_a_worker_traceback_shows_a_test_module_s_local_function_and_line(start_method):
+    def check(i: int) -> int:  # local: pickled by value
+        if i == 2:
+            raise KeyError(f"no sample {i}")  # the line the user must see
+        return i
+
+    text = remote_text(
+        pf.from_iterable(range(5)) | pf.map(check) | pf.background(start_method=start_method), KeyError
+    )
+    line = check.__code__.co_firstlineno + 2
+    assert f'File "{__file__}", line {line}, in check' in text, text
+    assert 'raise KeyError(f"no sample {i}")  # the line the user must see' in text
+    assert "<dynamic-code>" not in text
+    assert f"{os.sep}pescador_fp{os.sep}" not in text, text
+
+
+CELL = """\
+import numpy as np
+
+def cell_check(i):
+    if i == 4:
+        raise RuntimeError("bad cell sample")
+    return np.full(2, i)
+"""
+
+
+@pytest.fixture
+def notebook_cell():
+    """A function from a notebook cell: compiled from a string whose name IPython registers in linecache."""
+    name = "<ipython-input-7-0123456789ab>"
+    linecache.cache[name] = (len(CELL), None, CELL.splitlines(keepends=True), name)
+    namespace: dict[str, Any] = {"__name__": "__main__"}
+    exec(compile(CELL, name, "exec"), namespace)
+    yield name, namespace["cell_check"]
+    linecache.cache.pop(name, None)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("start_method", START_METHODS)
+def test_a_worker_traceback_shows_a_notebook_cell_and_line(notebook_cell, start_method):
+    name, cell_check = notebook_cell
+    stream = pf.from_iterable(range(6)) | pf.map(cell_check) | pf.background(start_method=start_method)
+    text = remote_text(stream, RuntimeError)
+    assert f'File "{name}", line 5, in cell_check' in text, text
+    assert 'raise RuntimeError("bad cell sample")' in text, text
+    assert "<dynamic-code>" not in text
+
+
+@pytest.mark.timeout(60)
+def test_an_error_raised_by_the_library_in_a_worker_keeps_its_frames():
+    stream = pf.from_iterable([np.zeros(2), np.zeros(3)]) | pf.batch(2) | pf.background()
+    text = remote_text(stream, pf.DataError)
+    assert "Traceback (most recent call last)" in text
+    assert "batch.py" in text, text  # nothing of the user's to show: the library's frames stay

@@ -6,14 +6,22 @@ else is pickled (protocol 5, array bytes out of band). Either way the worker
 copies each array's bytes once, straight into the ring. The consumer copies a
 run of small like arrays out of the ring in one pass, each into an array of
 its own, so that an item the consumer keeps holds only its own bytes.
+
+Code pickled by value keeps its file name, and the worker gets the source
+lines that it cannot read from a file, so that a traceback from a worker shows
+the user's file and line.
 """
 
 from __future__ import annotations
 
 import collections
 import io
+import linecache
+import marshal
+import os
 import pickle
 import traceback
+import types
 from typing import Any
 
 import cloudpickle
@@ -191,9 +199,29 @@ class RemoteTraceback(Exception):
         return self.text
 
 
+_LIBRARY = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+
+
+def _format(error: BaseException) -> str:
+    """``error``'s traceback as Python prints it, without pescador_fp's frames (unless only they are left)."""
+    shown = traceback.TracebackException.from_exception(error)
+    pending, seen = [shown], set()
+    while pending:
+        te = pending.pop()
+        if id(te) in seen:
+            continue
+        seen.add(id(te))
+        users = [frame for frame in te.stack if not frame.filename.startswith(_LIBRARY)]
+        if users:
+            te.stack = traceback.StackSummary.from_list(users)
+        pending.extend(t for t in (te.__cause__, te.__context__) if t is not None)
+        pending.extend(getattr(te, "exceptions", None) or ())
+    return "".join(shown.format())
+
+
 def send_error(ring: Ring, error: BaseException, alive: Any) -> None:
-    """(worker) Write the exception being handled, with its traceback, as an error record."""
-    text = traceback.format_exc()
+    """(worker) Write ``error`` with its traceback as an error record."""
+    text = _format(error)
     try:
         payload = cloudpickle.dumps((error, text))
         pickle.loads(payload)  # it must also come back to life on the other side
@@ -217,21 +245,46 @@ def load_error(metadata: memoryview) -> tuple[BaseException | None, str]:
 
 
 class _RecipePickler(cloudpickle.Pickler):  # type: ignore[misc]
-    """cloudpickle, but datetime64/timedelta64 arrays keep their byte order."""
+    """cloudpickle that keeps code objects whole (file names too) and arrays' byte order."""
+
+    def __init__(self, file: Any) -> None:
+        super().__init__(file, protocol=5)
+        self.files: set[str] = set()
 
     def reducer_override(self, obj: Any) -> Any:
         if type(obj) is np.ndarray:
             return _reduce_array(obj)
+        if type(obj) is types.CodeType:
+            try:
+                code = marshal.dumps(obj)
+            except ValueError:  # constants that marshal cannot write: cloudpickle's way
+                return NotImplemented
+            self.files.add(obj.co_filename)
+            return marshal.loads, (code,)
         return super().reducer_override(obj)
 
 
 def dumps_recipe(recipe: Any) -> bytes:
-    """(consumer) The bytes of what a worker runs (a stream and its seed context), by cloudpickle."""
+    """(consumer) The bytes of what a worker runs (a stream and its seed context), by cloudpickle.
+
+    Along go the source lines of code whose file the worker cannot read (a
+    notebook cell), for its tracebacks.
+    """
     file = io.BytesIO()
-    _RecipePickler(file, protocol=5).dump(recipe)
-    return file.getvalue()
+    pickler = _RecipePickler(file)
+    pickler.dump(recipe)
+    sources = {
+        name: lines
+        for name in sorted(pickler.files)
+        if not os.path.exists(name) and (lines := linecache.getlines(name))
+    }
+    return pickle.dumps((file.getvalue(), sources), protocol=5)
 
 
 def loads_recipe(data: bytes) -> Any:
     """(worker) The recipe back from :func:`dumps_recipe`."""
-    return cloudpickle.loads(data)
+    pickled, sources = pickle.loads(data)
+    for name, lines in sources.items():
+        if name not in linecache.cache:
+            linecache.cache[name] = (sum(map(len, lines)), None, lines, name)  # no mtime: kept as is
+    return pickle.loads(pickled)
