@@ -99,7 +99,10 @@ def divide(stream: Stream[Any], count: int) -> Plan:
     one_to_one = all(op._one_to_one for op in ops)
     divided = [base._divide(i, count) for i in range(count)]
     if all(d is not None for d in divided):
-        parts = tuple(Part(d[0], tuple(ops), d[1]) for d in divided if d is not None)
+        # A part of weight 0 is empty (a mux with fewer sources or n_active than parts): no worker for it.
+        parts = tuple(Part(d[0], tuple(ops), d[1]) for d in divided if d is not None and d[1] != 0)
+        if len(parts) <= 1:
+            return Plan((Part(stream, (), None),))
         in_turn = base._divides_in_turn and all(p.weight is None for p in parts)
         return Plan(parts, grouped=in_turn and per_item and not one_to_one)
     # Operators that restart their upstream cannot run over items dealt once: they join the head.
