@@ -9,6 +9,8 @@ tests that do not name a start method use the default.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import linecache
 import os
 import subprocess
@@ -72,6 +74,118 @@ def identical(got: Any, sent: Any) -> bool:
     if isinstance(sent, (tuple, list)):
         return type(got) is type(sent) and len(got) == len(sent) and all(map(identical, got, sent))
     return type(got) is type(sent) and bool(got == sent)
+
+
+# ------------------------------------------------------------ the user's own classes (issue 8, item 6)
+
+CLASSES_SCRIPT = """
+    import collections
+    import dataclasses
+    import json
+    import os
+    import sys
+
+    import numpy as np
+    import pescador_fp as pf
+
+
+    @dataclasses.dataclass
+    class Sample:
+        x: int
+        name: str
+
+
+    Pair = collections.namedtuple("Pair", "left right")
+
+
+    class Oops(Exception):
+        pass
+
+
+    def make(i):
+        if i == 5:
+            raise Oops("five")
+        return {"sample": Sample(i, str(i)), "pair": Pair(i, np.arange(3) + i), "late": Late(i)}
+
+
+    if __name__ == "__main__":
+
+        @dataclasses.dataclass(frozen=True)
+        class Late:  # only in this process's __main__: a spawned worker's main never defines it
+            i: int
+
+        method = sys.argv[1]
+        stream = pf.from_iterable(range(8)) | pf.map(make) | pf.background(workers=2, start_method=method)
+        got = []
+        caught = None
+        try:
+            for item in stream:
+                got.append(item)
+        except Oops as error:  # the script's own exception class
+            caught = type(error) is Oops and str(error) == "five"
+        expected = [make(i) for i in range(5)]
+        print(json.dumps({
+            "count": len(got),
+            "own_classes": all(
+                type(g["sample"]) is Sample and type(g["pair"]) is Pair and type(g["late"]) is Late
+                for g in got
+            ),
+            "equal": all(
+                g["sample"] == e["sample"] and g["late"] == e["late"] and g["pair"].left == e["pair"].left
+                and (g["pair"].right == e["pair"].right).all()
+                for g, e in zip(got, expected)
+            ),
+            "caught": caught,
+            "rings_left": [f for f in os.listdir("/dev/shm") if f.startswith(f"pfp_{os.getpid()}_")],
+        }))
+"""
+
+
+@pytest.mark.timeout(SCRIPT_TIMEOUT_S * 2)
+@pytest.mark.parametrize("start_method", START_METHODS)
+def test_items_of_classes_defined_in_a_script_come_back_as_the_script_s_own(tmp_path, start_method):
+    done = run_script(tmp_path, CLASSES_SCRIPT, start_method)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {
+        "count": 5,
+        "own_classes": True,
+        "equal": True,
+        "caught": True,
+        "rings_left": [],
+    }
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("start_method", START_METHODS)
+def test_items_of_local_classes_come_back_as_the_consumer_s_own(start_method):
+    @dataclasses.dataclass
+    class Local:  # pickled by value: not importable anywhere
+        i: int
+
+    Row = namedtuple("Row", "i label")
+    stream = (
+        pf.from_iterable(range(6))
+        | pf.map(lambda i: [Local(i), Row(i, f"#{i}")] if i % 2 else Local(i))
+        | pf.background(start_method=start_method)
+    )
+    got = list(stream)
+    assert got == [
+        Local(0),
+        [Local(1), Row(1, "#1")],
+        Local(2),
+        [Local(3), Row(3, "#3")],
+        Local(4),
+        [Local(5), Row(5, "#5")],
+    ]
+    assert all(type(x) is Local or (type(x[0]) is Local and type(x[1]) is Row) for x in got)
+
+
+@pytest.mark.timeout(60)
+def test_items_that_only_cloudpickle_can_send_still_travel():
+    offset = 10
+    stream = pf.from_iterable(range(4)) | pf.map(lambda i: {"i": i, "add": lambda x: x + i + offset})
+    got = list(stream | pf.background())
+    assert [item["add"](1) for item in got] == [11, 12, 13, 14]
 
 
 # ------------------------------------------------------------ arrays of every kind (issue 8, item 7)

@@ -7,9 +7,12 @@ copies each array's bytes once, straight into the ring. The consumer copies a
 run of small like arrays out of the ring in one pass, each into an array of
 its own, so that an item the consumer keeps holds only its own bytes.
 
-Code pickled by value keeps its file name, and the worker gets the source
-lines that it cannot read from a file, so that a traceback from a worker shows
-the user's file and line.
+Classes that the worker got by value with its recipe (those of the user's
+``__main__``, a notebook's, local classes) come back as the receiver's own
+class: by name, the class's bytes following only where the receiver does
+not have it. Code pickled by value keeps its file name, and the worker gets
+the source lines that it cannot read from a file, so that a traceback from a
+worker shows the user's file and line.
 """
 
 from __future__ import annotations
@@ -20,8 +23,10 @@ import linecache
 import marshal
 import os
 import pickle
+import sys
 import traceback
 import types
+import weakref
 from typing import Any
 
 import cloudpickle
@@ -80,10 +85,12 @@ def _with_dtype(array: np.ndarray, dtype: np.dtype[Any]) -> np.ndarray:
 
 
 class Encoder:
-    """(worker) Writes items into a ring; remembers the layout the consumer last received."""
+    """(worker) Writes items into a ring; remembers what the other side already has."""
 
     def __init__(self) -> None:
-        self.sent: Any = None
+        self.sent: Any = None  # the last array layout
+        self.classes: dict[type, int | None] = {}  # classes sent by name (their number), or known plain
+        self.picklers: dict[type, int] = {}  # item type -> the first of _PICKLERS that could send one
 
     def write(self, ring: Ring, item: Any, alive: Any) -> None:
         """Write ``item`` as one record, waiting for space."""
@@ -98,7 +105,19 @@ class Encoder:
             ring.put(RECORD_ARRAYS, encoded[0], encoded[1], alive)
             return
         buffers: list[pickle.PickleBuffer] = []
-        metadata = pickle.dumps(item, protocol=5, buffer_callback=buffers.append)
+        which = self.picklers.get(type(item), 0)
+        while True:  # plain pickle first; classes by name, then cloudpickle, only where needed
+            try:
+                if not which:
+                    metadata = pickle.dumps(item, protocol=5, buffer_callback=buffers.append)
+                else:
+                    metadata = _dumps(item, self.classes, buffers.append, _PICKLERS[which])
+                break
+            except Exception:
+                if which + 1 == len(_PICKLERS):
+                    raise
+                which = self.picklers[type(item)] = which + 1
+                buffers.clear()
         ring.put(RECORD_DATA, metadata, [b.raw() for b in buffers], alive)
 
     def _repeats(self, array: np.ndarray) -> bool:
@@ -142,7 +161,8 @@ class Decoder:
 
     def __init__(self, zero_copy: bool) -> None:
         self.zero_copy = zero_copy
-        self.received: Any = None
+        self.received: Any = None  # the last array layout
+        self.classes: dict[int, type] = {}  # the classes the other side sent by name, by number
         # Items already decoded (a run of small arrays) and not yet handed out.
         self.pending: collections.deque[Any] = collections.deque()
 
@@ -159,7 +179,12 @@ class Decoder:
         # Zero-copy: read-only views into the ring, freed when the next item is asked for.
         # Otherwise each buffer is copied into memory of its own.
         views: list[Any] = [b.toreadonly() if zero_copy else bytearray(b) for b in buffers]
-        item = self._decode(metadata, views) if arrays else pickle.loads(metadata, buffers=views)
+        if arrays:
+            item = self._decode(metadata, views)
+        elif metadata[0] == _PROTO:
+            item = pickle.loads(metadata, buffers=views)
+        else:
+            item = _loads(metadata, views, self.classes)
         if not zero_copy:
             ring.release()
         return item
@@ -183,6 +208,125 @@ class Decoder:
         del rows, views
         ring.release_run(count, stride)
         return items
+
+
+# ---------------------------------------------------------------- classes sent by value
+
+_PROTO = pickle.PROTO[0]  # the first byte of a plain pickle (protocol >= 2)
+_BY_NAME = b"N"  # the first byte of a pickle made by _NamingPickler
+_MAIN_MODULES = ("__main__", "__mp_main__")  # multiprocessing runs a spawned worker's main as __mp_main__
+
+# (module, qualname) -> the class by value that this process sent with a recipe (the
+# consumer) or received with one (a worker): what a class sent by name resolves to first.
+_KNOWN_CLASSES: weakref.WeakValueDictionary[tuple[str, str], type] = weakref.WeakValueDictionary()
+
+
+def _named(module: str, qualname: str) -> Any:
+    """What ``module.qualname`` names in this process (``__main__`` for either main), or ``None``."""
+    found: Any = sys.modules.get("__main__" if module in _MAIN_MODULES else module)
+    for part in qualname.split("."):
+        if found is None or part == "<locals>":
+            return None
+        found = getattr(found, part, None)
+    return found
+
+
+def _by_value(cls: type) -> bool:
+    """Whether cloudpickle sends ``cls`` by value: it lives in ``__main__`` or is not importable as itself."""
+    module = getattr(cls, "__module__", None)
+    if not isinstance(module, str) or module in _MAIN_MODULES:
+        return True
+    if _named(module, getattr(cls, "__qualname__", "")) is not cls:
+        return True
+    return any(
+        module == name or module.startswith(name + ".")
+        for name in cloudpickle.list_registry_pickle_by_value()
+    )
+
+
+def _resolve(module: str, qualname: str, payload: bytes) -> Any:
+    """The receiver's class for one sent by name: its recipe's, else its main's, else from the bytes."""
+    found = _KNOWN_CLASSES.get((module, qualname))
+    if found is None:
+        found = _named(module, qualname)
+    return found if isinstance(found, type) else pickle.loads(payload)
+
+
+class _NamingPickler(pickle.Pickler):
+    """pickle, but classes sent by value go by name (and a number), their bytes only the first time.
+
+    ``classes``: what the receiver has been sent already (class -> number, or
+    ``None`` for classes that travel as usual); new entries go to ``added``.
+    """
+
+    def __init__(self, file: Any, classes: dict[type, int | None], buffer_callback: Any = None) -> None:
+        super().__init__(file, protocol=5, buffer_callback=buffer_callback)
+        self.classes = classes
+        self.added: dict[type, int | None] = {}
+
+    def persistent_id(self, obj: Any) -> Any:
+        if not isinstance(obj, type):
+            return None
+        number = self.classes.get(obj, -1)
+        if number == -1:
+            number = self.added.get(obj, -1)
+        if number != -1:
+            return number
+        if not _by_value(obj):
+            self.added[obj] = None
+            return None
+        number = self.added[obj] = len(self.classes) + len(self.added)
+        return (number, obj.__module__, obj.__qualname__, cloudpickle.dumps(obj, protocol=5))
+
+
+class _NamingCloudPickler(_NamingPickler, cloudpickle.Pickler):  # type: ignore[misc]
+    """The same with cloudpickle underneath, for what pickle cannot send: functions by value, say."""
+
+    def reducer_override(self, obj: Any) -> Any:
+        if type(obj) is np.ndarray:
+            return _reduce_array(obj)
+        return super().reducer_override(obj)
+
+
+# What an item is pickled with, tried in turn: plain pickle (None), then these.
+_PICKLERS = (None, _NamingPickler, _NamingCloudPickler)
+
+
+class _NamingUnpickler(pickle.Unpickler):
+    """Reads what :class:`_NamingPickler` wrote; ``classes``: the numbered classes received so far."""
+
+    def __init__(self, file: Any, classes: dict[int, type], buffers: Any = None) -> None:
+        super().__init__(file, buffers=buffers)
+        self.classes = classes
+
+    def persistent_load(self, pid: Any) -> Any:
+        if isinstance(pid, int):
+            return self.classes[pid]
+        number, module, qualname, payload = pid
+        cls = self.classes[number] = _resolve(module, qualname, payload)
+        return cls
+
+
+def _dumps(
+    obj: Any,
+    classes: dict[type, int | None],
+    buffer_callback: Any = None,
+    pickler_class: Any = _NamingCloudPickler,
+) -> bytes:
+    """``obj`` pickled, classes sent by value going by name; ``classes`` learns what was sent."""
+    file = io.BytesIO()
+    file.write(_BY_NAME)
+    pickler = pickler_class(file, classes, buffer_callback)
+    pickler.dump(obj)
+    classes.update(pickler.added)  # only once the whole item could be pickled
+    return file.getvalue()
+
+
+def _loads(data: Any, buffers: Any, classes: dict[int, type]) -> Any:
+    """The object back from :func:`_dumps`."""
+    file = io.BytesIO(data)
+    file.read(len(_BY_NAME))
+    return _NamingUnpickler(file, classes, buffers).load()
 
 
 # ---------------------------------------------------------------- errors
@@ -223,8 +367,8 @@ def send_error(ring: Ring, error: BaseException, alive: Any) -> None:
     """(worker) Write ``error`` with its traceback as an error record."""
     text = _format(error)
     try:
-        payload = cloudpickle.dumps((error, text))
-        pickle.loads(payload)  # it must also come back to life on the other side
+        payload = _dumps((error, text), {})
+        _loads(payload, None, {})  # it must also come back to life on the other side
     except Exception:
         payload = pickle.dumps((None, f"{type(error).__qualname__}: {error}", text))
     ring.put(RECORD_ERROR, payload, alive=alive)
@@ -233,7 +377,7 @@ def send_error(ring: Ring, error: BaseException, alive: Any) -> None:
 def load_error(metadata: memoryview) -> tuple[BaseException | None, str]:
     """(consumer) The exception in an error record (``None`` if it cannot travel) and its traceback text."""
     try:
-        loaded = pickle.loads(metadata)
+        loaded = pickle.loads(metadata) if metadata[0] == _PROTO else _loads(metadata, None, {})
     except Exception as error:
         return None, f"(it could not be unpickled: {error})"
     if loaded[0] is None:
@@ -245,11 +389,12 @@ def load_error(metadata: memoryview) -> tuple[BaseException | None, str]:
 
 
 class _RecipePickler(cloudpickle.Pickler):  # type: ignore[misc]
-    """cloudpickle that keeps code objects whole (file names too) and arrays' byte order."""
+    """cloudpickle that keeps code objects whole (file names too) and notes the classes sent by value."""
 
     def __init__(self, file: Any) -> None:
         super().__init__(file, protocol=5)
         self.files: set[str] = set()
+        self.classes: dict[int, type] = {}
 
     def reducer_override(self, obj: Any) -> Any:
         if type(obj) is np.ndarray:
@@ -261,18 +406,25 @@ class _RecipePickler(cloudpickle.Pickler):  # type: ignore[misc]
                 return NotImplemented
             self.files.add(obj.co_filename)
             return marshal.loads, (code,)
+        if isinstance(obj, type) and _by_value(obj):
+            self.classes[id(obj)] = obj
         return super().reducer_override(obj)
 
 
 def dumps_recipe(recipe: Any) -> bytes:
     """(consumer) The bytes of what a worker runs (a stream and its seed context), by cloudpickle.
 
-    Along go the source lines of code whose file the worker cannot read (a
-    notebook cell), for its tracebacks.
+    Along go the classes sent by value (so that items of those classes come
+    back as the consumer's own) and the source lines of code whose file the
+    worker cannot read (a notebook cell), for its tracebacks.
     """
     file = io.BytesIO()
     pickler = _RecipePickler(file)
     pickler.dump(recipe)
+    classes = list(pickler.classes.values())
+    pickler.dump(classes)  # the same objects as in the recipe: the pickler's memo has them
+    for cls in classes:
+        _KNOWN_CLASSES[(cls.__module__, cls.__qualname__)] = cls
     sources = {
         name: lines
         for name in sorted(pickler.files)
@@ -287,4 +439,8 @@ def loads_recipe(data: bytes) -> Any:
     for name, lines in sources.items():
         if name not in linecache.cache:
             linecache.cache[name] = (sum(map(len, lines)), None, lines, name)  # no mtime: kept as is
-    return pickle.loads(pickled)
+    unpickler = pickle.Unpickler(io.BytesIO(pickled))
+    recipe = unpickler.load()
+    for cls in unpickler.load():
+        _KNOWN_CLASSES[(cls.__module__, cls.__qualname__)] = cls
+    return recipe
