@@ -213,7 +213,11 @@ def listed_arrays() -> list[Any]:
         np.array([1.5, np.nan, np.inf], np.float16),
         np.array([{"a": 1}, None, "s"], dtype=object),
         np.arange(20)[::3],  # not contiguous
+        np.arange(20, dtype=">i2")[::3],
+        np.arange(24, dtype=">c8").reshape(4, 6)[::2, 1::2],
         np.asfortranarray(np.arange(6.0).reshape(2, 3)),
+        np.asfortranarray(np.arange(6, dtype=">u4").reshape(2, 3)),
+        np.asfortranarray(np.arange(6).astype(">m8[us]").reshape(2, 3)),
         np.zeros(0),
         np.zeros((3, 0, 2), np.int8),
         np.zeros((0,), "M8[ns]"),
@@ -254,9 +258,9 @@ def array_items(draw: Any) -> list[Any]:
     """A few arrays of one dtype and shape in a row (the quick paths), some inside containers or strided."""
     dtype, shape = draw(dtypes), draw(shapes)
     arrays = draw(st.lists(hnp.arrays(dtype, shape), min_size=1, max_size=4))
-    wraps = ["bare", "dict", "tuple", "list", "namedtuple", "fortran", "strided"]
+    wraps = ["bare", "tuple", "list", "namedtuple", "dict", "fortran", "strided"]
     if dtype.kind in "mM" and not dtype.isnative:
-        wraps = ["bare", "dict"]  # numpy's own pickle makes these native: only the raw path keeps them
+        wraps = wraps[:1] + wraps[-3:]  # numpy's pickle makes these native inside other containers
     items: list[Any] = []
     for array in arrays:
         wrap = draw(st.sampled_from(wraps))

@@ -72,10 +72,33 @@ def _from_bytes(data: Any, dtype: np.dtype[Any], shape: tuple[int, ...]) -> np.n
     return flat if len(shape) == 1 else flat.reshape(shape)
 
 
+def _raw(array: np.ndarray) -> np.ndarray | None:
+    """``array`` as a C-contiguous array to send as raw bytes, or ``None`` to pickle it.
+
+    Fortran-ordered arrays are pickled, so that they come back in Fortran order
+    (but for datetime64/timedelta64, which numpy pickles in band and makes
+    native); other arrays that are not contiguous are copied (numpy's pickle
+    would copy them too, and make their byte order native).
+    """
+    flags = array.flags
+    if flags.c_contiguous:
+        return None if array.dtype.hasobject else array
+    if array.dtype.hasobject or (flags.f_contiguous and array.dtype.kind not in "mM"):
+        return None
+    return np.ascontiguousarray(array)
+
+
 def _reduce_array(array: np.ndarray) -> Any:
-    """numpy's pickling, but datetime64/timedelta64 arrays keep their byte order (numpy makes them native)."""
+    """numpy's pickling, but arrays keep their byte order.
+
+    numpy pickles the bytes of a contiguous array out of band, as they are,
+    but writes any other array in band, and then in native byte order:
+    datetime64/timedelta64 arrays and arrays that are not contiguous.
+    """
     dtype = array.dtype
-    if dtype.kind in "mM" and not dtype.isnative:
+    if dtype.isnative or dtype.hasobject:
+        return NotImplemented
+    if dtype.kind in "mM" or not (array.flags.c_contiguous or array.flags.f_contiguous):
         return _with_dtype, (array.astype(dtype.newbyteorder("=")), dtype)
     return NotImplemented
 
@@ -135,7 +158,8 @@ class Encoder:
     def _encode(self, item: Any) -> tuple[bytes, list[memoryview]] | None:
         kind = type(item)
         if kind is np.ndarray:
-            if item.dtype.hasobject or not item.flags.c_contiguous:
+            item = _raw(item)
+            if item is None:
                 return None
             layout: Any = (False, item.dtype, item.shape)
             views = [_bytes_of(item)]
@@ -143,7 +167,8 @@ class Encoder:
             fields = []
             views = []
             for key, value in item.items():
-                if type(value) is not np.ndarray or value.dtype.hasobject or not value.flags.c_contiguous:
+                value = _raw(value) if type(value) is np.ndarray else None
+                if value is None:
                     return None
                 fields.append((key, value.dtype, value.shape))
                 views.append(_bytes_of(value))
