@@ -44,7 +44,7 @@ from ._ipc.ring import (
     RingHandle,
     Stopped,
 )
-from ._ipc.workers import Workers, default_start_method, ignore_interrupts, parent_alive
+from ._ipc.workers import Workers, default_start_method, ignore_interrupts, watch_parent
 from ._seed import SeedContext
 from ._stream import Operator, Stream, _run
 from .errors import WorkerError
@@ -110,7 +110,7 @@ def _work(recipe: bytes, handle: RingHandle, parent_pid: int, inbox: RingHandle 
     ignore_interrupts()
     if stack is not None and _STACK_SIGNAL is not None:
         faulthandler.register(_STACK_SIGNAL, file=stack, all_threads=False)
-    alive = parent_alive(parent_pid)
+    alive = watch_parent(parent_pid)
     ring = Ring.attach(handle)
     fed = Ring.attach(inbox) if inbox is not None else None
     try:
@@ -241,7 +241,7 @@ def _fed_items(fed: Ring, alive: Any) -> Iterator[Any]:
 def _feed(recipe: bytes, handles: list[RingHandle], parent_pid: int) -> None:
     """The feeder's life: run the head of the pipeline once, dealing its items to the workers in turn."""
     ignore_interrupts()
-    alive = parent_alive(parent_pid)
+    alive = watch_parent(parent_pid)
     rings = [Ring.attach(handle) for handle in handles]
     ended: set[int] = set()
     try:
