@@ -19,9 +19,7 @@ import multiprocessing
 import numbers
 import os
 import reprlib
-import shutil
 import signal
-import struct
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -37,12 +35,11 @@ from ._ipc.ring import (
     RECORD_DATA,
     RECORD_END,
     RECORD_ERROR,
-    RECORD_GROW,
     RECORD_READY,
-    SHM_DIR,
     Ring,
     RingHandle,
     Stopped,
+    shared_memory_free,
 )
 from ._ipc.workers import Workers, default_start_method, ignore_interrupts, watch_parent
 from ._seed import SeedContext
@@ -232,8 +229,6 @@ def _fed_items(fed: Ring, alive: Any) -> Iterator[Any]:
             payload = bytes(metadata)
             fed.release()
             raise _Forwarded(payload)
-        elif kind == RECORD_GROW:
-            fed.__dict__.update(_grown(fed, metadata).__dict__)
         else:
             fed.release()
 
@@ -273,7 +268,9 @@ def _feed(recipe: bytes, handles: list[RingHandle], parent_pid: int) -> None:
 def _ring_bytes(requested: int | None, workers: int) -> int:
     if requested is not None:
         return requested
-    free = shutil.disk_usage(SHM_DIR).free
+    free = shared_memory_free()
+    if free is None:  # macOS, Windows: no separate limit on shared memory
+        return _DEFAULT_RING_BYTES
     return max(_MIN_RING_BYTES, min(_DEFAULT_RING_BYTES, free // (2 * workers)))
 
 
@@ -305,11 +302,13 @@ def _background_items(op: _Background, upstream: Stream[Any], ctx: SeedContext, 
         capacity = _ring_bytes(op.ring_bytes, count)
         for _ in range(count):
             try:
-                rings.append(Ring.create(capacity, workers.semaphore))
+                rings.append(Ring.create(capacity, workers.semaphore, creator_consumes=True))
                 if plan.fed:
                     inboxes.append(Ring.create(capacity, workers.semaphore))
             except OSError as error:
-                raise WorkerError(str(error.strerror or error)) from error
+                raise WorkerError(
+                    f"background: {error.strerror or error}; free shared memory or pass a smaller ring_bytes"
+                ) from error
         parent = os.getpid()
         stacks = [workers.context.Pipe(duplex=False) for _ in range(count)] if op.timeout else []
         workers.start(
@@ -435,7 +434,13 @@ class _Channel:
             self.deadline = time.monotonic() + self.timeout
         while True:
             ring = self.rings[self.index]
-            record = ring.get(self.alive)
+            try:
+                record = ring.get(self.alive)  # answers a request for a larger ring itself
+            except OSError as error:
+                raise WorkerError(
+                    f"background worker {self.index} has a sample larger than its ring, and the ring "
+                    f"cannot grow: {error.strerror or error}"
+                ) from error
             if record is None:
                 raise self.workers.failure(self.index)
             kind, metadata, buffers = record
@@ -449,8 +454,6 @@ class _Channel:
                 return _ENDED
             if kind == RECORD_ERROR:
                 _raise_remote(metadata, self.index)
-            if kind == RECORD_GROW:
-                self.rings[self.index] = _grown(ring, metadata)
             else:  # RECORD_READY
                 ring.release()
                 self.started = True
@@ -495,22 +498,6 @@ def _read_stack(stack: Any) -> str:
         return ""
     stack = "".join(f"\n  {frame}" for frame in users)
     return f"; it is in {users[0]}\nits code, most recent call first:{stack}"
-
-
-def _grown(ring: Ring, request: memoryview) -> Ring:
-    """Answer a worker's request for a larger ring: make it, tell the worker, drop the old one."""
-    (needed,) = struct.unpack("<Q", request)
-    capacity = max(2 * ring.capacity, 2 * needed)
-    try:
-        larger = Ring.create(capacity, lambda value: None, signals=ring.handle)
-    except OSError as error:
-        raise WorkerError(
-            f"background: a sample needs {needed / 2**20:.1f} MiB of ring: {error.strerror}"
-        ) from error
-    ring.offer(larger)
-    ring.release()
-    ring.close()
-    return larger
 
 
 @dataclass(frozen=True, repr=False)

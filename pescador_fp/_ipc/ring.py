@@ -1,4 +1,4 @@
-"""A single-producer, single-consumer ring of records in POSIX shared memory.
+"""A single-producer, single-consumer ring of records in shared memory.
 
 This layer knows bytes and records, not streams or numpy. A record is a kind,
 a metadata blob, and zero or more buffers, laid out contiguously:
@@ -10,17 +10,34 @@ The segment starts with a control block: the producer's write position
 (``head``) and the consumer's read position (``tail``), both ever-increasing
 byte counts, on separate cache lines; a stop flag; and "I am waiting" flags.
 Positions are published after the bytes they cover are written, so the
-consumer never sees half a record. Waiting uses two semaphores with short
-timeouts, so a lost wake-up costs at most one timeout, and every wait checks
-a liveness callback. The segment is a file in ``/dev/shm`` (the same POSIX
-shared memory that ``multiprocessing.shared_memory`` uses), reserved with
-``posix_fallocate`` so that a full ``/dev/shm`` fails at creation instead of
-with SIGBUS later, and unlinked as soon as both sides have it mapped.
+consumer never sees half a record. A record that does not fit before the end
+of the ring is preceded by a wrap marker over the rest, written as soon as the
+consumer has left that rest, so any record up to the ring's capacity fits.
+Waiting uses two semaphores with short timeouts, so a lost wake-up costs at
+most one timeout, and every wait checks a liveness callback.
 
 Two quick paths serve streams of like items: ``put_again`` writes a record
 laid out like the previous one with a cached header, and ``run_after`` lets
-the consumer take a run of such records at once. A producer whose record does
-not fit asks for a larger ring (``RECORD_GROW``) and moves to it.
+the consumer take a run of such records at once. A record larger than the
+ring makes the producer ask for a larger one (a grow record); the consumer's
+``get`` makes it, tells the producer where it is, and both move to it.
+
+Two transports carry the same ring; the segment's memory is reserved when it
+is made, so that a short shared memory is an ``OSError`` there and never a
+SIGBUS later:
+
+- ``linux``: a file with no name at all: an ``O_TMPFILE`` file in
+  ``/dev/shm`` (whose size limit it counts against), or a ``memfd`` where
+  ``/dev/shm`` is missing, reserved with ``posix_fallocate``. A process
+  started with the ring's handle gets the descriptor with it (inherited under
+  fork, passed by ``multiprocessing.reduction.DupFd`` under spawn and
+  forkserver); the producer of a grown ring, already running, opens the
+  consumer's descriptor through ``/proc/<pid>/fd/<n>``. The kernel frees the
+  memory when the last descriptor and mapping go, however the processes end.
+- ``portable`` (macOS, Windows, or ``PESCADOR_FP_TRANSPORT=portable``): a
+  ``multiprocessing.shared_memory.SharedMemory``, reserved with
+  ``posix_fallocate`` where that exists, else by touching every page. Its
+  name is unlinked as soon as both sides have it mapped.
 """
 
 from __future__ import annotations
@@ -29,22 +46,31 @@ import contextlib
 import mmap
 import os
 import secrets
+import shutil
 import struct
+import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from multiprocessing import reduction
+from multiprocessing.shared_memory import SharedMemory
 from typing import Any
 
 __all__ = [
+    "NAME_PREFIX",
     "RECORD_ARRAYS",
     "RECORD_DATA",
     "RECORD_END",
     "RECORD_ERROR",
-    "RECORD_GROW",
     "RECORD_READY",
+    "SHM_DIR",
+    "TRANSPORTS",
+    "TRANSPORT_VARIABLE",
     "Ring",
     "RingHandle",
     "Stopped",
+    "default_transport",
+    "shared_memory_free",
 ]
 
 RECORD_DATA = 1
@@ -52,7 +78,7 @@ RECORD_END = 2
 RECORD_ERROR = 3
 RECORD_READY = 4
 _RECORD_WRAP = 5
-RECORD_GROW = 6  # the producer needs a larger ring for its next record
+_RECORD_GROW = 6  # the producer needs a larger ring for its next record; ``get`` answers it
 RECORD_ARRAYS = 7  # an item in a compact encoding of the layer above
 
 _ALIGN = 64
@@ -61,11 +87,13 @@ _CONTROL_BYTES = 4 * _ALIGN
 _HEAD, _PRODUCER_WAITING = 0, 1  # line 0: written by the producer
 _TAIL, _CONSUMER_WAITING = 8, 9  # line 1: written by the consumer
 _STOP = 16  # line 2: set by the consumer to ask the producer to stop
-_NEXT_CAPACITY = 17  # line 2: the consumer's answer to a RECORD_GROW: the new ring's size...
-_NEXT_NAME = 3 * _ALIGN  # line 3: ...and its name (length byte, then the bytes)
+_NEXT_CAPACITY = 17  # line 2: the consumer's answer to a grow record: the new ring's size...
+_CREATOR_CONSUMES = 18  # line 2: the creator reads the ring: the first process to attach completes the pair
+_NEXT_AT = 3 * _ALIGN  # line 3: ...and where it is (length byte, then the transport's locator)
 
 _HEADER = struct.Struct("<IIQQ")
 _SIZE = struct.Struct("<Q")
+_LOCATOR = struct.Struct("<QQQ")  # linux transport: pid, descriptor, inode
 _MASK = _ALIGN - 1
 
 
@@ -94,7 +122,17 @@ _WAIT_SLICE_S = 0.05
 # How many times a waiting side looks at its peer's position before it sleeps (~10 µs).
 _SPINS = 200
 SHM_DIR = "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
+# Portable segments are named f"{NAME_PREFIX}{creator pid}_{random}" (25 characters at most, as macOS needs).
 NAME_PREFIX = "pfp_"
+TRANSPORT_VARIABLE = "PESCADOR_FP_TRANSPORT"
+_LINUX = (
+    sys.platform.startswith("linux")
+    and hasattr(os, "posix_fallocate")
+    and os.path.isdir("/proc/self/fd")
+    and (hasattr(os, "O_TMPFILE") or hasattr(os, "memfd_create"))
+)
+# The transports this system offers, the default first.
+TRANSPORTS = ("linux", "portable") if _LINUX else ("portable",)
 
 
 class Stopped(Exception):
@@ -105,86 +143,293 @@ def _aligned(n: int) -> int:
     return (n + _ALIGN - 1) // _ALIGN * _ALIGN
 
 
+def default_transport() -> str:
+    """``linux`` where the kernel offers files without names, else ``portable``.
+
+    The environment variable ``PESCADOR_FP_TRANSPORT`` (``linux`` or
+    ``portable``) overrides the choice; it is read each time a ring is made.
+    """
+    chosen = os.environ.get(TRANSPORT_VARIABLE)
+    if chosen:
+        if chosen not in TRANSPORTS:
+            raise ValueError(f"{TRANSPORT_VARIABLE}={chosen!r} is not one of {TRANSPORTS} on this system")
+        return chosen
+    return TRANSPORTS[0]
+
+
+def shared_memory_free() -> int | None:
+    """Bytes that new rings may still take, where the system limits them (``None``: no known limit)."""
+    if default_transport() == "linux" and not os.path.isdir("/dev/shm"):
+        return _memory_available()
+    if os.path.isdir("/dev/shm"):
+        return shutil.disk_usage("/dev/shm").free
+    return None  # macOS and Windows: shared memory is ordinary memory, limited only by it
+
+
+def _memory_available() -> int:
+    with open("/proc/meminfo") as meminfo:
+        for line in meminfo:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    return sys.maxsize
+
+
+def _short_of_memory(size: int, error: OSError, where: str = "") -> OSError:
+    return OSError(
+        error.errno,
+        f"cannot reserve {size / 2**20:.1f} MiB of shared memory{where} ({error.strerror or error})",
+    )
+
+
+# ---------------------------------------------------------------- transports
+
+
+class _LinuxSegment:
+    """A mapped file with no name: freed by the kernel when the last descriptor and mapping go."""
+
+    transport = "linux"
+    name = ""
+
+    def __init__(self, fd: int, size: int, keep_fd: bool) -> None:
+        self.map = mmap.mmap(fd, size)
+        # The creator keeps its descriptor: a process started later gets a copy of it, and the
+        # producer of a grown ring opens it through /proc. Those that attach need none.
+        self.fd = fd if keep_fd else -1
+
+    @classmethod
+    def create(cls, size: int) -> _LinuxSegment:
+        fd, where = -1, ""
+        with contextlib.suppress(OSError, AttributeError):  # no /dev/shm, or no O_TMPFILE there
+            fd, where = os.open("/dev/shm", os.O_TMPFILE | os.O_RDWR | os.O_EXCL, 0o600), " in /dev/shm"
+        if fd < 0:
+            fd = os.memfd_create(f"{NAME_PREFIX}{os.getpid()}", os.MFD_CLOEXEC)
+        try:
+            # A memfd counts against no tmpfs limit: reserving more than the machine has would
+            # take all its memory before failing, so look first.
+            if not where and size > _memory_available():
+                raise OSError(12, os.strerror(12))  # ENOMEM
+            os.posix_fallocate(fd, 0, size)
+            return cls(fd, size, keep_fd=True)
+        except OSError as error:
+            os.close(fd)
+            raise _short_of_memory(size, error, where) from None
+        except BaseException:
+            os.close(fd)
+            raise
+
+    @classmethod
+    def attach(cls, handle: RingHandle) -> _LinuxSegment:
+        try:
+            return cls(handle.fd, _CONTROL_BYTES + handle.capacity, keep_fd=False)
+        finally:
+            if handle.fd_owned:  # a copy that came with the pickled handle: ours to close
+                os.close(handle.fd)
+
+    def locator(self) -> bytes:
+        return _LOCATOR.pack(os.getpid(), self.fd, os.fstat(self.fd).st_ino)
+
+    @classmethod
+    def open(cls, locator: bytes, size: int) -> _LinuxSegment:
+        pid, fd, inode = _LOCATOR.unpack(locator)
+        own = os.open(f"/proc/{pid}/fd/{fd}", os.O_RDWR)
+        try:
+            if os.fstat(own).st_ino != inode:  # the creator is gone and its descriptor number reused
+                raise FileNotFoundError(2, "the ring's creator has closed it", f"/proc/{pid}/fd/{fd}")
+            return cls(own, size, keep_fd=False)
+        finally:
+            os.close(own)
+
+    def forget(self) -> None:
+        """Nothing to do: there is no name."""
+
+    def close_fd(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+class _PortableSegment:
+    """A ``multiprocessing.shared_memory`` segment in our own ``mmap``, named until both sides hold it."""
+
+    transport = "portable"
+    fd = -1
+
+    def __init__(self, shm: SharedMemory, size: int) -> None:
+        self.name = shm.name
+        self._shm: SharedMemory | None = shm
+        # Our own mapping, closed like the linux transport's: a zero-copy view may outlive close().
+        if sys.platform == "win32":
+            self.map = mmap.mmap(-1, size, tagname=shm.name)
+        else:
+            self.map = mmap.mmap(_descriptor(shm), size)
+        shm.close()  # its own mapping and descriptor; the name stays until forget()
+
+    @classmethod
+    def create(cls, size: int) -> _PortableSegment:
+        try:
+            shm = SharedMemory(f"{NAME_PREFIX}{os.getpid()}_{secrets.token_hex(6)}", create=True, size=size)
+        except OSError as error:
+            raise _short_of_memory(size, error) from None
+        try:
+            if hasattr(os, "posix_fallocate"):
+                os.posix_fallocate(_descriptor(shm), 0, size)
+                return cls(shm, size)
+            segment = cls(shm, size)
+            with memoryview(segment.map) as view:  # no fallocate (macOS, Windows): touch every page
+                view[: size : mmap.PAGESIZE] = bytes(len(range(0, size, mmap.PAGESIZE)))
+            return segment
+        except OSError as error:
+            shm.close()
+            shm.unlink()
+            raise _short_of_memory(size, error) from None
+        except BaseException:
+            shm.close()
+            shm.unlink()
+            raise
+
+    @classmethod
+    def attach(cls, handle: RingHandle) -> _PortableSegment:
+        return cls.open(handle.name.encode(), _CONTROL_BYTES + handle.capacity)
+
+    def locator(self) -> bytes:
+        return self.name.encode()
+
+    @classmethod
+    def open(cls, locator: bytes, size: int) -> _PortableSegment:
+        # Before Python 3.13 this registers the name with the resource tracker, as the creator
+        # did; the tracker is one process shared by the creator and the processes it starts,
+        # so that adds nothing, and forget() (which unlinks and unregisters) takes it away.
+        return cls(SharedMemory(locator.decode()), size)
+
+    def forget(self) -> None:
+        """Unlink the name (and drop it from the resource tracker); idempotent."""
+        shm, self._shm = self._shm, None
+        if shm is not None:
+            with contextlib.suppress(FileNotFoundError):  # the other side was first
+                shm.unlink()
+
+    def close_fd(self) -> None:
+        """Nothing to do: ``SharedMemory.close`` closed it."""
+
+
+def _descriptor(shm: SharedMemory) -> int:
+    fd: int = getattr(shm, "_fd", -1)  # SharedMemory keeps its POSIX descriptor here (3.8 to 3.14)
+    if fd < 0:
+        raise OSError(9, "multiprocessing.shared_memory.SharedMemory exposes no descriptor here")
+    return fd
+
+
+_Segment = _LinuxSegment | _PortableSegment
+_TRANSPORT_OF: dict[str, type[_LinuxSegment] | type[_PortableSegment]] = {
+    "linux": _LinuxSegment,
+    "portable": _PortableSegment,
+}
+
+
 @dataclass(frozen=True)
 class RingHandle:
-    """What another process needs to attach: the segment's name, size and semaphores."""
+    """What another process needs to attach: the transport's reference to the segment, its size, semaphores.
 
-    name: str
+    Pass it to a new process in its start arguments: under spawn and
+    forkserver a linux segment's descriptor travels with it.
+    """
+
     capacity: int
     data_ready: Any  # a multiprocessing semaphore: the producer published something
     space_ready: Any  # a multiprocessing semaphore: the consumer freed space
+    transport: str
+    name: str = ""  # portable: the segment's name
+    fd: int = -1  # linux: a descriptor of the segment
+    fd_owned: bool = False  # linux: this copy came with a pickle, and its descriptor is the receiver's
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        fd = reduction.DupFd(self.fd) if self.fd >= 0 else None
+        fields = (self.capacity, self.data_ready, self.space_ready, self.transport, self.name, fd)
+        return _rebuilt_handle, fields
+
+
+def _rebuilt_handle(
+    capacity: int, data_ready: Any, space_ready: Any, transport: str, name: str, fd: Any
+) -> RingHandle:
+    if fd is None:
+        return RingHandle(capacity, data_ready, space_ready, transport, name)
+    return RingHandle(capacity, data_ready, space_ready, transport, name, fd.detach(), fd_owned=True)
 
 
 class Ring:
-    """One end of a ring; ``create`` makes the segment, ``attach`` maps an existing one."""
+    """One end of a ring; ``create`` makes the segment, ``attach`` maps it in another process."""
 
-    def __init__(self, handle: RingHandle, buffer: mmap.mmap) -> None:
+    def __init__(self, handle: RingHandle, segment: _Segment) -> None:
         self.handle = handle
         self.capacity = handle.capacity
-        self._map = buffer
-        self._view = memoryview(buffer)
+        self._segment = segment
+        self._map = segment.map
+        self._view = memoryview(segment.map)
         self._control = self._view[:_CONTROL_BYTES].cast("Q")
         self._data = self._view[_CONTROL_BYTES : _CONTROL_BYTES + self.capacity]
-        self._linked = True
         # The producer's and consumer's private copies of the positions.
         self._head = self._control[_HEAD]
         self._tail = self._control[_TAIL]
         self._pending_release = 0
         self._repeat: tuple[int, int, int, bytes] | None = None  # (producer) the last record's layout
+        self._named = bool(segment.name)  # (consumer) the segment may still have a name to remove
 
     # ------------------------------------------------------------ lifetime
 
     @classmethod
     def create(
-        cls, capacity: int, semaphore: Callable[[int], Any], signals: RingHandle | None = None
+        cls,
+        capacity: int,
+        semaphore: Callable[[int], Any],
+        *,
+        creator_consumes: bool = False,
+        transport: str | None = None,
     ) -> Ring:
-        """Create and reserve a segment of ``capacity`` data bytes; ``OSError`` if shared memory is short.
+        """Make and reserve a ring of ``capacity`` data bytes; ``OSError`` if shared memory is short.
 
-        ``signals``: reuse the semaphores of that ring (a ring that replaces it).
+        ``semaphore(0)`` makes the two semaphores (a multiprocessing context's
+        ``Semaphore``). ``creator_consumes``: this process will read the ring,
+        so the first process to attach is its producer, and a portable
+        segment's name goes as soon as that one has it mapped; otherwise
+        (a ring between two other processes) the consumer's first record
+        removes it. ``transport``: ``"linux"`` or ``"portable"``; the default
+        is :func:`default_transport`.
         """
-        capacity = _aligned(capacity)
-        name = f"{NAME_PREFIX}{os.getpid()}_{secrets.token_hex(6)}"
-        path = os.path.join(SHM_DIR, name)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            size = _CONTROL_BYTES + capacity
-            try:
-                os.posix_fallocate(fd, 0, size)
-            except OSError as error:
-                os.unlink(path)
-                raise OSError(
-                    error.errno,
-                    f"background: cannot reserve {size / 2**20:.1f} MiB of shared memory in {SHM_DIR} "
-                    f"({error.strerror}); free space there or pass a smaller ring_bytes",
-                ) from None
-            buffer = mmap.mmap(fd, size)
-        finally:
-            os.close(fd)
-        if signals is not None:
-            return cls(RingHandle(name, capacity, signals.data_ready, signals.space_ready), buffer)
-        return cls(RingHandle(name, capacity, semaphore(0), semaphore(0)), buffer)
+        return cls._create(
+            _aligned(capacity),
+            semaphore(0),
+            semaphore(0),
+            transport or default_transport(),
+            creator_consumes,
+        )
+
+    @classmethod
+    def _create(
+        cls, capacity: int, data_ready: Any, space_ready: Any, transport: str, creator_consumes: bool
+    ) -> Ring:
+        segment = _TRANSPORT_OF[transport].create(_CONTROL_BYTES + capacity)
+        handle = RingHandle(capacity, data_ready, space_ready, transport, segment.name, segment.fd)
+        ring = cls(handle, segment)
+        ring._control[_CREATOR_CONSUMES] = creator_consumes
+        return ring
 
     @classmethod
     def attach(cls, handle: RingHandle) -> Ring:
-        """Map the segment that ``handle`` names (it must not be unlinked yet)."""
-        fd = os.open(os.path.join(SHM_DIR, handle.name), os.O_RDWR)
-        try:
-            buffer = mmap.mmap(fd, _CONTROL_BYTES + handle.capacity)
-        finally:
-            os.close(fd)
-        return cls(handle, buffer)
+        """Map the ring that ``handle`` describes, in a process its creator started."""
+        ring = cls(handle, _TRANSPORT_OF[handle.transport].attach(handle))
+        if ring._control[_CREATOR_CONSUMES]:
+            ring._segment.forget()  # creator and this process, both sides hold it now
+        return ring
 
     def unlink(self) -> None:
-        """Remove the segment's name; the memory lives on until both sides unmap it."""
-        if self._linked:
-            self._linked = False
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(os.path.join(SHM_DIR, self.handle.name))
+        """Remove the segment's name, if it still has one; the memory lives on until both sides unmap it."""
+        self._segment.forget()
 
     def close(self) -> None:
-        """Unmap this end; idempotent."""
+        """Unmap this end; idempotent. Zero-copy views keep the memory mapped until they are freed."""
         if self._map.closed:
             return
+        self._segment.close_fd()
         try:
             for view in (self._control, self._data, self._view):
                 view.release()
@@ -218,16 +463,13 @@ class Ring:
             size += (buffer.nbytes + _MASK) & ~_MASK
         if size > self.capacity:
             self._grow(size, alive)
-        capacity, control, head = self.capacity, self._control, self._head
-        position = head % capacity
-        waste = capacity - position if position + size > capacity else 0
-        if control[_STOP] or capacity - (head - control[_TAIL]) < size + waste:
-            self._wait_for_space(size + waste, alive)
-        data = self._data
-        if waste:
-            _HEADER.pack_into(data, position, _RECORD_WRAP, 0, waste, 0)
-            head += waste
+        capacity, control, data = self.capacity, self._control, self._data
+        position = self._head % capacity
+        if position + size > capacity:
+            self._wrap(capacity - position, alive)
             position = 0
+        if control[_STOP] or capacity - (self._head - control[_TAIL]) < size:
+            self._wait_for_space(size, alive)
         if n == 1:
             _HEADER_1.pack_into(data, position, kind, 1, size, meta_size, buffers[0].nbytes)
         else:
@@ -240,13 +482,29 @@ class Ring:
             nbytes = buffer.nbytes
             data[at : at + nbytes] = buffer
             at += (nbytes + _MASK) & ~_MASK
-        self._head = head + size
-        control[_HEAD] = self._head  # publish
+        self._publish(self._head + size)
+        if n == 1 and not meta_size:  # remember the layout: the next record may repeat it
+            self._repeat = (kind, buffers[0].nbytes, size, bytes(data[position : position + body]))
+
+    def _wrap(self, rest: int, alive: Callable[[], bool] | None) -> None:
+        """Skip the ``rest`` bytes to the end of the ring, once the consumer has left them.
+
+        Publishing the skip at once, before waiting for room at the start,
+        lets the consumer move past it: waiting for the record and the skip
+        together could ask for more than the ring.
+        """
+        if self._control[_STOP] or self.capacity - (self._head - self._control[_TAIL]) < rest:
+            self._wait_for_space(rest, alive)
+        _HEADER.pack_into(self._data, self.capacity - rest, _RECORD_WRAP, 0, rest, 0)
+        self._publish(self._head + rest)
+
+    def _publish(self, head: int) -> None:
+        self._head = head
+        control = self._control
+        control[_HEAD] = head
         if control[_CONSUMER_WAITING]:
             control[_CONSUMER_WAITING] = 0
             self.handle.data_ready.release()
-        if n == 1 and not meta_size:  # remember the layout: the next record may repeat it
-            self._repeat = (kind, buffers[0].nbytes, size, bytes(data[position : position + body]))
 
     def put_again(self, kind: int, buffer: memoryview) -> bool:
         """(producer) Write a record laid out like the last single-buffer one, if it fits now.
@@ -276,25 +534,24 @@ class Ring:
 
     def _grow(self, size: int, alive: Callable[[], bool] | None) -> None:
         """Ask the consumer for a ring that holds ``size`` bytes, and move to it."""
-        self.put(RECORD_GROW, _SIZE.pack(size), alive=alive)
+        self.put(_RECORD_GROW, _SIZE.pack(size), alive=alive)
         while not self._control[_NEXT_CAPACITY]:
             self._doze(alive)
-        length = self._view[_NEXT_NAME]
-        name = bytes(self._view[_NEXT_NAME + 1 : _NEXT_NAME + 1 + length]).decode()
-        handle = RingHandle(
-            name, self._control[_NEXT_CAPACITY], self.handle.data_ready, self.handle.space_ready
+        capacity = self._control[_NEXT_CAPACITY]
+        length = self._view[_NEXT_AT]
+        locator = bytes(self._view[_NEXT_AT + 1 : _NEXT_AT + 1 + length])
+        try:
+            segment = _TRANSPORT_OF[self.handle.transport].open(locator, _CONTROL_BYTES + capacity)
+        except FileNotFoundError:
+            raise Stopped from None  # the consumer is gone, and its ring with it
+        handle = self.handle
+        larger = Ring(
+            RingHandle(capacity, handle.data_ready, handle.space_ready, handle.transport, segment.name),
+            segment,
         )
-        larger = Ring.attach(handle)
+        segment.forget()  # the consumer made it, and this process has it mapped now
         self.close()
         self.__dict__.update(larger.__dict__)
-
-    def offer(self, larger: Ring) -> None:
-        """(consumer) Answer a RECORD_GROW: tell the producer where the larger ring is."""
-        name = larger.handle.name.encode()
-        self._view[_NEXT_NAME] = len(name)
-        self._view[_NEXT_NAME + 1 : _NEXT_NAME + 1 + len(name)] = name
-        self._control[_NEXT_CAPACITY] = larger.capacity
-        self.handle.space_ready.release()
 
     def _wait_for_space(self, size: int, alive: Callable[[], bool] | None) -> None:
         while True:
@@ -321,19 +578,25 @@ class Ring:
 
         The views stay valid until :meth:`release`. Returns ``None`` if
         ``alive()`` turns false while waiting and nothing more has arrived.
+        A producer's request for a larger ring is answered here: the ring
+        moves to a new segment (``OSError`` if shared memory is short).
         """
         if self._pending_release:
             self.release()
-        control, data = self._control, self._data
         while True:
-            if self._tail == control[_HEAD]:
+            if self._tail == self._control[_HEAD]:
                 if not self._wait_for_data(alive):
                     return None
                 continue
+            data = self._data
             position = self._tail % self.capacity
             kind, n, size, meta_size = _HEADER.unpack_from(data, position)
             if kind == _RECORD_WRAP:
                 self._advance(size)
+                continue
+            if kind == _RECORD_GROW:
+                (needed,) = _SIZE.unpack_from(data, position + _HEADER.size)
+                self._move_to_larger(needed, size)
                 continue
             at = position + _HEADER.size
             sizes = _SIZES[n].unpack_from(data, at) if n else ()
@@ -345,9 +608,29 @@ class Ring:
                 buffers.append(data[at : at + nbytes])
                 at += (nbytes + _MASK) & ~_MASK
             self._pending_release = size
-            if self._linked:
-                self.unlink()  # the producer has written, so it has the segment mapped
+            if self._named:  # the producer has written, so it has the segment mapped
+                self._named = False
+                self._segment.forget()
             return kind, metadata, buffers
+
+    def _move_to_larger(self, needed: int, request_size: int) -> None:
+        """Answer a grow record: make a ring that holds ``needed`` bytes, tell the producer, move to it."""
+        handle = self.handle
+        larger = Ring._create(
+            _aligned(max(2 * self.capacity, 2 * needed)),
+            handle.data_ready,
+            handle.space_ready,
+            handle.transport,
+            creator_consumes=True,
+        )
+        locator = larger._segment.locator()
+        self._view[_NEXT_AT] = len(locator)
+        self._view[_NEXT_AT + 1 : _NEXT_AT + 1 + len(locator)] = locator
+        self._control[_NEXT_CAPACITY] = larger.capacity  # published after the locator
+        self._advance(request_size)
+        handle.space_ready.release()
+        self.close()
+        self.__dict__.update(larger.__dict__)
 
     def run_after(self, limit: int) -> tuple[int, int, int, memoryview]:
         """(consumer) After ``get``: the run of records that starts with the current one.
