@@ -541,6 +541,62 @@ def print_scaling(r: dict[str, Any]) -> None:
     )
 
 
+# ---------------------------------------------------------------- E. transports and start methods
+
+
+def bench_transports_and_starts(tries: int) -> dict[str, Any]:
+    """Each shared-memory transport's throughput (1 KiB and 1 MiB, transport alone and fresh
+    arrays; median, min and max of ``tries`` runs of about 0.3 s), and the time to the first
+    item of a fresh pass under each start method (median of ``tries`` passes, after one that
+    starts the fork server)."""
+    from pescador_fp._ipc.ring import TRANSPORT_VARIABLE, TRANSPORTS
+
+    results: dict[str, Any] = {"throughput": {}, "first_item": {}}
+    before = os.environ.get(TRANSPORT_VARIABLE)
+    try:
+        for transport in TRANSPORTS:
+            os.environ[TRANSPORT_VARIABLE] = transport
+            for nbytes in (KIB, MIB):
+                for source in (same_items, fresh_items):
+                    measure = iterator_measure(background_items(source, nbytes // FLOAT))
+                    count = pick_items(measure, nbytes, 0.3)
+                    rates = sorted(count / measure(count) for _ in range(tries))
+                    key = f"{transport} {size_name(nbytes)} {source.__name__}"
+                    results["throughput"][key] = {
+                        "median_items_per_s": statistics.median(rates),
+                        "min_items_per_s": rates[0],
+                        "max_items_per_s": rates[-1],
+                        "median_mib_per_s": statistics.median(rates) * nbytes / MIB,
+                    }
+                    print(
+                        f"  {key:<32} {statistics.median(rates):>10.0f} items/s "
+                        f"(min {rates[0]:.0f}, max {rates[-1]:.0f}), "
+                        f"{statistics.median(rates) * nbytes / MIB:8.0f} MiB/s"
+                    )
+            for method in multiprocessing.get_all_start_methods():
+                stream = pf.stream(same_items, KIB // FLOAT, 10**12) | pf.background(start_method=method)
+                firsts = []
+                for _ in range(tries + 1):
+                    start = time.perf_counter()
+                    items = iter(stream)
+                    next(items)
+                    firsts.append(time.perf_counter() - start)
+                    items.close()
+                entry = {"first_s": firsts[0], "median_s": statistics.median(firsts[1:])}
+                results["first_item"][f"{transport} {method}"] = entry
+                print(
+                    f"  {transport} {method:<10} first item: median {entry['median_s'] * 1e3:7.1f} ms "
+                    f"(min {min(firsts[1:]) * 1e3:.1f}, max {max(firsts[1:]) * 1e3:.1f}; "
+                    f"first pass {firsts[0] * 1e3:.1f} ms)"
+                )
+    finally:
+        if before is None:
+            os.environ.pop(TRANSPORT_VARIABLE, None)
+        else:
+            os.environ[TRANSPORT_VARIABLE] = before
+    return results
+
+
 # ---------------------------------------------------------------- main
 
 
@@ -561,7 +617,17 @@ def main() -> None:
     )
     parser.add_argument("--quick", action="store_true", help="shorter measurements, fewer rounds")
     parser.add_argument("--json", help="also write the results to this file")
+    parser.add_argument(
+        "--transports", action="store_true", help="only E: each transport's throughput and first-item time"
+    )
     args = parser.parse_args()
+    if args.transports:
+        print("E. Shared-memory transports and start methods (medians of 7 runs)")
+        transports = bench_transports_and_starts(7)
+        if args.json:
+            with open(args.json, "w") as out:
+                json.dump(transports, out, indent=2)
+        return
     target_s = 0.15 if args.quick else 0.5
     repeats = 1 if args.quick else 3
     tries = 3 if args.quick else 7
