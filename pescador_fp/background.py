@@ -44,7 +44,7 @@ from ._ipc.ring import (
 from ._ipc.workers import Workers, default_start_method, ignore_interrupts, watch_parent
 from ._seed import SeedContext
 from ._stream import Operator, Stream, _run
-from .errors import WorkerError
+from .errors import PescadorError, WorkerError
 from .mux import _Picker
 
 # (item layer) A worker's outputs of one input item are complete: the merge moves to the next worker.
@@ -73,6 +73,8 @@ def _recipe(recipe: tuple[Any, ...], whole: Stream[Any]) -> bytes:
     """The bytes a worker needs; a clear error naming the piece of ``whole`` that cannot be pickled."""
     try:
         return dumps_recipe(recipe)
+    except (OSError, PescadorError):
+        raise  # a source that checks its own files (a memmap's) says what is wrong
     except Exception as error:
         culprit: object = whole
         for piece in components(whole):
