@@ -358,7 +358,9 @@ def test_a_killed_consumer_takes_its_workers_with_it(tmp_path):
 
         if __name__ == "__main__":
             it = iter(pf.from_iterable(range(2)) | pf.mapcat(lambda _: items()) | pf.background(workers=2))
-            seen = {{next(it) for _ in range(200)}}
+            # Both workers are running (the merge reads worker 0's endless group first).
+            while not os.path.exists({str(pids)!r}) or len(open({str(pids)!r}).read().split()) < 2:
+                next(it)
             os.kill(os.getpid(), signal.SIGKILL)
     """)
     worker_pids = [int(p) for p in pids.read_text().split()]
