@@ -177,8 +177,21 @@ def _memory_available() -> int:
 def _short_of_memory(size: int, error: OSError, where: str = "") -> OSError:
     return OSError(
         error.errno,
-        f"cannot reserve {size / 2**20:.1f} MiB of shared memory{where} ({error.strerror or error})",
+        f"cannot reserve {_in_units(size)} of shared memory{where} ({error.strerror or error})",
     )
+
+
+def _in_units(size: int) -> str:
+    """``size`` bytes in the largest binary unit that leaves at least 1 of it.
+
+    >>> _in_units(3 * 2**20), _in_units(2**55)
+    ('3.0 MiB', '32768.0 TiB')
+    """
+    unit, scale = "MiB", 2**20
+    for name, factor in (("GiB", 2**30), ("TiB", 2**40)):
+        if size >= factor:
+            unit, scale = name, factor
+    return f"{size / scale:.1f} {unit}"
 
 
 # ---------------------------------------------------------------- transports
