@@ -11,7 +11,6 @@ workers and frees the shared memory.
 
 from __future__ import annotations
 
-import contextlib
 import faulthandler
 import functools
 import math
@@ -171,11 +170,11 @@ class _Fed(Stream[Any]):
 
 @dataclass(frozen=True, repr=False, eq=False)
 class _Marked(Stream[Any]):
-    """(worker) ``source``, calling ``mark()`` when the outputs of the previous item are complete.
+    """(worker) ``source``, calling ``mark()`` when the operators above ask for the next item.
 
-    The operators above are per-item (or gather items in order), so all that
-    the previous item led to has been written when the next one is pulled, or
-    when the source ends or fails.
+    They are per-item (or gather items in order), so by then all that the
+    previous item led to has been written. The mark goes before the next item
+    is fetched, so a slow source never holds back outputs already made.
     """
 
     source: Stream[Any]
@@ -193,22 +192,9 @@ class _Marked(Stream[Any]):
 
 
 def _marked(items: Iterator[Any], mark: Callable[[], None]) -> Iterator[Any]:
-    started = False
-    while True:
-        try:
-            item = next(items)
-        except StopIteration:
-            if started:
-                mark()
-            return
-        except BaseException:  # an error closes the last group too: it comes after its outputs
-            if started:
-                mark()
-            raise
-        if started:
-            mark()
-        started = True
+    for item in items:
         yield item
+        mark()  # asked for the next item: everything this one led to has been written
 
 
 def _fed_items(fed: Ring, alive: Any) -> Iterator[Any]:
@@ -235,9 +221,11 @@ def _fed_items(fed: Ring, alive: Any) -> Iterator[Any]:
             fed.release()
 
 
-def _feed(recipe: bytes, handles: list[RingHandle], parent_pid: int) -> None:
+def _feed(recipe: bytes, handles: list[RingHandle], parent_pid: int, stack: Any) -> None:
     """The feeder's life: run the head of the pipeline once, dealing its items to the workers in turn."""
     ignore_interrupts()
+    if stack is not None and _STACK_SIGNAL is not None:
+        faulthandler.register(_STACK_SIGNAL, file=stack, all_threads=False)
     alive = watch_parent(parent_pid)
     rings = [Ring.attach(handle) for handle in handles]
     ended: set[int] = set()
@@ -312,7 +300,7 @@ def _background_items(op: _Background, upstream: Stream[Any], ctx: SeedContext, 
                     f"background: {error.strerror or error}; free shared memory or pass a smaller ring_bytes"
                 ) from error
         parent = os.getpid()
-        stacks = [workers.context.Pipe(duplex=False) for _ in range(count)] if op.timeout else []
+        stacks = [workers.context.Pipe(duplex=False) for _ in range(count + plan.fed)] if op.timeout else []
         workers.start(
             _work,
             [
@@ -326,12 +314,14 @@ def _background_items(op: _Background, upstream: Stream[Any], ctx: SeedContext, 
                 for i in range(count)
             ],
         )
+        if feeder_recipe is not None:
+            handles = [inbox.handle for inbox in inboxes]
+            feeder_args = (feeder_recipe, handles, parent, stacks[-1][1] if stacks else None)
+            workers.start(_feed, [feeder_args], name="pescador_fp-feeder")
         for _, writer in stacks:
             writer.close()
-        if feeder_recipe is not None:
-            workers.start(_feed, [(feeder_recipe, [inbox.handle for inbox in inboxes], parent)])
         channels = [
-            _Channel(i, rings, workers, op, count if plan.fed else None, stacks[i][0] if stacks else None)
+            _Channel(i, rings, workers, op, count if plan.fed else None, [reader for reader, _ in stacks])
             for i in range(count)
         ]
         if plan.grouped:
@@ -406,7 +396,7 @@ class _Channel:
         workers: Workers,
         op: _Background,
         feeder: int | None,
-        stack: Any = None,
+        stacks: list[Any],
     ) -> None:
         self.index = index
         self.rings = rings  # shared with the caller, who frees them: a grown ring replaces its entry
@@ -416,16 +406,32 @@ class _Channel:
         self.timeout = op.timeout
         self.deadline = 0.0
         self.started = False  # the worker has loaded its pipeline: the timeout counts from then
-        self.stack = stack  # where the worker's faulthandler writes its stack on SIGUSR1
+        self.stacks = stacks  # per process (the feeder's last): where its stack comes, on a signal
 
     def alive(self) -> bool:
         """Whether the worker (and the feeder, where there is one) may still send something."""
         if self.timeout is not None and self.started and time.monotonic() > self.deadline:
-            raise _stalled(self.workers, self.index, self.timeout, self.stack)
+            raise self.stalled(self.timeout)
         feeder = self.feeder
         if feeder is not None and not self.workers.alive(feeder) and self.workers.processes[feeder].exitcode:
             raise _renamed(self.workers.failure(feeder), feeder, "the feeder")
         return self.workers.alive(self.index)
+
+    def stalled(self, timeout: float) -> WorkerError:
+        """The error for a worker that sent nothing for ``timeout`` seconds, saying where it is stuck."""
+        process = self.workers.processes[self.index]
+        frames = _stack_of(process, self.stacks[self.index] if self.stacks else None)
+        if self.feeder is not None and any(frame.endswith(" in _fed_items") for frame in frames):
+            feeder = self.workers.processes[self.feeder]
+            where = _where(_stack_of(feeder, self.stacks[self.feeder] if self.stacks else None))
+            return WorkerError(
+                f"background: the feeder (pid {feeder.pid}) gave worker {self.index} nothing for "
+                f"{timeout:g} s (timeout={timeout:g}){where}"
+            )
+        return WorkerError(
+            f"background worker {self.index} (pid {process.pid}) sent nothing for {timeout:g} s "
+            f"(timeout={timeout:g}){_where(frames)}"
+        )
 
     def next_item(self) -> Any:
         """The worker's next item, ``_MARK`` or ``_ENDED``; handles the records that carry no item."""
@@ -468,22 +474,14 @@ def _renamed(error: WorkerError, index: int, name: str) -> WorkerError:
     return WorkerError(str(error).replace(f"background worker {index}", f"background: {name}", 1))
 
 
-def _stalled(workers: Workers, index: int, timeout: float, stack: Any) -> WorkerError:
-    """The error for a worker that sent nothing for ``timeout`` seconds, saying where it is stuck."""
-    process = workers.processes[index]
-    where = ""
-    if stack is not None and _STACK_SIGNAL is not None and process.is_alive():
-        with contextlib.suppress(OSError):
-            os.kill(process.pid, _STACK_SIGNAL)
-            where = _read_stack(stack)
-    return WorkerError(
-        f"background worker {index} (pid {process.pid}) sent nothing for {timeout:g} s "
-        f"(timeout={timeout:g}){where}"
-    )
-
-
-def _read_stack(stack: Any) -> str:
-    """What faulthandler wrote: the innermost frame of the user's code first, then the whole stack."""
+def _stack_of(process: Any, stack: Any) -> list[str]:
+    """The frames ``process`` is in (most recent first, above multiprocessing's own), asked by signal."""
+    if stack is None or _STACK_SIGNAL is None or not process.is_alive():
+        return []
+    try:
+        os.kill(process.pid, _STACK_SIGNAL)
+    except OSError:
+        return []
     chunks = []
     wait = _STACK_WAIT_S
     while stack.poll(wait):
@@ -492,14 +490,23 @@ def _read_stack(stack: Any) -> str:
             break
         chunks.append(chunk)
         wait = 0.1
-    text = b"".join(chunks).decode(errors="replace")
-    frames = [line.strip() for line in text.splitlines() if line.strip().startswith("File ")]
+    frames = []
+    for line in b"".join(chunks).decode(errors="replace").splitlines():
+        line = line.strip()
+        if line.startswith("File "):
+            if f"multiprocessing{os.sep}" in line:
+                break  # below: how the process started (and, under fork, the consumer's frames)
+            frames.append(line)
+    return frames
+
+
+def _where(frames: list[str]) -> str:
+    """The user's frames among ``frames``, innermost first, for an error message."""
     package = os.path.dirname(os.path.abspath(__file__))
-    users = [f for f in frames if package not in f and f"multiprocessing{os.sep}" not in f]
+    users = [frame for frame in frames if package not in frame]
     if not users:
         return ""
-    stack = "".join(f"\n  {frame}" for frame in users)
-    return f"; it is in {users[0]}\nits code, most recent call first:{stack}"
+    return f"; it is in {users[0]}\nits code, most recent call first:" + "".join(f"\n  {f}" for f in users)
 
 
 @dataclass(frozen=True, repr=False)

@@ -157,7 +157,12 @@ class _IterableStream(Stream[T]):
         return iter(self.items)
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (_IterableStream, (_portable(self.items),))
+        items = self.items
+        if isinstance(items, (set, frozenset)):
+            # Rebuilt in another process (another hash seed, another insertion history), a set
+            # iterates in another order: send it in this process's order.
+            items = list(items)
+        return (_IterableStream, (_portable(items),))
 
     def _describe(self) -> str:
         return f"from_iterable({_repr_value(self.items)})"

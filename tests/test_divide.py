@@ -240,3 +240,57 @@ def test_fed_samples_batched_in_the_workers_come_back_in_a_fixed_order():
 def test_background_equals_foreground_for_one_worker_whatever_the_pipeline():
     s = pf.stream(lambda: iter(range(30))) | pf.shuffle(8) | pf.batch(4) | pf.map(lambda b: b.tolist())
     assert same_items(list((s | pf.background()).iterate(seed=3)), list(s.iterate(seed=3)))
+
+
+# ------------------------------------------------------------------ found by attacking the feeder
+
+
+def _two_then_forever():
+    yield 1
+    yield 2
+    time.sleep(1e9)
+
+
+@pytest.mark.timeout(60)
+def test_outputs_already_made_are_not_held_back_by_a_slow_source():
+    s = pf.stream(_two_then_forever) | pf.mapcat(lambda x: [x, x]) | pf.background(workers=2)
+    it = iter(s)
+    # Worker 0 has item 1, worker 1 item 2; the merge must learn that item 1's outputs are
+    # complete before the source yields a third item (it never does).
+    assert [next(it) for _ in range(4)] == [1, 1, 2, 2]
+    it.close()
+
+
+def _three_then_hang():
+    yield from range(3)
+    time.sleep(1e9)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("start_method", START_METHODS)
+def test_a_hung_feeder_is_named_with_the_frame_it_is_in(start_method):
+    s = pf.stream(_three_then_hang) | pf.map(str) | pf.background(2, timeout=1.5, start_method=start_method)
+    got = []
+    with pytest.raises(pf.WorkerError) as caught:
+        for x in s:
+            got.append(x)
+    assert got == ["0", "1", "2"]
+    message = str(caught.value)
+    assert message.startswith("background: the feeder (pid ")
+    assert "it is in File" in message and "test_divide.py" in message and "_three_then_hang" in message
+
+
+@pytest.mark.parametrize("start_method", START_METHODS)
+def test_a_set_keeps_the_order_it_has_in_the_consumer(start_method):
+    words = {f"w{i}" * (i % 4 + 1) for i in range(40)}
+    s = pf.from_iterable(words) | pf.map(str.upper)
+    for workers in (1, 2, 3):
+        assert list(s | pf.background(workers, start_method=start_method)) == list(s)
+
+
+def test_the_feeder_has_a_name_of_its_own():
+    it = iter(pf.stream(_two_then_forever) | pf.map(str) | pf.background(workers=2))
+    next(it)
+    names = sorted(p.name for p in multiprocessing.active_children())
+    it.close()
+    assert names == ["pescador_fp-feeder-0", "pescador_fp-worker-0", "pescador_fp-worker-1"]

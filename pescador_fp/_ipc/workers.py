@@ -169,11 +169,13 @@ class Workers:
     def semaphore(self, value: int) -> Any:
         return self.context.Semaphore(value)
 
-    def start(self, target: Callable[..., None], args: Sequence[tuple[Any, ...]]) -> None:
-        """Start one daemon process per argument tuple."""
+    def start(
+        self, target: Callable[..., None], args: Sequence[tuple[Any, ...]], name: str = "pescador_fp-worker"
+    ) -> None:
+        """Start one daemon process per argument tuple, named ``name-<index>``."""
         for index, worker_args in enumerate(args):
             process = self.context.Process(  # type: ignore[attr-defined]
-                target=target, args=worker_args, name=f"pescador_fp-worker-{index}", daemon=True
+                target=target, args=worker_args, name=f"{name}-{index}", daemon=True
             )
             process.start()
             self.processes.append(process)
