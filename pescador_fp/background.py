@@ -11,43 +11,35 @@ workers and frees the shared memory.
 
 from __future__ import annotations
 
-import faulthandler
-import functools
 import math
 import multiprocessing
 import numbers
 import os
 import reprlib
-import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import cloudpickle
 
 from ._check import check_bool, check_int
-from ._divide import Part, components, divide, rebuild
-from ._ipc.codec import Decoder, Encoder, RemoteTraceback, dumps_recipe, load_error, loads_recipe, send_error
+from ._divide import components, divide
+from ._ipc.codec import Decoder, RemoteTraceback, dumps_recipe, load_error
 from ._ipc.ring import (
     RECORD_ARRAYS,
     RECORD_DATA,
     RECORD_END,
     RECORD_ERROR,
-    RECORD_READY,
     Ring,
-    RingHandle,
-    Stopped,
     shared_memory_free,
 )
-from ._ipc.workers import Workers, default_start_method, ignore_interrupts, watch_parent
+from ._ipc.workers import Workers, default_start_method, stack_of
 from ._seed import SeedContext
-from ._stream import Operator, Stream, _run
+from ._stream import Operator, Stream
+from ._worker import RECORD_MARK, feed, work
 from .errors import PescadorError, WorkerError
 from .mux import _Picker
-
-# (item layer) A worker's outputs of one input item are complete: the merge moves to the next worker.
-RECORD_MARK = 16
 
 __all__ = ["background"]
 
@@ -57,10 +49,6 @@ START_METHODS = ("fork", "forkserver", "spawn")
 _DEFAULT_RING_BYTES = 8 * 2**20
 _MIN_RING_BYTES = 2**20
 _MAX_RING_BYTES = 2**56  # far more than any shared memory, and far from overflowing an offset
-# The signal that makes a worker write its stack (where the system has one), and how long
-# the consumer waits for it.
-_STACK_SIGNAL = getattr(signal, "SIGUSR1", None)
-_STACK_WAIT_S = 1.0
 # The fixed seed of the weighted merge (combined with the pass seed).
 _MERGE_SEED = 0x6D65
 
@@ -86,170 +74,6 @@ def _recipe(recipe: tuple[Any, ...], whole: Stream[Any]) -> bytes:
             f"background: cannot send the pipeline to worker processes: {reprlib.repr(culprit)} "
             f"could not be pickled ({type(error).__name__}: {error})"
         ) from error
-
-
-# ---------------------------------------------------------------- the worker
-
-
-class _Forwarded(Exception):
-    """(worker) The feeder's error record, passed on to the consumer unchanged."""
-
-    def __init__(self, payload: bytes) -> None:
-        super().__init__("an error in the feeder")
-        self.payload = payload
-
-
-def _work(recipe: bytes, handle: RingHandle, parent_pid: int, inbox: RingHandle | None, stack: Any) -> None:
-    """A worker's life: load the recipe, say ready, write every item, then the end (or the error).
-
-    ``inbox``: the ring the feeder deals this worker's input items into.
-    ``stack``: where to write this worker's stack when the consumer asks (a timeout).
-    """
-    ignore_interrupts()
-    if stack is not None and _STACK_SIGNAL is not None:
-        faulthandler.register(_STACK_SIGNAL, file=stack, all_threads=False)
-    alive = watch_parent(parent_pid)
-    ring = Ring.attach(handle)
-    fed = Ring.attach(inbox) if inbox is not None else None
-    try:
-        try:
-            plan_part, grouped, ctx = loads_recipe(recipe)
-        except BaseException as error:
-            try:
-                raise WorkerError(f"a background worker could not load its pipeline: {error!r}") from error
-            except WorkerError as wrapped:
-                send_error(ring, wrapped, alive)
-            return
-        ring.put(RECORD_READY, b"", alive=alive)
-        stream = _worker_stream(plan_part, grouped, ring, fed, alive)
-        encoder = Encoder()
-        try:
-            for item in _run(stream, ctx):
-                encoder.write(ring, item, alive)
-        except Stopped:
-            raise
-        except _Forwarded as forwarded:
-            ring.put(RECORD_ERROR, forwarded.payload, alive=alive)
-            return
-        except BaseException as error:
-            send_error(ring, error, alive)
-            return
-        ring.put(RECORD_END, b"", alive=alive)
-    except Stopped:
-        pass
-    finally:
-        ring.close()
-        if fed is not None:
-            fed.close()
-
-
-def _worker_stream(part: Part, grouped: bool, ring: Ring, fed: Ring | None, alive: Any) -> Stream[Any]:
-    """The stream a worker runs: its part's operators over its source or over the feeder's items."""
-    source = part.source
-    if source is None:
-        assert fed is not None
-        source = _Fed(functools.partial(_fed_items, fed, alive), part.depth)
-    if grouped:
-        source = _Marked(source, functools.partial(ring.put, RECORD_MARK, b"", alive=alive))
-    return rebuild(source, part.ops)
-
-
-@dataclass(frozen=True, repr=False, eq=False)
-class _Fed(Stream[Any]):
-    """(worker) The items the feeder deals this worker, as a source for the operators above the head."""
-
-    items: Callable[[], Iterator[Any]]
-    depth: int = 0
-
-    def _open(self, ctx: SeedContext) -> Iterator[Any]:
-        return self.items()
-
-    def _describe(self) -> str:
-        return "<items from the feeder>"
-
-
-@dataclass(frozen=True, repr=False, eq=False)
-class _Marked(Stream[Any]):
-    """(worker) ``source``, calling ``mark()`` when the operators above ask for the next item.
-
-    They are per-item (or gather items in order), so by then all that the
-    previous item led to has been written. The mark goes before the next item
-    is fetched, so a slow source never holds back outputs already made.
-    """
-
-    source: Stream[Any]
-    mark: Callable[[], None]
-
-    @property
-    def depth(self) -> int:  # type: ignore[override]
-        return self.source.depth
-
-    def _open(self, ctx: SeedContext) -> Iterator[Any]:
-        return _marked(self.source._open(ctx), self.mark)
-
-    def _describe(self) -> str:
-        return f"{self.source!r} | <marked>"
-
-
-def _marked(items: Iterator[Any], mark: Callable[[], None]) -> Iterator[Any]:
-    for item in items:
-        yield item
-        mark()  # asked for the next item: everything this one led to has been written
-
-
-def _fed_items(fed: Ring, alive: Any) -> Iterator[Any]:
-    """(worker) The items the feeder deals this worker, until its end record."""
-    decoder = Decoder(zero_copy=False)
-    while True:
-        if decoder.pending:
-            yield decoder.pending.popleft()
-            continue
-        record = fed.get(alive)
-        if record is None:
-            raise Stopped
-        kind, metadata, buffers = record
-        if kind in (RECORD_ARRAYS, RECORD_DATA):
-            yield decoder.read(fed, kind, metadata, buffers)
-        elif kind == RECORD_END:
-            fed.release()
-            return
-        elif kind == RECORD_ERROR:
-            payload = bytes(metadata)
-            fed.release()
-            raise _Forwarded(payload)
-        else:
-            fed.release()
-
-
-def _feed(recipe: bytes, handles: list[RingHandle], parent_pid: int, stack: Any) -> None:
-    """The feeder's life: run the head of the pipeline once, dealing its items to the workers in turn."""
-    ignore_interrupts()
-    if stack is not None and _STACK_SIGNAL is not None:
-        faulthandler.register(_STACK_SIGNAL, file=stack, all_threads=False)
-    alive = watch_parent(parent_pid)
-    rings = [Ring.attach(handle) for handle in handles]
-    ended: set[int] = set()
-    try:
-        turn = 0
-        try:
-            stream, ctx = loads_recipe(recipe)
-            encoders = [Encoder() for _ in rings]
-            for item in _run(stream, ctx):
-                encoders[turn].write(rings[turn], item, alive)
-                turn = turn + 1 if turn + 1 < len(rings) else 0
-        except Stopped:
-            raise
-        except BaseException as error:
-            send_error(rings[turn], error, alive)
-            ended.add(turn)
-        for index, ring in enumerate(rings):
-            if index not in ended:
-                ring.put(RECORD_END, b"", alive=alive)
-    except Stopped:
-        pass
-    finally:
-        for ring in rings:
-            ring.close()
 
 
 # ---------------------------------------------------------------- the consumer
@@ -302,7 +126,7 @@ def _background_items(op: _Background, upstream: Stream[Any], ctx: SeedContext, 
         parent = os.getpid()
         stacks = [workers.context.Pipe(duplex=False) for _ in range(count + plan.fed)] if op.timeout else []
         workers.start(
-            _work,
+            work,
             [
                 (
                     recipes[i],
@@ -317,7 +141,7 @@ def _background_items(op: _Background, upstream: Stream[Any], ctx: SeedContext, 
         if feeder_recipe is not None:
             handles = [inbox.handle for inbox in inboxes]
             feeder_args = (feeder_recipe, handles, parent, stacks[-1][1] if stacks else None)
-            workers.start(_feed, [feeder_args], name="pescador_fp-feeder")
+            workers.start(feed, [feeder_args], name="pescador_fp-feeder")
         for _, writer in stacks:
             writer.close()
         channels = [
@@ -420,10 +244,10 @@ class _Channel:
     def stalled(self, timeout: float) -> WorkerError:
         """The error for a worker that sent nothing for ``timeout`` seconds, saying where it is stuck."""
         process = self.workers.processes[self.index]
-        frames = _stack_of(process, self.stacks[self.index] if self.stacks else None)
+        frames = stack_of(process, self.stacks[self.index] if self.stacks else None)
         if self.feeder is not None and any(frame.endswith(" in _fed_items") for frame in frames):
             feeder = self.workers.processes[self.feeder]
-            where = _where(_stack_of(feeder, self.stacks[self.feeder] if self.stacks else None))
+            where = _where(stack_of(feeder, self.stacks[self.feeder] if self.stacks else None))
             return WorkerError(
                 f"background: the feeder (pid {feeder.pid}) gave worker {self.index} nothing for "
                 f"{timeout:g} s (timeout={timeout:g}){where}"
@@ -472,32 +296,6 @@ class _Channel:
 def _renamed(error: WorkerError, index: int, name: str) -> WorkerError:
     """``error`` about process ``index``, saying ``name`` instead of "background worker <index>"."""
     return WorkerError(str(error).replace(f"background worker {index}", f"background: {name}", 1))
-
-
-def _stack_of(process: Any, stack: Any) -> list[str]:
-    """The frames ``process`` is in (most recent first, above multiprocessing's own), asked by signal."""
-    if stack is None or _STACK_SIGNAL is None or not process.is_alive():
-        return []
-    try:
-        os.kill(process.pid, _STACK_SIGNAL)
-    except OSError:
-        return []
-    chunks = []
-    wait = _STACK_WAIT_S
-    while stack.poll(wait):
-        chunk = os.read(stack.fileno(), 1 << 16)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        wait = 0.1
-    frames = []
-    for line in b"".join(chunks).decode(errors="replace").splitlines():
-        line = line.strip()
-        if line.startswith("File "):
-            if f"multiprocessing{os.sep}" in line:
-                break  # below: how the process started (and, under fork, the consumer's frames)
-            frames.append(line)
-    return frames
 
 
 def _where(frames: list[str]) -> str:

@@ -196,7 +196,7 @@ def test_a_ring_works_between_two_processes_that_did_not_make_it(transport):
 @pytest.mark.parametrize("transport", TRANSPORTS)
 def test_a_ring_larger_than_shared_memory_is_an_os_error_at_creation(transport):
     context = multiprocessing.get_context(default_start_method())
-    with pytest.raises(OSError, match=r"cannot reserve \d+.\d MiB of shared memory") as info:
+    with pytest.raises(OSError, match=r"cannot reserve \d+\.\d [MGT]iB of shared memory") as info:
         Ring.create(2**50, context.Semaphore, transport=transport)
     assert "background" not in str(info.value) and "ring_bytes" not in str(info.value)
 

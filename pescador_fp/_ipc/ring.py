@@ -43,6 +43,7 @@ SIGBUS later:
 from __future__ import annotations
 
 import contextlib
+import errno
 import mmap
 import os
 import secrets
@@ -279,6 +280,11 @@ class _PortableSegment:
 
     @classmethod
     def create(cls, size: int) -> _PortableSegment:
+        free = shared_memory_free()
+        if free is not None and size > free:
+            # Said before SharedMemory tries: where its own mapping fails, it unregisters a name
+            # it never registered, and the resource tracker prints a KeyError.
+            raise _short_of_memory(size, OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))
         try:
             shm = SharedMemory(f"{NAME_PREFIX}{os.getpid()}_{secrets.token_hex(6)}", create=True, size=size)
         except OSError as error:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import faulthandler
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -18,11 +19,14 @@ from ..errors import WorkerError
 __all__ = [
     "JOIN_TIMEOUT_S",
     "PRELOAD_VARIABLE",
+    "STACK_SIGNAL",
     "START_METHOD_VARIABLE",
     "Workers",
     "default_start_method",
+    "dump_stack_on_signal",
     "ignore_interrupts",
     "parent_alive",
+    "stack_of",
     "watch_parent",
 ]
 
@@ -206,3 +210,46 @@ class Workers:
                 process.kill()
                 process.join(_KILL_TIMEOUT_S)
             process.close()
+
+
+# ---------------------------------------------------------------- where a process is stuck
+
+# The signal that makes a process write its stack (where the system has one), and how
+# long the asking side waits for it.
+STACK_SIGNAL = getattr(signal, "SIGUSR1", None)
+_STACK_WAIT_S = 1.0
+
+
+def dump_stack_on_signal(stack: Any) -> None:
+    """(in a worker) Write this process's stack to ``stack`` (a pipe's end) on ``STACK_SIGNAL``."""
+    if stack is not None and STACK_SIGNAL is not None:
+        faulthandler.register(STACK_SIGNAL, file=stack, all_threads=False)
+
+
+def stack_of(process: Any, stack: Any) -> list[str]:
+    """The frames ``process`` is in (most recent first, above multiprocessing's own), asked by signal.
+
+    ``stack``: the reading end of the pipe the process dumps its stack into.
+    """
+    if stack is None or STACK_SIGNAL is None or not process.is_alive():
+        return []
+    try:
+        os.kill(process.pid, STACK_SIGNAL)
+    except OSError:
+        return []
+    chunks = []
+    wait = _STACK_WAIT_S
+    while stack.poll(wait):
+        chunk = os.read(stack.fileno(), 1 << 16)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        wait = 0.1
+    frames = []
+    for line in b"".join(chunks).decode(errors="replace").splitlines():
+        line = line.strip()
+        if line.startswith("File "):
+            if f"multiprocessing{os.sep}" in line:
+                break  # below: how the process started (and, under fork, its parent's frames)
+            frames.append(line)
+    return frames

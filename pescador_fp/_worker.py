@@ -1,0 +1,196 @@
+"""The worker's side of ``background``: run a part of the pipeline and write its items into a ring.
+
+A worker (:func:`work`) runs its part: the part's operators over its own
+source, or over the items a feeder deals it. The feeder (:func:`feed`) runs
+the head of a pipeline that cannot be divided, once, and deals its items to
+the workers in turn. Where the merge must restore the undivided order, a
+worker writes a mark after the outputs of each input item (``RECORD_MARK``).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from ._divide import Part, rebuild
+from ._ipc.codec import Decoder, Encoder, loads_recipe, send_error
+from ._ipc.ring import (
+    RECORD_ARRAYS,
+    RECORD_DATA,
+    RECORD_END,
+    RECORD_ERROR,
+    RECORD_READY,
+    Ring,
+    RingHandle,
+    Stopped,
+)
+from ._ipc.workers import dump_stack_on_signal, ignore_interrupts, watch_parent
+from ._seed import SeedContext
+from ._stream import Stream, _run
+from .errors import WorkerError
+
+__all__ = ["RECORD_MARK", "feed", "work"]
+
+# (item layer) A worker's outputs of one input item are complete: the merge moves to the next worker.
+RECORD_MARK = 16
+
+
+class _Forwarded(Exception):
+    """(worker) The feeder's error record, passed on to the consumer unchanged."""
+
+    def __init__(self, payload: bytes) -> None:
+        super().__init__("an error in the feeder")
+        self.payload = payload
+
+
+def work(recipe: bytes, handle: RingHandle, parent_pid: int, inbox: RingHandle | None, stack: Any) -> None:
+    """A worker's life: load the recipe, say ready, write every item, then the end (or the error).
+
+    ``inbox``: the ring the feeder deals this worker's input items into.
+    ``stack``: where to write this worker's stack when the consumer asks (a timeout).
+    """
+    ignore_interrupts()
+    dump_stack_on_signal(stack)
+    alive = watch_parent(parent_pid)
+    ring = Ring.attach(handle)
+    fed = Ring.attach(inbox) if inbox is not None else None
+    try:
+        try:
+            plan_part, grouped, ctx = loads_recipe(recipe)
+        except BaseException as error:
+            try:
+                raise WorkerError(f"a background worker could not load its pipeline: {error!r}") from error
+            except WorkerError as wrapped:
+                send_error(ring, wrapped, alive)
+            return
+        ring.put(RECORD_READY, b"", alive=alive)
+        stream = _worker_stream(plan_part, grouped, ring, fed, alive)
+        encoder = Encoder()
+        try:
+            for item in _run(stream, ctx):
+                encoder.write(ring, item, alive)
+        except Stopped:
+            raise
+        except _Forwarded as forwarded:
+            ring.put(RECORD_ERROR, forwarded.payload, alive=alive)
+            return
+        except BaseException as error:
+            send_error(ring, error, alive)
+            return
+        ring.put(RECORD_END, b"", alive=alive)
+    except Stopped:
+        pass
+    finally:
+        ring.close()
+        if fed is not None:
+            fed.close()
+
+
+def _worker_stream(part: Part, grouped: bool, ring: Ring, fed: Ring | None, alive: Any) -> Stream[Any]:
+    """The stream a worker runs: its part's operators over its source or over the feeder's items."""
+    source = part.source
+    if source is None:
+        assert fed is not None
+        source = _Fed(functools.partial(_fed_items, fed, alive), part.depth)
+    if grouped:
+        source = _Marked(source, functools.partial(ring.put, RECORD_MARK, b"", alive=alive))
+    return rebuild(source, part.ops)
+
+
+@dataclass(frozen=True, repr=False, eq=False)
+class _Fed(Stream[Any]):
+    """(worker) The items the feeder deals this worker, as a source for the operators above the head."""
+
+    items: Callable[[], Iterator[Any]]
+    depth: int = 0
+
+    def _open(self, ctx: SeedContext) -> Iterator[Any]:
+        return self.items()
+
+    def _describe(self) -> str:
+        return "<items from the feeder>"
+
+
+@dataclass(frozen=True, repr=False, eq=False)
+class _Marked(Stream[Any]):
+    """(worker) ``source``, calling ``mark()`` when the operators above ask for the next item.
+
+    They are per-item (or gather items in order), so by then all that the
+    previous item led to has been written. The mark goes before the next item
+    is fetched, so a slow source never holds back outputs already made.
+    """
+
+    source: Stream[Any]
+    mark: Callable[[], None]
+
+    @property
+    def depth(self) -> int:  # type: ignore[override]
+        return self.source.depth
+
+    def _open(self, ctx: SeedContext) -> Iterator[Any]:
+        return _marked(self.source._open(ctx), self.mark)
+
+    def _describe(self) -> str:
+        return f"{self.source!r} | <marked>"
+
+
+def _marked(items: Iterator[Any], mark: Callable[[], None]) -> Iterator[Any]:
+    for item in items:
+        yield item
+        mark()  # asked for the next item: everything this one led to has been written
+
+
+def _fed_items(fed: Ring, alive: Any) -> Iterator[Any]:
+    """(worker) The items the feeder deals this worker, until its end record."""
+    decoder = Decoder(zero_copy=False)
+    while True:
+        if decoder.pending:
+            yield decoder.pending.popleft()
+            continue
+        record = fed.get(alive)
+        if record is None:
+            raise Stopped
+        kind, metadata, buffers = record
+        if kind in (RECORD_ARRAYS, RECORD_DATA):
+            yield decoder.read(fed, kind, metadata, buffers)
+        elif kind == RECORD_END:
+            fed.release()
+            return
+        elif kind == RECORD_ERROR:
+            payload = bytes(metadata)
+            fed.release()
+            raise _Forwarded(payload)
+        else:
+            fed.release()
+
+
+def feed(recipe: bytes, handles: list[RingHandle], parent_pid: int, stack: Any) -> None:
+    """The feeder's life: run the head of the pipeline once, dealing its items to the workers in turn."""
+    ignore_interrupts()
+    dump_stack_on_signal(stack)
+    alive = watch_parent(parent_pid)
+    rings = [Ring.attach(handle) for handle in handles]
+    ended: set[int] = set()
+    try:
+        turn = 0
+        try:
+            stream, ctx = loads_recipe(recipe)
+            encoders = [Encoder() for _ in rings]
+            for item in _run(stream, ctx):
+                encoders[turn].write(rings[turn], item, alive)
+                turn = turn + 1 if turn + 1 < len(rings) else 0
+        except Stopped:
+            raise
+        except BaseException as error:
+            send_error(rings[turn], error, alive)
+            ended.add(turn)
+        for index, ring in enumerate(rings):
+            if index not in ended:
+                ring.put(RECORD_END, b"", alive=alive)
+    except Stopped:
+        pass
+    finally:
+        for ring in rings:
+            ring.close()
