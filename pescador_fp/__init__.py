@@ -27,6 +27,7 @@ from .ops.cycle import cycle as cycle
 from .ops.map import filter as filter
 from .ops.map import map as map
 from .ops.map import mapcat as mapcat
+from .ops.shard import shard as shard
 from .ops.shuffle import shuffle as shuffle
 from .ops.take import skip as skip
 from .ops.take import take as take
@@ -59,6 +60,7 @@ __all__ = [
     "mux",
     "pipe",
     "round_robin",
+    "shard",
     "shuffle",
     "shuffled_mux",
     "skip",

@@ -32,7 +32,7 @@ from typing import Any
 from ._seed import SeedContext
 from ._stream import Applied, Operator, Stream
 
-__all__ = ["WORKER_BRANCH", "Part", "Plan", "divide", "rebuild"]
+__all__ = ["WORKER_BRANCH", "Part", "Plan", "divide", "divide_ranks", "rebuild"]
 
 # Branch of the seed tree that the workers' parts hang from.
 WORKER_BRANCH = 0x6267
@@ -115,6 +115,43 @@ def divide(stream: Stream[Any], count: int) -> Plan:
         head=head,
         grouped=not all(op._one_to_one for op in tail),
     )
+
+
+def divide_ranks(stream: Stream[Any], count: int) -> tuple[Plan, tuple[int | None, ...]]:
+    """How ``count`` separate programs (ranks) each run their part of ``stream``.
+
+    The plan is :func:`divide`'s, with the index of the part that each rank
+    runs (``None``: an empty part). Ranks have no feeder between them, so two
+    cases differ from ``background``:
+
+    - an undividable stream with nothing splittable above it (which
+      ``background`` runs whole in one worker) is fed with no tail: every rank
+      runs it and keeps its turn of the items;
+    - the parts of weight 0 that ``divide`` drops (a mux divided among fewer
+      parts than ranks) are ranks with nothing.
+
+    >>> import pescador_fp as pf
+    >>> plan, which = divide_ranks(pf.stream(iter, "abc"), 2)
+    >>> plan.fed, which
+    (True, (0, 1))
+    >>> plan, which = divide_ranks(pf.mux([pf.from_iterable("ab")], 1), 2)
+    >>> len(plan.parts), which
+    (1, (0, None))
+    """
+    plan = divide(stream, count)
+    if count == 1 or plan.fed:
+        return plan, tuple(range(count))
+    base, _ = _peel(stream)
+    divided = [base._divide(i, count) for i in range(count)]
+    if any(d is None for d in divided):
+        return Plan(tuple(Part(None, (), None, stream.depth) for _ in range(count)), head=stream), tuple(
+            range(count)
+        )
+    kept = [i for i, d in enumerate(divided) if d is not None and d[1] != 0]
+    if len(plan.parts) == 1:  # at most one part has items: it runs the whole stream
+        owner = kept[0] if kept else 0
+        return plan, tuple(0 if i == owner else None for i in range(count))
+    return plan, tuple(kept.index(i) if i in kept else None for i in range(count))
 
 
 def components(stream: Stream[Any]) -> Iterator[object]:

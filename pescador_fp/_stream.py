@@ -61,6 +61,13 @@ class Stream(Generic[T]):
         """
         return None
 
+    def _length(self) -> int | None:
+        """How many items a pass yields, where that is known without running it (``None``: unknown).
+
+        ``shard(equal=True)`` uses it to give every rank the same number of items.
+        """
+        return None
+
     def __repr__(self) -> str:
         return self._describe()
 
@@ -130,6 +137,17 @@ class Operator(Generic[T, U]):
     #: Iterates its upstream more than once (cycle), so it cannot run over items
     #: that a feeder process hands out once.
     _reopens_upstream = False
+    #: Yields exactly as many items as a finite upstream gives it (a permutation: shuffle).
+    _keeps_length = False
+
+    def _length_after(self, upstream: Stream[T]) -> int | None:
+        """How many items this operator yields over ``upstream`` in a pass (``None``: unknown)."""
+        n = upstream._length()
+        return None if n is None else self._output_length(n)
+
+    def _output_length(self, n: int) -> int | None:
+        """How many items this operator yields from ``n`` inputs, where that depends on ``n`` alone."""
+        return n if self._one_to_one or self._keeps_length else None
 
     def _apply(self, upstream: Stream[T]) -> Stream[U]:
         return Applied(upstream, self)
@@ -198,6 +216,9 @@ class Applied(Stream[U], Generic[T, U]):
 
     def _open(self, ctx: SeedContext) -> Iterator[U]:
         return self.op._open(self.upstream, ctx, self.depth)
+
+    def _length(self) -> int | None:
+        return self.op._length_after(self.upstream)
 
     def _describe(self) -> str:
         return f"{self.upstream!r} | {self.op!r}"

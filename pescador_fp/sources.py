@@ -172,6 +172,9 @@ class _IterableStream(Stream[T]):
             return _IterableStream(self.items[index::count]), None
         return None
 
+    def _length(self) -> int | None:
+        return len(self.items) if isinstance(self.items, (Sequence, np.ndarray)) else None
+
     def __eq__(self, other: object) -> bool:
         return isinstance(other, _IterableStream) and _same(self.items, other.items)
 
@@ -219,6 +222,9 @@ class _ArrayStream(Stream[Any]):
 
     def _divide(self, index: int, count: int) -> tuple[Stream[Any], float | None] | None:
         return _ArrayStream(tuple(a[index::count] for a in self.arrays), self.keys, self.single), None
+
+    def _length(self) -> int | None:
+        return len(self.arrays[0])
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (_ArrayStream, (tuple(map(_by_file, self.arrays)), self.keys, self.single))

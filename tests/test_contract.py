@@ -30,6 +30,7 @@ CASES = {
     "keras_tuples": (pf.keras_tuples("x", "y"), DICTS, [(), (None, None), (3,)]),
     "cache": (pf.cache(4, prob=0.3, seed=2), DICTS, [(0,), (4, 2), (4, 0.5, -3)]),
     "background": (pf.background(2), DICTS, [(0,), (1.5,)]),
+    "shard": (pf.shard(1, 3), DICTS, [(3, 3), (0, 0), (1.5, 2)]),
 }
 
 OPERATOR_NAMES = sorted(CASES)

@@ -185,6 +185,9 @@ class _Batch(Operator[Any, Any]):
     def _open(self, upstream: Stream[Any], ctx: SeedContext, depth: int) -> Iterator[Any]:
         return _batches(upstream._open(ctx), self.size, self.partial, self.axis)
 
+    def _output_length(self, n: int) -> int | None:
+        return -(-n // self.size) if self.partial else n // self.size
+
     def __repr__(self) -> str:
         options = ", partial=True" if self.partial else ""
         options += "" if self.axis is None else f", axis={self.axis}"
