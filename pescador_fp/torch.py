@@ -1,0 +1,193 @@
+"""torch adapters: ``dataset`` for a ``DataLoader``, and the ``tensors`` operator.
+
+Import this module only where torch is installed (``pip install
+'pescador_fp[torch]'``); ``import pescador_fp`` alone never imports torch.
+
+>>> import numpy as np, pescador_fp as pf, pescador_fp.torch as pft
+>>> s = pf.from_arrays({"x": np.zeros((4, 2), np.float32)}) | pf.batch(2) | pft.tensors()
+>>> [type(b["x"]).__name__ for b in s]
+['Tensor', 'Tensor']
+"""
+
+from __future__ import annotations
+
+import reprlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+try:
+    import torch
+    import torch.utils.data
+except ImportError as error:  # pragma: no cover - the message is the point
+    raise ImportError(
+        "pescador_fp.torch needs torch; install it with: pip install 'pescador_fp[torch]'"
+    ) from error
+
+from ._check import check_bool, check_int
+from ._seed import SeedContext
+from ._stream import Operator, Stream, as_stream
+from .ops.shard import shard
+
+__all__ = ["as_tensors", "dataset", "tensors"]
+
+
+def as_tensors(item: Any) -> Any:
+    """Turn the arrays of ``item`` into tensors, through dicts, tuples and lists; other leaves pass through.
+
+    A writable array becomes a tensor over the same memory (``torch.from_numpy``,
+    no copy); a read-only one (``background(zero_copy=True)``) is copied, and an
+    array of a dtype torch has no tensor for (strings, objects) stays an array.
+
+    >>> import numpy as np
+    >>> x = np.arange(3)
+    >>> out = as_tensors({"x": x, "name": "a", "pair": (x, [1.5])})
+    >>> out["x"].tolist(), out["name"], type(out["pair"][0]).__name__, out["pair"][1]
+    ([0, 1, 2], 'a', 'Tensor', [1.5])
+    >>> out["x"].data_ptr() == x.ctypes.data  # the same memory
+    True
+    """
+    if isinstance(item, np.ndarray):
+        return _tensor(item)
+    if isinstance(item, dict):
+        return {key: as_tensors(value) for key, value in item.items()}
+    if isinstance(item, tuple):
+        converted = [as_tensors(value) for value in item]
+        return type(item)(*converted) if hasattr(item, "_fields") else tuple(converted)
+    if isinstance(item, list):
+        return [as_tensors(value) for value in item]
+    return item
+
+
+def _tensor(array: np.ndarray) -> Any:
+    if array.dtype.kind in "OUSV":  # no tensor type for these
+        return array
+    if not array.flags.writeable:
+        array = array.copy()  # from_numpy warns on read-only memory, and a view may be reused
+    try:
+        return torch.from_numpy(array)
+    except TypeError:  # a dtype torch does not take (non-native byte order, ...)
+        return array
+
+
+def _moved(item: Any, device: torch.device | None, pin: bool) -> Any:
+    if isinstance(item, torch.Tensor):
+        if pin:
+            item = item.pin_memory()
+        return item if device is None else item.to(device, non_blocking=True)
+    if isinstance(item, dict):
+        return {key: _moved(value, device, pin) for key, value in item.items()}
+    if isinstance(item, tuple):
+        converted = [_moved(value, device, pin) for value in item]
+        return type(item)(*converted) if hasattr(item, "_fields") else tuple(converted)
+    if isinstance(item, list):
+        return [_moved(value, device, pin) for value in item]
+    return item
+
+
+def _converted(items: Iterator[Any], device: torch.device | None, pin: bool) -> Iterator[Any]:
+    try:
+        if device is None and not pin:
+            yield from map(as_tensors, items)
+        else:
+            for item in items:
+                yield _moved(as_tensors(item), device, pin)
+    finally:
+        close = getattr(items, "close", None)
+        if close is not None:
+            close()
+
+
+@dataclass(frozen=True, repr=False)
+class _Tensors(Operator[Any, Any]):
+    _splittable = _per_item = _one_to_one = True
+    device: torch.device | None
+    pin_memory: bool
+
+    def _open(self, upstream: Stream[Any], ctx: SeedContext, depth: int) -> Iterator[Any]:
+        # Pinning needs an accelerator; without one it is skipped, as DataLoader(pin_memory=True) does.
+        pin = self.pin_memory and torch.cuda.is_available()
+        return _converted(upstream._open(ctx), self.device, pin)
+
+    def __repr__(self) -> str:
+        options = [] if self.device is None else [f"device={str(self.device)!r}"]
+        if self.pin_memory:
+            options.append("pin_memory=True")
+        return f"tensors({', '.join(options)})"
+
+
+def tensors(device: str | torch.device | None = None, pin_memory: bool = False) -> Operator[Any, Any]:
+    """Turn arrays into tensors (``as_tensors``); pin them and move them to ``device`` when asked.
+
+    Put it after ``background``: the workers send arrays through shared memory,
+    and the tensors are made in the training process. With a ``device``, each
+    tensor is copied with ``non_blocking=True``, from pinned memory when
+    ``pin_memory=True`` (skipped where there is no accelerator), so the copy
+    overlaps the training step.
+
+    >>> import numpy as np, pescador_fp as pf
+    >>> s = pf.from_iterable([np.ones(2), np.zeros(2)]) | tensors(device="cpu")
+    >>> [t.tolist() for t in s]
+    [[1.0, 1.0], [0.0, 0.0]]
+    >>> tensors(device="nowhere")
+    Traceback (most recent call last):
+    ...
+    ValueError: tensors: device must name a torch device, got 'nowhere' (...)
+    """
+    check_bool("tensors", "pin_memory", pin_memory)
+    if device is None:
+        return _Tensors(None, pin_memory)
+    if not isinstance(device, (str, torch.device)):
+        raise TypeError(
+            f"tensors: device must be None, a str or a torch.device, got {reprlib.repr(device)} "
+            f"({type(device).__name__})"
+        )
+    try:
+        return _Tensors(torch.device(device), pin_memory)
+    except RuntimeError as error:
+        raise ValueError(f"tensors: device must name a torch device, got {device!r} ({error})") from error
+
+
+class StreamDataset(torch.utils.data.IterableDataset[Any]):
+    """A torch ``IterableDataset`` over a stream; see :func:`dataset`."""
+
+    def __init__(self, stream: Stream[Any], epoch: int = 0) -> None:
+        super().__init__()
+        self.stream = stream
+        self.epoch = epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        """Make the next pass ``iterate(seed=epoch)`` (in every DataLoader worker started after this)."""
+        self.epoch = check_int("set_epoch", "epoch", epoch, 0)
+
+    def __iter__(self) -> Iterator[Any]:
+        info = torch.utils.data.get_worker_info()
+        stream = self.stream
+        if info is not None and info.num_workers > 1:
+            stream = stream | shard(info.id, info.num_workers)
+        return _converted(stream.iterate(seed=self.epoch), None, False)
+
+    def __repr__(self) -> str:
+        return f"pescador_fp.torch.dataset({self.stream!r})"
+
+
+def dataset(stream: Stream[Any]) -> StreamDataset:
+    """Wrap ``stream`` as a torch ``IterableDataset``: every item once, however many loader workers.
+
+    Under ``DataLoader(ds, batch_size=None, num_workers=k)`` each loader worker
+    iterates its own part, ``stream | pf.shard(worker_id, k)`` (the division of
+    ``background(workers=k)``), so every item comes out once; with
+    ``num_workers=0`` it is the whole stream. A pass is
+    ``stream.iterate(seed=epoch)``: ``ds.set_epoch(e)`` before each epoch gives
+    a new, reproducible order (epoch 0 until then). Arrays become tensors over
+    the same memory (:func:`as_tensors`). Batch in the stream (``pf.batch``) and
+    give the DataLoader ``batch_size=None``.
+
+    >>> import numpy as np, pescador_fp as pf
+    >>> ds = dataset(pf.from_arrays(np.arange(6.0)) | pf.batch(3))
+    >>> [t.tolist() for t in torch.utils.data.DataLoader(ds, batch_size=None)]
+    [[0.0, 1.0, 2.0], [3.0, 4.0, 5.0]]
+    """
+    return StreamDataset(as_stream(stream))
