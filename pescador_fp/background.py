@@ -35,11 +35,11 @@ from ._ipc.ring import (
     shared_memory_free,
 )
 from ._ipc.workers import Workers, default_start_method, stack_of
+from ._sampling import Picker
 from ._seed import SeedContext
 from ._stream import Operator, Stream
 from ._worker import RECORD_MARK, feed, work
 from .errors import PescadorError, WorkerError
-from .mux import _Picker
 
 __all__ = ["background"]
 
@@ -167,7 +167,7 @@ def _background_items(op: _Background, upstream: Stream[Any], ctx: SeedContext, 
 def _merge(channels: list[_Channel], weights: list[float | None], rng: Any) -> Iterator[Any]:
     """Yield the workers' items: in turn, or (for divided weighted muxes) in proportion to their weights."""
     live = list(range(len(channels)))
-    picker = _Picker([w or 0.0 for w in weights], rng) if any(w is not None for w in weights) else None
+    picker = Picker([w or 0.0 for w in weights], rng) if any(w is not None for w in weights) else None
     turn = 0
     while live:
         if picker is None:
