@@ -17,13 +17,14 @@ import itertools
 import math
 import numbers
 import reprlib
-from collections.abc import Callable, Generator, Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from ._check import check_bool, check_int
+from ._sampling import BulkDraws, Picker, count_sampler, weighted_order
 from ._seed import Seed, SeedContext, check_seed
 from ._stream import Stream, _run, as_stream
 
@@ -34,9 +35,6 @@ DISTS = ("constant", "binomial", "poisson")
 ROUND_ROBIN_MODES = ("exhaustive", "cycle", "permuted_cycle")
 CHAIN_MODES = ("exhaustive", "cycle")
 
-# Random numbers drawn per call to the generator: a call per item would cost
-# more than the multiplexing itself.
-_DRAWS_PER_CALL = 4096
 _END = object()
 # The count of an activation that runs until its source ends (rate=None).
 _UNTIL_END = 1 << 62
@@ -157,79 +155,6 @@ def _peek(items: Iterator[Any]) -> tuple[Any, Iterator[Any]] | None:
     return first, itertools.chain((first,), items)
 
 
-# ---------------------------------------------------------------- activation counts
-
-
-def _count_sampler(rng: np.random.Generator, dist: str, n_active: int) -> Callable[[float, int], np.ndarray]:
-    """Draw the numbers of items of ``size`` activations; the mean is exactly ``rate``.
-
-    For ``rate >= 1`` every activation yields at least one item:
-    constant: ``rate`` rounded up or down at random (an integer rate is exact);
-    poisson: ``1 + Poisson(rate - 1)``; binomial: ``1 + Binomial(N, (rate - 1) / N)``
-    with ``N = ceil((rate - 1) * n_active / (n_active - 1))``, Pescador's choice
-    of spread without its truncation (``n_active == 1`` falls back to poisson).
-    For ``rate < 1`` an activation yields one item with probability ``rate``.
-    """
-
-    def draw(rate: float, size: int) -> np.ndarray:
-        if rate < 1:
-            return (rng.random(size) < rate).astype(np.int64)
-        extra = rate - 1
-        if dist == "constant" or extra == 0:
-            whole = math.floor(rate)
-            return whole + (rng.random(size) < rate - whole).astype(np.int64)
-        if dist == "poisson" or n_active == 1:
-            return 1 + rng.poisson(extra, size)
-        trials = math.ceil(extra * n_active / (n_active - 1))
-        return 1 + rng.binomial(trials, extra / trials, size)
-
-    return draw
-
-
-class _Picker:
-    """Draws source indices with probability proportional to their weights, in bulk."""
-
-    def __init__(self, weights: Sequence[float], rng: np.random.Generator) -> None:
-        self.weights = np.array(weights, dtype=np.float64)
-        self.rng = rng
-        self._refresh()
-
-    def _refresh(self) -> None:
-        self.cumulative = np.cumsum(self.weights)
-        self.buffer: list[int] = []
-
-    @property
-    def any_left(self) -> bool:
-        return bool(self.cumulative[-1] > 0)
-
-    def drop(self, source: int) -> None:
-        self.weights[source] = 0.0
-        self._refresh()
-
-    def batch(self) -> list[int]:
-        """Many draws at once, in order."""
-        u = self.rng.random(_DRAWS_PER_CALL) * self.cumulative[-1]
-        picks = np.searchsorted(self.cumulative, u, side="right")
-        drawn: list[int] = np.minimum(picks, len(self.weights) - 1).tolist()
-        return drawn
-
-    def pick(self) -> int:
-        """One draw, from a buffer refilled in bulk."""
-        if not self.buffer:
-            self.buffer = self.batch()[::-1]
-        return self.buffer.pop()
-
-
-def _weighted_order(weights: Sequence[float], rng: np.random.Generator) -> list[int]:
-    """A random order of the positive-weight sources, heavier ones earlier on average."""
-    w = np.asarray(weights)
-    positive = np.flatnonzero(w > 0)
-    # Efraimidis-Spirakis: ascending -log(u) / w, in log space so that no weight overflows it.
-    keys = np.log(-np.log(rng.random(len(positive)))) - np.log(w[positive])
-    order: list[int] = positive[np.argsort(keys, kind="stable")].tolist()
-    return order
-
-
 # ---------------------------------------------------------------- mux
 
 
@@ -258,7 +183,7 @@ class _Mux(Stream[Any]):
     seed: Seed | None
 
     def _open(self, ctx: SeedContext) -> Iterator[Any]:
-        return _mux_items(self, ctx)
+        return _MuxIterator(self, ctx).items()
 
     def _divide(self, index: int, count: int) -> tuple[Stream[Any], float | None] | None:
         """Part ``index``: the working set is shared out, so all parts keep ``n_active`` open together.
@@ -300,130 +225,222 @@ class _Mux(Stream[Any]):
         return f"mux({', '.join(parts)})"
 
 
-def _mux_items(m: _Mux, ctx: SeedContext) -> Iterator[Any]:
-    rng = ctx.generator(m.seed, m.depth)
-    below = ctx.reseeded(m.seed, m.depth)
-    draw_counts = _count_sampler(rng, m.dist, m.n_active)
-    counts: list[int] = []
-    n = len(m.streams)
-    total_weight = sum(m.weights)
-    n_valid = sum(w > 0 for w in m.weights)  # sources that may still be drawn
-    picker = _Picker(m.weights, rng)
-    order = _weighted_order(m.weights, rng)[::-1] if m.mode == "exhaustive" else []
-    activations = [0] * n
-    # Sources whose activation came up empty since the last one that yielded:
-    # once it holds every usable source, nothing more will come (prune_empty=False).
-    empty_lately: set[int] = set()
+class _PassIterator(Iterator[Any]):
+    """One pass of a multiplexer: its state in named fields, its per-item loop in :meth:`items`.
 
-    slots: list[Iterator[Any] | None] = [None] * m.n_active  # what the output draws from
-    gens: list[Any] = [None] * m.n_active  # the generators behind them, to close
-    left = [0] * m.n_active  # items still to yield in each slot's activation
-    source_of = [-1] * m.n_active
-    active: dict[int, int] = {}  # source -> slot (single_active)
-    # single_active draws slots in proportion to their sources' weights (by rejection
-    # against the heaviest open one), so that a heavy source's backlog always drains.
-    weighted = m.mode == "single_active"
-    slot_weight = [0.0] * m.n_active
-    heaviest = 0.0
+    ``_open`` hands out the generator ``items()`` itself: a ``__next__`` written
+    in Python would cost about 0.1 us more per item than the generator. Used as
+    an iterator, the object runs the same loop; ``close()`` closes every source
+    it has open, and so does the end, the ``close()`` or the garbage collection
+    of ``items()``.
+    """
 
-    def activation_count(source: int) -> int:
+    __slots__ = ("_items",)
+
+    def __init__(self) -> None:
+        self._items: Generator[Any, None, None] | None = None
+
+    def items(self) -> Generator[Any, None, None]:
+        """The items of the pass; closes every open source when it ends or is closed."""
+        raise NotImplementedError
+
+    def _release_all(self) -> None:
+        raise NotImplementedError
+
+    def __iter__(self) -> Iterator[Any]:
+        return self
+
+    def __next__(self) -> Any:
+        if self._items is None:
+            self._items = self.items()
+        return next(self._items)
+
+    def close(self) -> None:
+        """Close every open source; closing again does nothing."""
+        if self._items is not None:
+            self._items.close()
+        self._release_all()
+
+
+class _MuxIterator(_PassIterator):
+    """One pass of a mux: ``n_active`` slots, each holding one activation of a source.
+
+    Slot ``k`` draws items from ``slots[k]`` (a pass over source
+    ``source_of[k]``, opened as ``gens[k]``) until ``left[k]`` reaches 0 or the
+    source ends; then the slot is released (the generator closed) and filled
+    with the next activation. ``-1`` / ``None`` mark an empty slot.
+    """
+
+    __slots__ = (
+        "activations",
+        "active",
+        "below",
+        "counts",
+        "draw_counts",
+        "empty_lately",
+        "gens",
+        "heaviest",
+        "left",
+        "mux",
+        "n_valid",
+        "order",
+        "picker",
+        "rng",
+        "slot_weight",
+        "slots",
+        "source_of",
+        "total_weight",
+        "weighted",
+    )
+
+    def __init__(self, m: _Mux, ctx: SeedContext) -> None:
+        super().__init__()
+        self.mux = m
+        self.rng = rng = ctx.generator(m.seed, m.depth)
+        self.below = ctx.reseeded(m.seed, m.depth)
+        self.draw_counts = draw_counts = count_sampler(rng, m.dist, m.n_active)
+        rate = m.rate if m.rate is not None else 1.0
+        #: The lengths of the next activations (with_replacement and single_active modes).
+        self.counts: BulkDraws[int] = BulkDraws(lambda size: draw_counts(rate, size).tolist())
+        self.total_weight = sum(m.weights)
+        #: Sources that may still be drawn (pruning an empty one lowers it).
+        self.n_valid = sum(w > 0 for w in m.weights)
+        self.picker = Picker(m.weights, rng)
+        #: Exhaustive mode: the sources not yet activated, the next one last.
+        self.order = weighted_order(m.weights, rng)[::-1] if m.mode == "exhaustive" else []
+        #: The activations of each source so far; each opens a pass seeded by its number.
+        self.activations = [0] * len(m.streams)
+        #: Sources whose activation came up empty since the last one that yielded:
+        #: once it holds every usable source, nothing more will come (prune_empty=False).
+        self.empty_lately: set[int] = set()
+        n_active = m.n_active
+        self.slots: list[Iterator[Any] | None] = [None] * n_active
+        self.gens: list[Generator[Any, None, None] | None] = [None] * n_active
+        self.left = [0] * n_active
+        self.source_of = [-1] * n_active
+        #: single_active: the slot of each open source.
+        self.active: dict[int, int] = {}
+        # single_active draws slots in proportion to their sources' weights (by rejection
+        # against the heaviest open one), so that a heavy source's backlog always drains.
+        self.weighted = m.mode == "single_active"
+        self.slot_weight = [0.0] * n_active
+        self.heaviest = 0.0
+
+    def items(self) -> Generator[Any, None, None]:
+        slots, left = self.slots, self.left
+        try:
+            for k in range(self.mux.n_active):
+                self._fill(k)
+            if all(s is None for s in slots):
+                return
+            for k in self._slot_draws():
+                items = slots[k]
+                if items is None:
+                    if all(s is None for s in slots):
+                        return
+                    continue
+                x = next(items, _END)
+                if x is _END:  # the source ran dry before its count
+                    self._release(k)
+                    self._fill(k)
+                    continue
+                left[k] -= 1
+                if not left[k]:
+                    self._release(k)
+                    self._fill(k)
+                yield x
+        finally:
+            self._release_all()
+
+    def _slot_draws(self) -> Iterator[int]:
+        """The slot to draw each next item from."""
+        n_active = self.mux.n_active
+        if n_active == 1:
+            return itertools.repeat(0)
+        rng = self.rng
+        if not self.weighted:
+            return iter(BulkDraws(lambda size: rng.integers(0, n_active, size).tolist()))
+        return self._weighted_slot_draws()
+
+    def _weighted_slot_draws(self) -> Iterator[int]:
+        rng, n_active, slot_weight = self.rng, self.mux.n_active, self.slot_weight
+        pairs = BulkDraws(
+            lambda size: list(zip(rng.integers(0, n_active, size).tolist(), rng.random(size).tolist()))
+        )
+        for k, u in pairs:
+            heaviest = self.heaviest
+            # Nothing open (heaviest == 0): the loop ends at the next slot it gets.
+            if u * heaviest < slot_weight[k] or heaviest == 0:
+                yield k
+
+    def _activation_count(self, source: int) -> int:
+        m = self.mux
         if m.rate is None:
             return _UNTIL_END
         if m.mode == "exhaustive":  # one activation per source: its length carries its weight
-            return int(draw_counts(m.rate * n * (m.weights[source] / total_weight), 1)[0])
-        if not counts:
-            counts.extend(draw_counts(m.rate, _DRAWS_PER_CALL).tolist()[::-1])
-        return counts.pop()
+            share = m.weights[source] / self.total_weight
+            return int(self.draw_counts(m.rate * len(m.streams) * share, 1)[0])
+        return self.counts.pop()
 
-    def next_source() -> int | None:
-        if m.mode == "exhaustive":
-            return order.pop() if order else None
-        if n_valid == 0 or len(empty_lately) >= n_valid:
+    def _next_source(self) -> int | None:
+        if self.mux.mode == "exhaustive":
+            return self.order.pop() if self.order else None
+        if self.n_valid == 0 or len(self.empty_lately) >= self.n_valid:
             return None
-        return picker.pick()
+        return self.picker.pick()
 
-    def release(k: int) -> None:
-        if gens[k] is not None:
-            gens[k].close()
-        active.pop(source_of[k], None)
-        slots[k] = gens[k] = None
-        source_of[k] = -1
-        slot_weight[k] = 0.0
+    def _release(self, k: int) -> None:
+        gen = self.gens[k]
+        if gen is not None:
+            gen.close()
+        self.active.pop(self.source_of[k], None)
+        self.slots[k] = self.gens[k] = None
+        self.source_of[k] = -1
+        self.slot_weight[k] = 0.0
 
-    def fill(k: int) -> None:
-        nonlocal heaviest
-        _fill(k)
-        heaviest = max(slot_weight)
+    def _release_all(self) -> None:
+        for k in range(self.mux.n_active):
+            self._release(k)
 
-    def _fill(k: int) -> None:
-        nonlocal n_valid
+    def _fill(self, k: int) -> None:
+        self._activate(k)
+        if self.weighted:
+            self.heaviest = max(self.slot_weight)
+
+    def _activate(self, k: int) -> None:
+        """Open the next activation that yields something in slot ``k``, if any is left."""
+        m = self.mux
+        single_active = m.mode == "single_active"
         while True:
-            if m.mode == "single_active" and len(active) >= n_valid:
+            if single_active and len(self.active) >= self.n_valid:
                 return  # every usable source is already open in another slot
-            source = next_source()
+            source = self._next_source()
             if source is None:
                 return
-            items = activation_count(source)
-            if m.mode == "single_active" and source in active:
-                left[active[source]] += items  # drawing an open source extends its activation
+            items = self._activation_count(source)
+            if single_active and source in self.active:
+                self.left[self.active[source]] += items  # drawing an open source extends its activation
                 continue
             if items == 0:
                 continue
-            activations[source] += 1
-            gen = _open(m.streams[source], below.child(source, activations[source]))
+            self.activations[source] += 1
+            gen = _open(m.streams[source], self.below.child(source, self.activations[source]))
             peeked = _peek(gen)
             if peeked is None:
                 gen.close()
                 if m.prune_empty:
-                    n_valid -= 1
-                    if n_valid:
-                        picker.drop(source)
+                    self.n_valid -= 1
+                    if self.n_valid:
+                        self.picker.drop(source)
                 else:
-                    empty_lately.add(source)
+                    self.empty_lately.add(source)
                 continue
-            empty_lately.clear()
-            slots[k], gens[k], left[k], source_of[k] = peeked[1], gen, items, source
-            slot_weight[k] = m.weights[source]
-            if m.mode == "single_active":
-                active[source] = k
+            self.empty_lately.clear()
+            self.slots[k], self.gens[k], self.left[k], self.source_of[k] = peeked[1], gen, items, source
+            self.slot_weight[k] = m.weights[source]
+            if single_active:
+                self.active[source] = k
             return
-
-    def slot_draws() -> Iterator[int]:
-        if m.n_active == 1:
-            yield from itertools.repeat(0)
-        while True:
-            ks = rng.integers(0, m.n_active, _DRAWS_PER_CALL).tolist()
-            if not weighted or heaviest == 0:  # nothing open: the loop below will notice
-                yield from ks
-                continue
-            for k, u in zip(ks, rng.random(_DRAWS_PER_CALL).tolist()):
-                if u * heaviest < slot_weight[k]:
-                    yield k
-
-    try:
-        for k in range(m.n_active):
-            fill(k)
-        if all(s is None for s in slots):
-            return
-        for k in slot_draws():
-            items = slots[k]
-            if items is None:
-                if all(s is None for s in slots):
-                    return
-                continue
-            x = next(items, _END)
-            if x is _END:  # the source ran dry before its count
-                release(k)
-                fill(k)
-                continue
-            left[k] -= 1
-            if not left[k]:
-                release(k)
-                fill(k)
-            yield x
-    finally:
-        for k in range(m.n_active):
-            release(k)
 
 
 def mux(
@@ -491,7 +508,7 @@ class _ShuffledMux(Stream[Any]):
     seed: Seed | None
 
     def _open(self, ctx: SeedContext) -> Iterator[Any]:
-        return _shuffled_items(self, ctx)
+        return _ShuffledMuxIterator(self, ctx).items()
 
     def _divide(self, index: int, count: int) -> tuple[Stream[Any], float | None] | None:
         """Part ``index``: the sources dealt among ``min(count, len(streams))`` parts, weighted by their sum.
@@ -514,47 +531,65 @@ class _ShuffledMux(Stream[Any]):
         return f"shuffled_mux({', '.join(parts)})"
 
 
-def _shuffled_items(m: _ShuffledMux, ctx: SeedContext) -> Iterator[Any]:
-    rng = ctx.generator(m.seed, m.depth)
-    below = ctx.reseeded(m.seed, m.depth)
-    n = len(m.streams)
-    picker = _Picker(m.weights, rng)
-    passes = [0] * n
-    slots: list[Iterator[Any] | None] = [None] * n
-    gens: list[Generator[Any, None, None] | None] = [None] * n
+class _ShuffledMuxIterator(_PassIterator):
+    """One pass of a shuffled_mux: every source open at once, ``slots[k]`` the current pass of source ``k``.
 
-    def start(k: int) -> Iterator[Any] | None:
+    A source that ends restarts with pass ``passes[k] + 1``; one whose pass
+    yields nothing is dropped from the picker.
+    """
+
+    __slots__ = ("below", "gens", "mux", "passes", "picker", "slots")
+
+    def __init__(self, m: _ShuffledMux, ctx: SeedContext) -> None:
+        super().__init__()
+        self.mux = m
+        self.below = ctx.reseeded(m.seed, m.depth)
+        self.picker = Picker(m.weights, ctx.generator(m.seed, m.depth))
+        n = len(m.streams)
+        self.passes = [0] * n
+        self.slots: list[Iterator[Any] | None] = [None] * n
+        self.gens: list[Generator[Any, None, None] | None] = [None] * n
+
+    def items(self) -> Generator[Any, None, None]:
+        picker, slots = self.picker, self.slots
+        try:
+            while picker.any_left:
+                for k in picker.batch():
+                    items = slots[k] or self._start(k)
+                    if items is None:
+                        break  # a stream was dropped: draw again with the new weights
+                    x = next(items, _END)
+                    if x is _END:  # an exhausted stream restarts, and this draw takes its first item
+                        self._release(k)
+                        items = self._start(k)
+                        if items is None:
+                            break
+                        x = next(items)
+                    yield x
+        finally:
+            self._release_all()
+
+    def _start(self, k: int) -> Iterator[Any] | None:
         """Open a fresh pass of stream ``k``; drop the stream if the pass is empty."""
-        passes[k] += 1
-        gen = gens[k] = _open(m.streams[k], below.child(k, passes[k]))
+        self.passes[k] += 1
+        gen = self.gens[k] = _open(self.mux.streams[k], self.below.child(k, self.passes[k]))
         peeked = _peek(gen)
         if peeked is None:
             gen.close()
-            gens[k] = None
-            picker.drop(k)
+            self.gens[k] = None
+            self.picker.drop(k)
             return None
-        slots[k] = peeked[1]
+        self.slots[k] = peeked[1]
         return peeked[1]
 
-    try:
-        while picker.any_left:
-            for k in picker.batch():
-                items = slots[k] or start(k)
-                if items is None:
-                    break  # a stream was dropped: draw again with the new weights
-                x = next(items, _END)
-                if x is _END:  # an exhausted stream restarts, and this draw takes its first item
-                    finished = gens[k]
-                    if finished is not None:
-                        finished.close()
-                    slots[k] = gens[k] = None
-                    items = start(k)
-                    if items is None:
-                        break
-                    x = next(items)
-                yield x
-    finally:
-        for gen in gens:
+    def _release(self, k: int) -> None:
+        gen = self.gens[k]
+        if gen is not None:
+            gen.close()
+        self.slots[k] = self.gens[k] = None
+
+    def _release_all(self) -> None:
+        for gen in self.gens:
             if gen is not None:
                 gen.close()
 
@@ -594,7 +629,7 @@ class _RoundRobin(Stream[Any]):
     seed: Seed | None
 
     def _open(self, ctx: SeedContext) -> Iterator[Any]:
-        return _round_robin_items(self, ctx)
+        return _RoundRobinIterator(self, ctx).items()
 
     def _divide(self, index: int, count: int) -> tuple[Stream[Any], float | None] | None:
         if len(self.streams) < count:
@@ -607,30 +642,58 @@ class _RoundRobin(Stream[Any]):
         return f"round_robin({_describe_streams(self.streams)}{mode}{seed})"
 
 
-def _round_robin_items(m: _RoundRobin, ctx: SeedContext) -> Iterator[Any]:
-    rng = ctx.generator(m.seed, m.depth) if m.mode == "permuted_cycle" else None
-    below = ctx.reseeded(m.seed, m.depth)
-    n = len(m.streams)
-    gens: list[Generator[Any, None, None]] = []
-    try:
-        for round_ in itertools.count():
-            order = list(range(n)) if rng is None else rng.permutation(n).tolist()
-            gens = [_open(m.streams[i], below.child(i, round_)) for i in order]
-            live = list(gens)
-            produced = False
-            while live:
-                for items in list(live):
-                    x = next(items, _END)
-                    if x is _END:
-                        live.remove(items)
-                        items.close()
-                        continue
-                    produced = True
-                    yield x
-            if m.mode == "exhaustive" or not produced:
-                return  # a round with nothing in it would repeat forever
-    finally:
-        for gen in gens:
+class _RoundRobinIterator(_PassIterator):
+    """One pass of a round_robin: round after round, each a fresh pass of every source.
+
+    ``gens`` are the passes of the current round ``round_``, in ``order``;
+    ``live`` those not yet ended, taken one item each in turn.
+    """
+
+    __slots__ = ("below", "gens", "live", "mux", "order", "produced", "rng", "round_")
+
+    def __init__(self, m: _RoundRobin, ctx: SeedContext) -> None:
+        super().__init__()
+        self.mux = m
+        self.rng = ctx.generator(m.seed, m.depth) if m.mode == "permuted_cycle" else None
+        self.below = ctx.reseeded(m.seed, m.depth)
+        self.round_ = -1
+        self.order: list[int] = []
+        self.gens: list[Generator[Any, None, None]] = []
+        self.live: list[Generator[Any, None, None]] = []
+        #: Whether the current round has yielded an item.
+        self.produced = False
+
+    def items(self) -> Generator[Any, None, None]:
+        try:
+            while True:
+                self._start_round()
+                live, produced = self.live, False
+                while live:
+                    for items in list(live):
+                        x = next(items, _END)
+                        if x is _END:
+                            live.remove(items)
+                            items.close()
+                            continue
+                        if not produced:
+                            produced = self.produced = True
+                        yield x
+                if self.mux.mode == "exhaustive" or not self.produced:
+                    return  # a round with nothing in it would repeat forever
+        finally:
+            self._release_all()
+
+    def _start_round(self) -> None:
+        m = self.mux
+        self.round_ += 1
+        n = len(m.streams)
+        self.order = list(range(n)) if self.rng is None else self.rng.permutation(n).tolist()
+        self.gens = [_open(m.streams[i], self.below.child(i, self.round_)) for i in self.order]
+        self.live = list(self.gens)
+        self.produced = False
+
+    def _release_all(self) -> None:
+        for gen in self.gens:
             gen.close()
 
 
@@ -664,7 +727,7 @@ class _Chain(Stream[Any]):
     mode: str
 
     def _open(self, ctx: SeedContext) -> Iterator[Any]:
-        return _chain_items(self, ctx)
+        return _ChainIterator(self, ctx).items()
 
     def _describe(self) -> str:
         inner = repr(self.streams) if isinstance(self.streams, Stream) else _describe_streams(self.streams)
@@ -672,20 +735,60 @@ class _Chain(Stream[Any]):
         return f"chain({inner}{mode})"
 
 
-def _chain_items(m: _Chain, ctx: SeedContext) -> Iterator[Any]:
-    for round_ in itertools.count():
-        produced = False
-        subs: Iterator[Any]
+class _ChainIterator(_PassIterator):
+    """One pass of a chain: in round ``round_``, stream ``index`` of ``subs`` is open as ``current``.
+
+    ``mode="cycle"`` starts a new round when one ends, unless it yielded nothing.
+    """
+
+    __slots__ = ("ctx", "current", "index", "mux", "produced", "round_", "subs")
+
+    def __init__(self, m: _Chain, ctx: SeedContext) -> None:
+        super().__init__()
+        self.mux = m
+        self.ctx = ctx
+        self.round_ = -1
+        #: The streams of the current round (a pass over ``m.streams`` when it is a Stream).
+        self.subs: Iterator[Any] = iter(())
+        self.index = -1
+        self.current: Iterator[Any] = iter(())
+        #: Whether the current round has yielded an item.
+        self.produced = False
+
+    def items(self) -> Generator[Any, None, None]:
+        m, ctx = self.mux, self.ctx
+        try:
+            while True:
+                self._start_round()
+                for i, sub in enumerate(self.subs):
+                    self.index = i
+                    self.current = current = _open(as_stream(sub), ctx.child(1, self.round_, i))
+                    first = next(current, _END)
+                    if first is _END:
+                        continue
+                    self.produced = True
+                    yield first
+                    yield from current
+                if m.mode == "exhaustive" or not self.produced:
+                    return
+        finally:
+            self._release_all()
+
+    def _start_round(self) -> None:
+        m = self.mux
+        self.round_ += 1
+        self.produced = False
+        self.index = -1
         if isinstance(m.streams, Stream):
-            subs = _open(m.streams, ctx.child(0, round_))
+            self.subs = _open(m.streams, self.ctx.child(0, self.round_))
         else:
-            subs = iter(m.streams)
-        for i, sub in enumerate(subs):
-            for x in _open(as_stream(sub), ctx.child(1, round_, i)):
-                produced = True
-                yield x
-        if m.mode == "exhaustive" or not produced:
-            return
+            self.subs = iter(m.streams)
+
+    def _release_all(self) -> None:
+        for items in (self.current, self.subs):
+            close = getattr(items, "close", None)
+            if close is not None:
+                close()
 
 
 def chain(streams: Sequence[Stream[Any]] | Stream[Stream[Any]], mode: str = "exhaustive") -> Stream[Any]:

@@ -2,41 +2,85 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import numpy as np
 
 from .._check import check_int, check_probability
+from .._sampling import BUFFER_DRAWS_PER_CALL, BulkDraws
 from .._seed import Seed, SeedContext, check_seed
 from .._stream import Operator, Stream
 
 __all__ = ["cache"]
 
 T = TypeVar("T")
-_DRAWS_PER_CALL = 1024
 
 
-def _cached(items: Iterator[Any], size: int, prob: float, rng: np.random.Generator) -> Iterator[Any]:
-    store: list[Any] = []
-    for item in items:  # warm-up: the first `size` items pass through in order
-        store.append(item)
-        yield item
-        if len(store) == size:
-            break
-    else:
-        return
-    while True:
-        slots = rng.integers(0, size, _DRAWS_PER_CALL).tolist()
-        fresh = (rng.random(_DRAWS_PER_CALL) <= prob).tolist()
-        for slot, replace in zip(slots, fresh):
-            if replace:
-                try:
-                    store[slot] = next(items)
-                except StopIteration:
-                    return
-            yield store[slot]
+class _CacheIterator(Iterator[Any]):
+    """One pass of a cache: ``store`` holds the cached items; ``draws`` picks a slot and a refresh.
+
+    The first ``size`` items fill the store as they pass through; then each
+    step draws a slot, replaces its item with the next input with probability
+    ``prob`` and yields it. ``_open`` hands out the generator :meth:`items`
+    itself, which is faster than a ``__next__`` written in Python.
+    """
+
+    __slots__ = ("_items", "draws", "prob", "size", "store", "upstream")
+
+    def __init__(self, upstream: Iterator[Any], size: int, prob: float, rng: np.random.Generator) -> None:
+        self.upstream = upstream
+        self.size = size
+        self.prob = prob
+        self.store: list[Any] = []
+        #: (slot, whether to take a new input into it) for each next step.
+        self.draws: BulkDraws[tuple[int, bool]] = BulkDraws(
+            lambda n: list(zip(rng.integers(0, size, n).tolist(), (rng.random(n) <= prob).tolist())),
+            BUFFER_DRAWS_PER_CALL,
+        )
+        self._items: Generator[Any, None, None] | None = None
+
+    def items(self) -> Generator[Any, None, None]:
+        """The cached items; closes the upstream when it ends or is closed."""
+        store, upstream = self.store, self.upstream
+        try:
+            for item in upstream:  # warm-up: the first `size` items pass through in order
+                store.append(item)
+                yield item
+                if len(store) == self.size:
+                    break
+            else:
+                return
+            for slot, replace in self.draws:
+                if replace:
+                    try:
+                        store[slot] = next(upstream)
+                    except StopIteration:
+                        return
+                yield store[slot]
+        finally:
+            _close(upstream)
+
+    def __iter__(self) -> Iterator[Any]:
+        return self
+
+    def __next__(self) -> Any:
+        if self._items is None:
+            self._items = self.items()
+        return next(self._items)
+
+    def close(self) -> None:
+        """Close the upstream; closing again does nothing."""
+        if self._items is not None:
+            self._items.close()
+        _close(self.upstream)
+
+
+def _close(items: Iterator[Any]) -> None:
+    close = getattr(items, "close", None)
+    if close is not None:
+        close()
 
 
 @dataclass(frozen=True, repr=False)
@@ -48,7 +92,7 @@ class _Cache(Operator[Any, Any]):
 
     def _open(self, upstream: Stream[Any], ctx: SeedContext, depth: int) -> Iterator[Any]:
         rng = ctx.generator(self.seed, depth)
-        return _cached(upstream._open(ctx), self.n_cache, self.prob, rng)
+        return _CacheIterator(upstream._open(ctx), self.n_cache, self.prob, rng).items()
 
     def __repr__(self) -> str:
         seed = "" if self.seed is None else f", seed={self.seed!r}"

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -17,17 +16,58 @@ T = TypeVar("T")
 _NOTHING = object()
 
 
-def _repeat(upstream: Stream[Any], ctx: SeedContext, times: int | None) -> Iterator[Any]:
-    passes: Iterable[int] = itertools.count() if times is None else range(times)
-    for k in passes:
-        # Each repetition is a branch of its own, so random operators upstream
-        # draw a new, reproducible order every time round.
-        items = upstream._open(ctx.child(k))
-        first = next(items, _NOTHING)
-        if first is _NOTHING:
-            return  # an empty upstream ends the cycle instead of spinning
-        yield first
-        yield from items
+class _CycleIterator(Iterator[Any]):
+    """One pass of a cycle: ``passes`` passes of the upstream started, the last one open as ``current``.
+
+    ``_open`` hands out the generator :meth:`items` itself, which is faster
+    than a ``__next__`` written in Python.
+    """
+
+    __slots__ = ("_items", "ctx", "current", "passes", "times", "upstream")
+
+    def __init__(self, upstream: Stream[Any], ctx: SeedContext, times: int | None) -> None:
+        self.upstream = upstream
+        self.ctx = ctx
+        self.times = times
+        self.passes = 0
+        self.current: Iterator[Any] = iter(())
+        self._items: Generator[Any, None, None] | None = None
+
+    def items(self) -> Generator[Any, None, None]:
+        """The items of every pass; closes the open pass when it ends or is closed."""
+        try:
+            while self.times is None or self.passes < self.times:
+                # Each repetition is a branch of its own, so random operators upstream
+                # draw a new, reproducible order every time round.
+                self.current = current = self.upstream._open(self.ctx.child(self.passes))
+                self.passes += 1
+                first = next(current, _NOTHING)
+                if first is _NOTHING:
+                    return  # an empty upstream ends the cycle instead of spinning
+                yield first
+                yield from current
+        finally:
+            _close(self.current)
+
+    def __iter__(self) -> Iterator[Any]:
+        return self
+
+    def __next__(self) -> Any:
+        if self._items is None:
+            self._items = self.items()
+        return next(self._items)
+
+    def close(self) -> None:
+        """Close the open pass; closing again does nothing."""
+        if self._items is not None:
+            self._items.close()
+        _close(self.current)
+
+
+def _close(items: Iterator[Any]) -> None:
+    close = getattr(items, "close", None)
+    if close is not None:
+        close()
 
 
 @dataclass(frozen=True, repr=False)
@@ -36,7 +76,7 @@ class _Cycle(Operator[Any, Any]):
     times: int | None
 
     def _open(self, upstream: Stream[Any], ctx: SeedContext, depth: int) -> Iterator[Any]:
-        return _repeat(upstream, ctx, self.times)
+        return _CycleIterator(upstream, ctx, self.times).items()
 
     def __repr__(self) -> str:
         return "cycle()" if self.times is None else f"cycle({self.times})"

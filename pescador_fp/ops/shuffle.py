@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import numpy as np
 
 from .._check import check_int
+from .._sampling import BUFFER_DRAWS_PER_CALL, BulkDraws
 from .._seed import Seed, SeedContext, check_seed
 from .._stream import Operator, Stream
 
@@ -17,25 +18,63 @@ __all__ = ["shuffle"]
 
 T = TypeVar("T")
 
-# Buffer slots drawn per call to the generator: one call per item would cost
-# more than the shuffle itself.
-_DRAWS_PER_CALL = 1024
+
+class _ShuffleIterator(Iterator[Any]):
+    """One pass of a shuffle: ``buffer`` holds ``size`` items; each new input takes a random one's place.
+
+    The item it replaces comes out; when the upstream ends, the buffer comes
+    out in random order. ``_open`` hands out the generator :meth:`items`
+    itself, which is faster than a ``__next__`` written in Python.
+    """
+
+    __slots__ = ("_items", "buffer", "draws", "rng", "size", "upstream")
+
+    def __init__(self, upstream: Iterator[Any], size: int, rng: np.random.Generator) -> None:
+        self.upstream = upstream
+        self.size = size
+        self.rng = rng
+        self.buffer: list[Any] = []
+        #: The buffer slot that each next input goes to.
+        self.draws: BulkDraws[int] = BulkDraws(
+            lambda n: rng.integers(0, size, n).tolist(), BUFFER_DRAWS_PER_CALL
+        )
+        self._items: Generator[Any, None, None] | None = None
+
+    def items(self) -> Generator[Any, None, None]:
+        """The shuffled items; closes the upstream when it ends or is closed."""
+        buffer, upstream = self.buffer, self.upstream
+        try:
+            buffer.extend(itertools.islice(upstream, self.size))
+            if len(buffer) == self.size:
+                for item, slot in zip(upstream, self.draws):
+                    out, buffer[slot] = buffer[slot], item
+                    yield out
+            self.rng.shuffle(buffer)
+            buffer.reverse()  # the rest comes out in shuffled order, from the end of the buffer
+            while buffer:
+                yield buffer.pop()
+        finally:
+            _close(upstream)
+
+    def __iter__(self) -> Iterator[Any]:
+        return self
+
+    def __next__(self) -> Any:
+        if self._items is None:
+            self._items = self.items()
+        return next(self._items)
+
+    def close(self) -> None:
+        """Close the upstream; closing again does nothing."""
+        if self._items is not None:
+            self._items.close()
+        _close(self.upstream)
 
 
-def _shuffled(items: Iterator[Any], size: int, rng: np.random.Generator) -> Iterator[Any]:
-    buffer = list(itertools.islice(items, size))
-    if len(buffer) == size:
-        draws: list[int] = []
-        k = 0
-        for item in items:
-            if k == len(draws):
-                draws, k = rng.integers(0, size, _DRAWS_PER_CALL).tolist(), 0
-            slot = draws[k]
-            k += 1
-            out, buffer[slot] = buffer[slot], item
-            yield out
-    rng.shuffle(buffer)
-    yield from buffer
+def _close(items: Iterator[Any]) -> None:
+    close = getattr(items, "close", None)
+    if close is not None:
+        close()
 
 
 @dataclass(frozen=True, repr=False)
@@ -45,7 +84,8 @@ class _Shuffle(Operator[Any, Any]):
     seed: Seed | None
 
     def _open(self, upstream: Stream[Any], ctx: SeedContext, depth: int) -> Iterator[Any]:
-        return _shuffled(upstream._open(ctx), self.buffer_size, ctx.generator(self.seed, depth))
+        rng = ctx.generator(self.seed, depth)
+        return _ShuffleIterator(upstream._open(ctx), self.buffer_size, rng).items()
 
     def __repr__(self) -> str:
         seed = "" if self.seed is None else f", seed={self.seed!r}"
