@@ -24,7 +24,7 @@ __all__ = ["StreamDataset", "dataset"]
 
 
 class StreamDataset(keras.utils.PyDataset):  # type: ignore[misc]
-    """A ``keras.utils.PyDataset`` over a stream: ``steps`` batches an epoch, epoch ``e`` a pass of seed ``e``.
+    """A ``keras.utils.PyDataset`` over a stream: ``steps`` batches an epoch, epoch ``e`` seeded ``e``.
 
     Keras asks for batches by index (and shuffles the indices in ``fit``); the
     stream has an order of its own, so each request gets the next batch of the
