@@ -9,5 +9,10 @@ collect_ignore = [
     f"pescador_fp/{name}.py" for name in ("torch", "jax", "keras") if importlib.util.find_spec(name) is None
 ]
 
-# Keras 3 runs its tests on JAX (CPU); set before anything imports keras.
+# Keras 3 runs its tests on JAX (CPU), and JAX sees 4 CPU devices for the sharding tests; set before
+# anything imports keras or jax.
 os.environ.setdefault("KERAS_BACKEND", "jax")
+if "--xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (
+        os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
+    ).strip()
