@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Generic, TypeVar
 
 import numpy as np
@@ -40,11 +40,11 @@ BUFFER_DRAWS_PER_CALL = 1024
 class BulkDraws(Generic[T]):
     """Values of ``draw(size)``, ``draw(size)``, ... handed out one at a time.
 
-    ``draw(n)`` returns a list of ``n`` values (or of ``n`` tuples, where a
-    site draws two numbers per step); it is called only when the previous
-    list is used up, so the generator is called exactly as often, and in the
-    same order, as by hand. Take values with :meth:`pop`, or iterate (the
-    fast path: the loop over the lists runs in C).
+    ``draw(n)`` returns ``n`` values: a list, or a ``zip`` of lists where a
+    site draws two numbers per step; it is called only when the previous
+    values are used up, so the generator is called exactly as often, and in the
+    same order, as by hand. Take values with :meth:`pop`, iterate (the loop
+    over the batches runs in C), or loop over :meth:`batches`.
 
     >>> rng = np.random.default_rng(0)
     >>> draws = BulkDraws(lambda n: rng.integers(0, 10, n).tolist(), size=4)
@@ -54,7 +54,7 @@ class BulkDraws(Generic[T]):
 
     __slots__ = ("buffer", "draw", "size")
 
-    def __init__(self, draw: Callable[[int], list[T]], size: int = DRAWS_PER_CALL) -> None:
+    def __init__(self, draw: Callable[[int], Iterable[T]], size: int = DRAWS_PER_CALL) -> None:
         self.draw = draw
         self.size = size
         #: The values drawn and not yet handed out, the next one last.
@@ -63,17 +63,12 @@ class BulkDraws(Generic[T]):
     def pop(self) -> T:
         """The next value; draws ``size`` more when the buffer is empty."""
         if not self.buffer:
-            self.buffer = self.draw(self.size)[::-1]
+            self.buffer = list(self.draw(self.size))[::-1]
         return self.buffer.pop()
 
     def clear(self) -> None:
         """Forget the values not yet handed out (what they were drawn for has changed)."""
         self.buffer = []
-
-    def refill(self) -> list[T]:
-        """The next ``size`` values at once, in order; the buffer is forgotten."""
-        self.buffer = []
-        return self.draw(self.size)
 
     def __iter__(self) -> Iterator[T]:
         """Every further value, endlessly: what is left in the buffer first.
@@ -84,9 +79,16 @@ class BulkDraws(Generic[T]):
         True
         """
         left, self.buffer = self.buffer[::-1], []
-        return itertools.chain(left, itertools.chain.from_iterable(iter(self._draw_all, None)))
+        return itertools.chain(left, itertools.chain.from_iterable(self.batches()))
 
-    def _draw_all(self) -> list[T]:
+    def batches(self) -> Iterator[Iterable[T]]:
+        """``draw(size)``, ``draw(size)``, ... endlessly, each called when the next is asked for.
+
+        For the hottest loops, which run fastest as a loop over each batch.
+        """
+        return iter(self._draw_all, None)
+
+    def _draw_all(self) -> Iterable[T]:
         return self.draw(self.size)
 
 
@@ -130,7 +132,8 @@ class Picker:
 
     def batch(self) -> list[int]:
         """Many picks at once, in order (the buffer of :meth:`pick` is forgotten)."""
-        return self.draws.refill()
+        self.draws.clear()
+        return self._draw(self.draws.size)
 
     def pick(self) -> int:
         """One pick, from a buffer refilled in bulk."""

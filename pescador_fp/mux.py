@@ -365,7 +365,7 @@ class _MuxIterator(_PassIterator):
     def _weighted_slot_draws(self) -> Iterator[int]:
         rng, n_active, slot_weight = self.rng, self.mux.n_active, self.slot_weight
         pairs = BulkDraws(
-            lambda size: list(zip(rng.integers(0, n_active, size).tolist(), rng.random(size).tolist()))
+            lambda size: zip(rng.integers(0, n_active, size).tolist(), rng.random(size).tolist())
         )
         for k, u in pairs:
             heaviest = self.heaviest

@@ -36,7 +36,7 @@ class _CacheIterator(Iterator[Any]):
         self.store: list[Any] = []
         #: (slot, whether to take a new input into it) for each next step.
         self.draws: BulkDraws[tuple[int, bool]] = BulkDraws(
-            lambda n: list(zip(rng.integers(0, size, n).tolist(), (rng.random(n) <= prob).tolist())),
+            lambda n: zip(rng.integers(0, size, n).tolist(), (rng.random(n) <= prob).tolist()),
             BUFFER_DRAWS_PER_CALL,
         )
         self._items: Generator[Any, None, None] | None = None
@@ -52,13 +52,14 @@ class _CacheIterator(Iterator[Any]):
                     break
             else:
                 return
-            for slot, replace in self.draws:
-                if replace:
-                    try:
-                        store[slot] = next(upstream)
-                    except StopIteration:
-                        return
-                yield store[slot]
+            for draws in self.draws.batches():
+                for slot, replace in draws:
+                    if replace:
+                        try:
+                            store[slot] = next(upstream)
+                        except StopIteration:
+                            return
+                    yield store[slot]
         finally:
             _close(upstream)
 
