@@ -19,6 +19,7 @@ import reprlib
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from multiprocessing import resource_tracker
 from typing import Any
 
 import cloudpickle
@@ -32,6 +33,7 @@ from ._ipc.ring import (
     RECORD_END,
     RECORD_ERROR,
     Ring,
+    default_transport,
     shared_memory_free,
 )
 from ._ipc.workers import Workers, default_start_method, stack_of
@@ -109,6 +111,12 @@ def _background_items(op: _Background, upstream: Stream[Any], ctx: SeedContext, 
     ]
     feeder_recipe = _recipe((plan.head, ctx), upstream) if plan.head is not None else None
     workers = Workers(op.start_method or default_start_method())
+    if os.name == "posix" and (
+        workers.context.get_start_method() != "fork" or default_transport() == "portable"
+    ):
+        # Named semaphores and segments are registered with multiprocessing's resource tracker,
+        # which removes them if this process is killed: start it before any name exists.
+        resource_tracker.ensure_running()
     rings: list[Ring] = []
     inboxes: list[Ring] = []
     stacks: list[tuple[Any, Any]] = []

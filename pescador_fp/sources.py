@@ -390,7 +390,9 @@ def _by_file(array: np.ndarray) -> np.ndarray | _ByFile:
     same data.
     """
     mapping = _mapping_of(array)
-    if mapping is None or array.size == 0:
+    if mapping is None or array.size == 0 or mapping.mode == "c":
+        # A copy-on-write memmap may hold changes that only this process can see (a check of
+        # a few pages cannot tell): it travels by value.
         return array
     path = str(mapping.filename)
     itemsize = array.dtype.itemsize

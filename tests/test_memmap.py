@@ -277,3 +277,13 @@ def test_a_copy_on_write_memmap_keeps_its_changes_through_a_pass(tmp_path):
     rows = list(pf.from_arrays(private) | pf.map(lambda row: float(row[0])))
     assert rows == [float(x) for x in private[:, 0]]
     assert (private[::7] == -1.0).all()
+
+
+@pytest.mark.timeout(WORKER_TIMEOUT_S)
+def test_a_copy_on_write_memmap_changed_anywhere_reaches_the_workers_as_changed(tmp_path):
+    path = tmp_path / "private.npy"
+    make_file(path, rows=4096, cols=4)
+    private = np.load(path, mmap_mode="c")
+    private[2000] = 7.0  # in the middle: no check of a few pages of the file could see it
+    out = [float(row[0]) for row in pf.from_arrays(private) | pf.background(workers=2)]
+    assert out == [float(x) for x in private[:, 0]]

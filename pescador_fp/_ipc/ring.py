@@ -635,8 +635,12 @@ class Ring:
     def _move_to_larger(self, needed: int, request_size: int) -> None:
         """Answer a grow record: make a ring that holds ``needed`` bytes, tell the producer, move to it."""
         handle = self.handle
+        wanted = max(2 * self.capacity, 2 * needed)
+        free = shared_memory_free()
+        if free is not None and wanted > free:
+            wanted = max(needed, free)  # room to spare where there is some, else just what it takes
         larger = Ring._create(
-            _aligned(max(2 * self.capacity, 2 * needed)),
+            _aligned(wanted),
             handle.data_ready,
             handle.space_ready,
             handle.transport,
