@@ -412,8 +412,8 @@ class _MuxIterator(_PassIterator):
         m = self.mux
         single_active = m.mode == "single_active"
         while True:
-            if single_active and len(self.active) >= self.n_valid:
-                return  # every usable source is already open in another slot
+            if single_active and len(self.active) + len(self.empty_lately) >= self.n_valid:
+                return  # every usable source is open in another slot, or came up empty since one was
             source = self._next_source()
             if source is None:
                 return

@@ -500,3 +500,14 @@ def test_background_over_a_shuffled_mux_with_fewer_sources_than_workers_keeps_th
     s = pf.shuffled_mux([forever("a"), forever("b")], weights=[3, 1], seed=0) | pf.background(workers=3)
     out = list(s | pf.take(8000))
     assert np.abs(shares(out, "ab") - [0.75, 0.25]).max() < 0.02
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("rate", [0.3, 2, None])
+def test_single_active_without_pruning_keeps_going_when_slots_outnumber_the_sources_with_items(rate):
+    sizes = [3, 0, 7, 1, 12, 5, 0, 9]
+    sources = [pf.from_iterable(range(i * 100, i * 100 + n)) for i, n in enumerate(sizes)]
+    s = pf.mux(sources, 8, rate=rate, mode="single_active", prune_empty=False, seed=0) | pf.take(1000)
+    out = list(s)
+    assert len(out) == 1000
+    assert set(out) == {i * 100 + j for i, n in enumerate(sizes) for j in range(n)}
