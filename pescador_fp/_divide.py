@@ -155,13 +155,10 @@ def divide_ranks(stream: Stream[Any], count: int) -> tuple[Plan, tuple[int | Non
 
 
 def components(stream: Stream[Any]) -> Iterator[object]:
-    """The operators and sources a pipeline is made of, outermost first."""
+    """The operators and streams a pipeline is made of, outermost first (an applied operator as itself)."""
     if isinstance(stream, Applied):
         yield stream.op
-        yield from components(stream.upstream)
-        return
-    inner = getattr(stream, "streams", None)
-    if isinstance(inner, tuple):
-        for sub in inner:
-            yield from components(sub)
-    yield stream
+    for child in stream.children:
+        yield from components(child)
+    if not isinstance(stream, Applied):
+        yield stream

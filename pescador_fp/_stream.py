@@ -52,6 +52,17 @@ class Stream(Generic[T]):
     def _describe(self) -> str:
         raise NotImplementedError
 
+    @property
+    def children(self) -> tuple[Stream[Any], ...]:
+        """The streams this one reads from: none for a source, the sources of a mux.
+
+        >>> import pescador_fp as pf
+        >>> a, b = pf.from_iterable([1]), pf.from_iterable([2])
+        >>> pf.round_robin([a, b]).children == (a, b), (a | pf.take(1)).children == (a,)
+        (True, True)
+        """
+        return ()
+
     def _divide(self, index: int, count: int) -> tuple[Stream[T], float | None] | None:
         """Part ``index`` of ``count`` disjoint parts that together make this stream, and its weight.
 
@@ -213,6 +224,10 @@ class Applied(Stream[U], Generic[T, U]):
     @property
     def depth(self) -> int:  # type: ignore[override]
         return self.upstream.depth + 1
+
+    @property
+    def children(self) -> tuple[Stream[Any], ...]:
+        return (self.upstream,)
 
     def _open(self, ctx: SeedContext) -> Iterator[U]:
         return self.op._open(self.upstream, ctx, self.depth)

@@ -176,6 +176,10 @@ class Streamer(Stream[Any]):
     def _divide(self, index: int, count: int) -> tuple[Stream[Any], float | None] | None:
         return self._stream._divide(index, count)
 
+    @property
+    def children(self) -> tuple[Stream[Any], ...]:
+        return (self._stream,)
+
     def _describe(self) -> str:
         return f"{type(self).__name__}({self._stream!r})"
 

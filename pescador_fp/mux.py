@@ -182,6 +182,10 @@ class _Mux(Stream[Any]):
     prune_empty: bool
     seed: Seed | None
 
+    @property
+    def children(self) -> tuple[Stream[Any], ...]:
+        return self.streams
+
     def _open(self, ctx: SeedContext) -> Iterator[Any]:
         return _MuxIterator(self, ctx).items()
 
@@ -507,6 +511,10 @@ class _ShuffledMux(Stream[Any]):
     weights: tuple[float, ...]
     seed: Seed | None
 
+    @property
+    def children(self) -> tuple[Stream[Any], ...]:
+        return self.streams
+
     def _open(self, ctx: SeedContext) -> Iterator[Any]:
         return _ShuffledMuxIterator(self, ctx).items()
 
@@ -628,6 +636,10 @@ class _RoundRobin(Stream[Any]):
     mode: str
     seed: Seed | None
 
+    @property
+    def children(self) -> tuple[Stream[Any], ...]:
+        return self.streams
+
     def _open(self, ctx: SeedContext) -> Iterator[Any]:
         return _RoundRobinIterator(self, ctx).items()
 
@@ -725,6 +737,10 @@ def round_robin(
 class _Chain(Stream[Any]):
     streams: tuple[Stream[Any], ...] | Stream[Any]
     mode: str
+
+    @property
+    def children(self) -> tuple[Stream[Any], ...]:
+        return self.streams if isinstance(self.streams, tuple) else (self.streams,)
 
     def _open(self, ctx: SeedContext) -> Iterator[Any]:
         return _ChainIterator(self, ctx).items()

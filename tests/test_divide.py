@@ -294,3 +294,13 @@ def test_the_feeder_has_a_name_of_its_own():
     names = sorted(p.name for p in multiprocessing.active_children())
     it.close()
     assert names == ["pescador_fp-feeder-0", "pescador_fp-worker-0", "pescador_fp-worker-1"]
+
+
+def test_an_unpicklable_source_inside_a_mux_is_named():
+    import threading
+
+    lock = threading.Lock()
+    bad = pf.stream(lambda: iter([lock]))
+    s = pf.mux([pf.from_iterable(range(3)), bad], 2) | pf.map(str) | pf.background(workers=2)
+    with pytest.raises(TypeError, match=r"stream\(<lambda>\) could not be pickled"):
+        next(iter(s))
