@@ -29,13 +29,10 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ._seed import SeedContext
+from ._seed import WORKER_BRANCH, SeedContext
 from ._stream import Applied, Operator, Stream
 
-__all__ = ["WORKER_BRANCH", "Part", "Plan", "divide", "divide_ranks", "rebuild"]
-
-# Branch of the seed tree that the workers' parts hang from.
-WORKER_BRANCH = 0x6267
+__all__ = ["Part", "Plan", "components", "divide", "divide_ranks", "rebuild"]
 
 
 @dataclass(frozen=True)

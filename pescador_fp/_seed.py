@@ -15,6 +15,23 @@ generator's entropy is
 and its ``spawn_key`` is ``(*branch_path, depth)``, so that two random
 operators of one pass never share a generator. Nothing here reads or writes
 the global numpy or ``random`` state.
+
+The branch paths each combinator adds (``ctx.child(...)``), in one table:
+
+=====================  ==========================================  ========================
+who                    child path                                  for
+=====================  ==========================================  ========================
+``mux``                ``(source, activation)``                    each opening of a source
+``shuffled_mux``       ``(source, restart)``                       each pass over a source
+``round_robin``        ``(source, round)``                         each round's opening
+``chain``              ``(0, round)`` / ``(1, round, i)``          the stream of streams / sub-stream ``i``
+``cycle``              ``(repetition,)``                           each pass of the upstream
+``background``, shard  ``(WORKER_BRANCH, part)``                   each worker's (rank's) part
+``background`` merge   generator ``(MERGE_SEED, depth)``           the weighted merge of parts
+=====================  ==========================================  ========================
+
+A seeded mux, shuffled_mux or round_robin first re-roots its sources
+(``reseeded``), so that its own seed fixes everything below it.
 """
 
 from __future__ import annotations
@@ -24,7 +41,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Seed", "SeedContext", "check_seed"]
+__all__ = ["MERGE_SEED", "WORKER_BRANCH", "Seed", "SeedContext", "check_seed"]
 
 Seed = int | np.integer | np.random.SeedSequence
 
@@ -32,6 +49,10 @@ Seed = int | np.integer | np.random.SeedSequence
 _TAG_OPERATOR = 0x6F70  # "op"
 _TAG_PASS = 0x7061  # "pa"
 _STATE_WORDS = 4
+# Branch of the seed tree that the parts of a divided stream (background workers, shard
+# ranks) hang from, and the seed tag of background's weighted merge of those parts.
+WORKER_BRANCH = 0x6267  # "bg"
+MERGE_SEED = 0x6D65  # "me"
 
 
 def check_seed(name: str, seed: object) -> Seed | None:

@@ -38,7 +38,7 @@ from ._ipc.ring import (
 )
 from ._ipc.workers import Workers, default_start_method, stack_of
 from ._sampling import Picker
-from ._seed import SeedContext
+from ._seed import MERGE_SEED, SeedContext
 from ._stream import Operator, Stream
 from ._worker import RECORD_MARK, feed, work
 from .errors import PescadorError, WorkerError
@@ -51,8 +51,6 @@ START_METHODS = ("fork", "forkserver", "spawn")
 _DEFAULT_RING_BYTES = 8 * 2**20
 _MIN_RING_BYTES = 2**20
 _MAX_RING_BYTES = 2**56  # far more than any shared memory, and far from overflowing an offset
-# The fixed seed of the weighted merge (combined with the pass seed).
-_MERGE_SEED = 0x6D65
 
 
 # ---------------------------------------------------------------- recipes
@@ -160,7 +158,7 @@ def _background_items(op: _Background, upstream: Stream[Any], ctx: SeedContext, 
             yield from _merge_groups(channels)
         else:
             weights = [part.weight for part in plan.parts]
-            yield from _merge(channels, weights, ctx.generator(_MERGE_SEED, depth))
+            yield from _merge(channels, weights, ctx.generator(MERGE_SEED, depth))
     finally:
         for ring in rings + inboxes:
             ring.request_stop()
