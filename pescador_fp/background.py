@@ -11,9 +11,7 @@ workers and frees the shared memory.
 
 from __future__ import annotations
 
-import math
 import multiprocessing
-import numbers
 import os
 import reprlib
 import time
@@ -24,7 +22,7 @@ from typing import Any
 
 import cloudpickle
 
-from ._check import check_bool, check_int
+from ._check import check_bool, check_int, check_seconds
 from ._divide import components, divide
 from ._ipc.codec import Decoder, RemoteTraceback, dumps_recipe, load_error
 from ._ipc.ring import (
@@ -388,14 +386,6 @@ def background(
             f"background: start_method must be one of {', '.join(map(repr, START_METHODS))} or None, "
             f"got {start_method!r}"
         )
-    seconds: float | None = None
-    if timeout is not None:
-        if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real):
-            raise TypeError(f"background: timeout must be a number of seconds or None, got {timeout!r}")
-        seconds = float(timeout)
-        if not 0 < seconds < math.inf:
-            raise ValueError(
-                f"background: timeout must be a positive, finite number of seconds, got {timeout!r}"
-            )
+    seconds = check_seconds("background", "timeout", timeout)
     zero_copy = check_bool("background", "zero_copy", zero_copy)
     return _Background(workers, ring_bytes, zero_copy, start_method, seconds)

@@ -14,8 +14,6 @@ See ``docs/mux.md`` for the analysis.
 from __future__ import annotations
 
 import itertools
-import math
-import numbers
 import reprlib
 from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass
@@ -23,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from ._check import check_bool, check_int
+from ._check import check_bool, check_choice, check_int, check_rate, check_streams, check_weights
 from ._sampling import BulkDraws, Picker, count_sampler, weighted_order
 from ._seed import Seed, SeedContext, check_seed
 from ._stream import Stream, _run, as_stream
@@ -38,97 +36,6 @@ CHAIN_MODES = ("exhaustive", "cycle")
 _END = object()
 # The count of an activation that runs until its source ends (rate=None).
 _UNTIL_END = 1 << 62
-# The range of ``rate``: below ``_MIN_RATE`` almost every activation yields nothing and
-# a pass spins through draws; above ``_MAX_RATE`` the counts leave numpy's samplers' range.
-_MIN_RATE = 1e-3
-_MAX_RATE = 2.0**50
-# Positive weights below the smallest normal float lose their precision in the draws.
-_MIN_WEIGHT = float(np.finfo(np.float64).tiny)
-_MAX_FLOAT = float(np.finfo(np.float64).max)
-
-
-# ---------------------------------------------------------------- arguments
-
-
-def _check_streams(where: str, streams: object) -> tuple[Stream[Any], ...]:
-    if isinstance(streams, (Stream, str)) or not isinstance(streams, Sequence):
-        raise TypeError(
-            f"{where}: streams must be a list or tuple of streams, got {reprlib.repr(streams)} "
-            f"({type(streams).__name__})"
-        )
-    if len(streams) == 0:
-        raise ValueError(f"{where}: streams must hold at least one stream, got {streams!r}")
-    return tuple(as_stream(s) for s in streams)
-
-
-def _check_weights(where: str, weights: object, n: int) -> tuple[float, ...]:
-    if weights is None:
-        return (1.0,) * n
-    try:
-        w = np.asarray(weights, dtype=np.float64)
-    except (TypeError, ValueError, OverflowError):
-        raise TypeError(
-            f"{where}: weights must be a list of finite numbers, got {reprlib.repr(weights)}"
-        ) from None
-    if w.shape != (n,):
-        raise ValueError(
-            f"{where}: weights must hold one number per stream ({n}), got {reprlib.repr(weights)}"
-        )
-    if not np.isfinite(w).all() or (w < 0).any():
-        raise ValueError(f"{where}: weights must be finite and non-negative, got {reprlib.repr(weights)}")
-    if not (w > 0).any():
-        raise ValueError(
-            f"{where}: weights must hold at least one positive number, got {reprlib.repr(weights)}"
-        )
-    with np.errstate(over="ignore"):
-        total = np.cumsum(w)[-1]  # as the draws sum them
-    if not np.isfinite(total):
-        raise ValueError(
-            f"{where}: weights must have a finite sum (at most {_MAX_FLOAT:.3g}), got "
-            f"{reprlib.repr(weights)}; scale them down"
-        )
-    tiny = (w > 0) & (w < _MIN_WEIGHT)
-    if tiny.any():
-        raise ValueError(
-            f"{where}: weights must be 0 or at least {_MIN_WEIGHT:.3g} (the smallest normal float), "
-            f"got {float(w[tiny][0])!r} in {reprlib.repr(weights)}; scale them up"
-        )
-    return tuple(w.tolist())
-
-
-def _check_choice(where: str, name: str, value: object, choices: tuple[str, ...]) -> str:
-    if value not in choices:
-        raise ValueError(f"{where}: {name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
-    return str(value)
-
-
-def _check_rate(rate: object, mode: str, n_streams: int) -> float | None:
-    if rate is None:
-        return None
-    if isinstance(rate, bool) or not isinstance(rate, numbers.Real):
-        raise TypeError(f"mux: rate must be a positive number or None, got {reprlib.repr(rate)}")
-    value = float(rate)
-    if not (0 < value < math.inf):
-        raise ValueError(f"mux: rate must be a positive number or None, got {rate!r}")
-    if value < _MIN_RATE:
-        raise ValueError(
-            f"mux: rate must be at least {_MIN_RATE:g} (or None), got {rate!r}: below 1 an activation "
-            f"yields an item with probability rate, so each item would take about {1 / value:.3g} "
-            "activations"
-        )
-    # Exhaustive mode gives a source up to rate * len(streams) items in its one activation.
-    if mode == "exhaustive" and value * n_streams > _MAX_RATE:
-        raise ValueError(
-            f"mux: rate must keep rate * len(streams) at most {_MAX_RATE:.3g} in exhaustive mode, "
-            f"got rate={rate!r} (rate * len(streams) = {value * n_streams:.3g}); use rate=None to "
-            "run each activation until its source ends"
-        )
-    if value > _MAX_RATE:
-        raise ValueError(
-            f"mux: rate must be at most {_MAX_RATE:.3g} items per activation, got rate={rate!r}; use "
-            "rate=None to run each activation until its source ends"
-        )
-    return value
 
 
 def _uniform(weights: Sequence[float]) -> bool:
@@ -483,9 +390,9 @@ def mux(
     >>> round(out.count("x") / len(out), 1)
     0.8
     """
-    streams_t = _check_streams("mux", streams)
+    streams_t = check_streams("mux", streams)
     n_active = check_int("mux", "n_active", n_active, 1)
-    mode = _check_choice("mux", "mode", mode, MUX_MODES)
+    mode = check_choice("mux", "mode", mode, MUX_MODES)
     if mode != "with_replacement" and n_active > len(streams_t):
         raise ValueError(
             f"mux: mode={mode!r} needs n_active <= the number of streams ({len(streams_t)}), got {n_active}"
@@ -493,10 +400,10 @@ def mux(
     return _Mux(
         streams_t,
         n_active,
-        _check_rate(rate, mode, len(streams_t)),
-        _check_weights("mux", weights, len(streams_t)),
+        check_rate(rate, mode, len(streams_t)),
+        check_weights("mux", weights, len(streams_t)),
         mode,
-        _check_choice("mux", "dist", dist, DISTS),
+        check_choice("mux", "dist", dist, DISTS),
         check_bool("mux", "prune_empty", prune_empty),
         check_seed("mux: seed", seed),
     )
@@ -619,10 +526,10 @@ def shuffled_mux(
     >>> round(sum(c in "xyz" for c in out) / len(out), 1)
     0.8
     """
-    streams_t = _check_streams("shuffled_mux", streams)
+    streams_t = check_streams("shuffled_mux", streams)
     return _ShuffledMux(
         streams_t,
-        _check_weights("shuffled_mux", weights, len(streams_t)),
+        check_weights("shuffled_mux", weights, len(streams_t)),
         check_seed("shuffled_mux: seed", seed),
     )
 
@@ -722,10 +629,10 @@ def round_robin(
     >>> "".join(pf.round_robin([pf.from_iterable("ab"), pf.from_iterable("cde"), pf.from_iterable("fghi")]))
     'acfbdgehi'
     """
-    streams_t = _check_streams("round_robin", streams)
+    streams_t = check_streams("round_robin", streams)
     return _RoundRobin(
         streams_t,
-        _check_choice("round_robin", "mode", mode, ROUND_ROBIN_MODES),
+        check_choice("round_robin", "mode", mode, ROUND_ROBIN_MODES),
         check_seed("round_robin: seed", seed),
     )
 
@@ -820,7 +727,7 @@ def chain(streams: Sequence[Stream[Any]] | Stream[Stream[Any]], mode: str = "exh
     >>> "".join(pf.chain([pf.from_iterable("ab")], mode="cycle") | pf.take(5))
     'ababa'
     """
-    mode = _check_choice("chain", "mode", mode, CHAIN_MODES)
+    mode = check_choice("chain", "mode", mode, CHAIN_MODES)
     if isinstance(streams, Stream):
         return _Chain(streams, mode)
-    return _Chain(_check_streams("chain", streams), mode)
+    return _Chain(check_streams("chain", streams), mode)
