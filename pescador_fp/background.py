@@ -1,12 +1,10 @@
 """``background``: run the upstream pipeline in worker processes, items back through shared memory.
 
-This module joins the layers: it divides the stream among workers, sends
-each worker its part (by cloudpickle), turns items into ring records and back
-(arrays and flat dicts of arrays as raw bytes plus a layout sent once, other
-items by pickle protocol 5 with array bytes out of band; either way copied
-once by the worker straight into the ring), merges the workers' outputs in a
-deterministic order, and makes sure that every way out of the loop stops the
-workers and frees the shared memory.
+This module only orchestrates. It asks ``_divide`` how to split the stream,
+sends each worker its recipe (``_ipc.codec``), makes one ring per worker
+(``_ipc.ring``), starts the workers and the feeder (``_ipc.workers``, running
+``_worker``), merges their outputs (``_merge``), and makes sure that every way
+out of the loop stops the processes and frees the shared memory.
 """
 
 from __future__ import annotations
@@ -14,7 +12,6 @@ from __future__ import annotations
 import multiprocessing
 import os
 import reprlib
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from multiprocessing import resource_tracker
@@ -24,21 +21,17 @@ import cloudpickle
 
 from ._check import check_bool, check_int, check_seconds
 from ._divide import components, divide
-from ._ipc.codec import Decoder, RemoteTraceback, dumps_recipe, load_error
+from ._ipc.codec import dumps_recipe
 from ._ipc.ring import (
-    RECORD_ARRAYS,
-    RECORD_DATA,
-    RECORD_END,
-    RECORD_ERROR,
     Ring,
     default_transport,
     shared_memory_free,
 )
-from ._ipc.workers import Workers, default_start_method, stack_of
-from ._sampling import Picker
+from ._ipc.workers import Workers, default_start_method
+from ._merge import Channel, merge, merge_groups
 from ._seed import MERGE_SEED, SeedContext
 from ._stream import Operator, Stream
-from ._worker import RECORD_MARK, feed, work
+from ._worker import feed, work
 from .errors import PescadorError, WorkerError
 
 __all__ = ["background"]
@@ -84,14 +77,6 @@ def _ring_bytes(requested: int | None, workers: int) -> int:
     if free is None:  # macOS, Windows: no separate limit on shared memory
         return _DEFAULT_RING_BYTES
     return max(_MIN_RING_BYTES, min(_DEFAULT_RING_BYTES, free // (2 * workers)))
-
-
-def _raise_remote(metadata: memoryview, index: int) -> None:
-    error, text = load_error(metadata)
-    if error is None:
-        raise WorkerError(f"background worker {index} raised an error that cannot be sent back: {text}")
-    error.__cause__ = RemoteTraceback(f"\n\nraised in background worker {index}:\n\n{text}")
-    raise error
 
 
 def _background_items(op: _Background, upstream: Stream[Any], ctx: SeedContext, depth: int) -> Iterator[Any]:
@@ -149,14 +134,22 @@ def _background_items(op: _Background, upstream: Stream[Any], ctx: SeedContext, 
         for _, writer in stacks:
             writer.close()
         channels = [
-            _Channel(i, rings, workers, op, count if plan.fed else None, [reader for reader, _ in stacks])
+            Channel(
+                i,
+                rings,
+                workers,
+                op.zero_copy,
+                op.timeout,
+                count if plan.fed else None,
+                [reader for reader, _ in stacks],
+            )
             for i in range(count)
         ]
         if plan.grouped:
-            yield from _merge_groups(channels)
+            yield from merge_groups(channels)
         else:
             weights = [part.weight for part in plan.parts]
-            yield from _merge(channels, weights, ctx.generator(MERGE_SEED, depth))
+            yield from merge(channels, weights, ctx.generator(MERGE_SEED, depth))
     finally:
         for ring in rings + inboxes:
             ring.request_stop()
@@ -166,149 +159,6 @@ def _background_items(op: _Background, upstream: Stream[Any], ctx: SeedContext, 
             ring.close()
         for reader, _ in stacks:
             reader.close()
-
-
-def _merge(channels: list[_Channel], weights: list[float | None], rng: Any) -> Iterator[Any]:
-    """Yield the workers' items: in turn, or (for divided weighted muxes) in proportion to their weights."""
-    live = list(range(len(channels)))
-    picker = Picker([w or 0.0 for w in weights], rng) if any(w is not None for w in weights) else None
-    turn = 0
-    while live:
-        if picker is None:
-            turn %= len(live)
-            index = live[turn]
-            turn += 1
-        elif picker.any_left:
-            index = picker.pick()
-        else:
-            return
-        item = channels[index].next_item()
-        if item is not _ENDED:
-            yield item
-            continue
-        live.remove(index)
-        turn -= 1
-        if picker is not None and live:
-            picker.drop(index)
-
-
-def _merge_groups(channels: list[_Channel]) -> Iterator[Any]:
-    """Yield the workers' outputs group by group in turn: the order of the undivided stream."""
-    live = list(range(len(channels)))
-    turn = 0
-    while live:
-        turn %= len(live)
-        channel = channels[live[turn]]
-        while True:
-            item = channel.next_item()
-            if item is _MARK:
-                turn += 1
-                break
-            if item is _ENDED:
-                del live[turn]
-                break
-            yield item
-
-
-_ENDED = object()
-_MARK = object()
-
-
-class _Channel:
-    """The consumer's end of one worker: its ring, its decoder, and whether it (and the feeder) lives."""
-
-    def __init__(
-        self,
-        index: int,
-        rings: list[Ring],
-        workers: Workers,
-        op: _Background,
-        feeder: int | None,
-        stacks: list[Any],
-    ) -> None:
-        self.index = index
-        self.rings = rings  # shared with the caller, who frees them: a grown ring replaces its entry
-        self.workers = workers
-        self.decoder = Decoder(op.zero_copy)
-        self.feeder = feeder
-        self.timeout = op.timeout
-        self.deadline = 0.0
-        self.started = False  # the worker has loaded its pipeline: the timeout counts from then
-        self.stacks = stacks  # per process (the feeder's last): where its stack comes, on a signal
-
-    def alive(self) -> bool:
-        """Whether the worker (and the feeder, where there is one) may still send something."""
-        if self.timeout is not None and self.started and time.monotonic() > self.deadline:
-            raise self.stalled(self.timeout)
-        feeder = self.feeder
-        if feeder is not None and not self.workers.alive(feeder) and self.workers.processes[feeder].exitcode:
-            raise _renamed(self.workers.failure(feeder), feeder, "the feeder")
-        return self.workers.alive(self.index)
-
-    def stalled(self, timeout: float) -> WorkerError:
-        """The error for a worker that sent nothing for ``timeout`` seconds, saying where it is stuck."""
-        process = self.workers.processes[self.index]
-        frames = stack_of(process, self.stacks[self.index] if self.stacks else None)
-        if self.feeder is not None and any(frame.endswith(" in _fed_items") for frame in frames):
-            feeder = self.workers.processes[self.feeder]
-            where = _where(stack_of(feeder, self.stacks[self.feeder] if self.stacks else None))
-            return WorkerError(
-                f"background: the feeder (pid {feeder.pid}) gave worker {self.index} nothing for "
-                f"{timeout:g} s (timeout={timeout:g}){where}"
-            )
-        return WorkerError(
-            f"background worker {self.index} (pid {process.pid}) sent nothing for {timeout:g} s "
-            f"(timeout={timeout:g}){_where(frames)}"
-        )
-
-    def next_item(self) -> Any:
-        """The worker's next item, ``_MARK`` or ``_ENDED``; handles the records that carry no item."""
-        pending = self.decoder.pending
-        if pending:
-            return pending.popleft()
-        if self.timeout is not None:
-            self.deadline = time.monotonic() + self.timeout
-        while True:
-            ring = self.rings[self.index]
-            try:
-                record = ring.get(self.alive)  # answers a request for a larger ring itself
-            except OSError as error:
-                raise WorkerError(
-                    f"background worker {self.index} has a sample larger than its ring, and the ring "
-                    f"cannot grow: {error.strerror or error}"
-                ) from error
-            if record is None:
-                raise self.workers.failure(self.index)
-            kind, metadata, buffers = record
-            if kind in (RECORD_ARRAYS, RECORD_DATA):
-                return self.decoder.read(ring, kind, metadata, buffers)
-            if kind == RECORD_MARK:
-                ring.release()
-                return _MARK
-            if kind == RECORD_END:
-                ring.release()
-                return _ENDED
-            if kind == RECORD_ERROR:
-                _raise_remote(metadata, self.index)
-            else:  # RECORD_READY
-                ring.release()
-                self.started = True
-                if self.timeout is not None:
-                    self.deadline = time.monotonic() + self.timeout
-
-
-def _renamed(error: WorkerError, index: int, name: str) -> WorkerError:
-    """``error`` about process ``index``, saying ``name`` instead of "background worker <index>"."""
-    return WorkerError(str(error).replace(f"background worker {index}", f"background: {name}", 1))
-
-
-def _where(frames: list[str]) -> str:
-    """The user's frames among ``frames``, innermost first, for an error message."""
-    package = os.path.dirname(os.path.abspath(__file__))
-    users = [frame for frame in frames if package not in frame]
-    if not users:
-        return ""
-    return f"; it is in {users[0]}\nits code, most recent call first:" + "".join(f"\n  {f}" for f in users)
 
 
 @dataclass(frozen=True, repr=False)
