@@ -18,6 +18,7 @@ from ._ipc.codec import Decoder, RemoteTraceback, load_error
 from ._ipc.ring import RECORD_ARRAYS, RECORD_DATA, RECORD_END, RECORD_ERROR, Ring
 from ._ipc.workers import Workers, stack_of
 from ._sampling import Picker
+from ._stream import NOTHING
 from ._worker import RECORD_MARK
 from .errors import WorkerError
 
@@ -47,7 +48,7 @@ def merge(channels: list[Channel], weights: list[float | None], rng: Any) -> Ite
         else:
             return
         item = channels[index].next_item()
-        if item is not _ENDED:
+        if item is not NOTHING:
             yield item
             continue
         live.remove(index)
@@ -68,13 +69,12 @@ def merge_groups(channels: list[Channel]) -> Iterator[Any]:
             if item is _MARK:
                 turn += 1
                 break
-            if item is _ENDED:
+            if item is NOTHING:
                 del live[turn]
                 break
             yield item
 
 
-_ENDED = object()
 _MARK = object()
 
 
@@ -127,7 +127,7 @@ class Channel:
         )
 
     def next_item(self) -> Any:
-        """The worker's next item, ``_MARK`` or ``_ENDED``; handles the records that carry no item."""
+        """The worker's next item, ``_MARK`` or ``NOTHING``; handles the records that carry no item."""
         pending = self.decoder.pending
         if pending:
             return pending.popleft()
@@ -152,7 +152,7 @@ class Channel:
                 return _MARK
             if kind == RECORD_END:
                 ring.release()
-                return _ENDED
+                return NOTHING
             if kind == RECORD_ERROR:
                 _raise_remote(metadata, self.index)
             else:  # RECORD_READY

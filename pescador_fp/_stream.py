@@ -14,13 +14,18 @@ from collections.abc import Generator, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar, overload
 
+import toolz
+
 from ._seed import SeedContext
 
-__all__ = ["Operator", "Stream", "as_stream", "describe_callable", "pipe"]
+__all__ = ["NOTHING", "Operator", "Stream", "as_stream", "describe_callable", "peek", "pipe"]
 
 T = TypeVar("T")
 U = TypeVar("U")
 V = TypeVar("V")
+
+#: "Nothing here": what ``next(items, NOTHING)`` returns at the end of ``items``.
+NOTHING: Any = object()
 
 _AFTER_PIPE = "an operator such as pf.map(f), pf.batch(32) or pf.shuffle(1000) (or operators composed with |)"
 
@@ -285,3 +290,17 @@ def describe_callable(fn: object) -> str:
     if isinstance(name, str):
         return name.rsplit("<locals>.", 1)[-1]
     return reprlib.repr(fn)
+
+
+def peek(items: Iterator[T]) -> tuple[T, Iterator[T]] | None:
+    """The first item and an iterator over all the items, or ``None`` if there are none.
+
+    >>> first, items = peek(iter("ab"))
+    >>> first, list(items), peek(iter(""))
+    ('a', ['a', 'b'], None)
+    """
+    try:
+        first, items = toolz.peek(items)
+    except StopIteration:
+        return None
+    return first, items

@@ -24,7 +24,7 @@ import numpy as np
 from ._check import check_bool, check_choice, check_int, check_rate, check_streams, check_weights
 from ._sampling import BulkDraws, Picker, count_sampler, weighted_order
 from ._seed import Seed, SeedContext, check_seed
-from ._stream import Stream, _run, as_stream
+from ._stream import NOTHING, Stream, _run, as_stream, peek
 
 __all__ = ["chain", "mux", "round_robin", "shuffled_mux"]
 
@@ -33,7 +33,6 @@ DISTS = ("constant", "binomial", "poisson")
 ROUND_ROBIN_MODES = ("exhaustive", "cycle", "permuted_cycle")
 CHAIN_MODES = ("exhaustive", "cycle")
 
-_END = object()
 # The count of an activation that runs until its source ends (rate=None).
 _UNTIL_END = 1 << 62
 
@@ -52,14 +51,6 @@ def _describe_streams(streams: Sequence[Stream[Any]]) -> str:
 def _open(stream: Stream[Any], ctx: SeedContext) -> Generator[Any, None, None]:
     """Open one pass of a sub-stream as a closable generator."""
     return _run(stream, ctx)
-
-
-def _peek(items: Iterator[Any]) -> tuple[Any, Iterator[Any]] | None:
-    """The first item and an iterator over all of them, or None if there is none."""
-    first = next(items, _END)
-    if first is _END:
-        return None
-    return first, itertools.chain((first,), items)
 
 
 # ---------------------------------------------------------------- mux
@@ -250,8 +241,8 @@ class _MuxIterator(_PassIterator):
                     if all(s is None for s in slots):
                         return
                     continue
-                x = next(items, _END)
-                if x is _END:  # the source ran dry before its count
+                x = next(items, NOTHING)
+                if x is NOTHING:  # the source ran dry before its count
                     self._release(k)
                     self._fill(k)
                     continue
@@ -336,7 +327,7 @@ class _MuxIterator(_PassIterator):
                 continue
             self.activations[source] += 1
             gen = _open(m.streams[source], self.below.child(source, self.activations[source]))
-            peeked = _peek(gen)
+            peeked = peek(gen)
             if peeked is None:
                 gen.close()
                 if m.prune_empty:
@@ -473,8 +464,8 @@ class _ShuffledMuxIterator(_PassIterator):
                     items = slots[k] or self._start(k)
                     if items is None:
                         break  # a stream was dropped: draw again with the new weights
-                    x = next(items, _END)
-                    if x is _END:  # an exhausted stream restarts, and this draw takes its first item
+                    x = next(items, NOTHING)
+                    if x is NOTHING:  # an exhausted stream restarts, and this draw takes its first item
                         self._release(k)
                         items = self._start(k)
                         if items is None:
@@ -488,7 +479,7 @@ class _ShuffledMuxIterator(_PassIterator):
         """Open a fresh pass of stream ``k``; drop the stream if the pass is empty."""
         self.passes[k] += 1
         gen = self.gens[k] = _open(self.mux.streams[k], self.below.child(k, self.passes[k]))
-        peeked = _peek(gen)
+        peeked = peek(gen)
         if peeked is None:
             gen.close()
             self.gens[k] = None
@@ -589,8 +580,8 @@ class _RoundRobinIterator(_PassIterator):
                 live, produced = self.live, False
                 while live:
                     for items in list(live):
-                        x = next(items, _END)
-                        if x is _END:
+                        x = next(items, NOTHING)
+                        if x is NOTHING:
                             live.remove(items)
                             items.close()
                             continue
@@ -686,8 +677,8 @@ class _ChainIterator(_PassIterator):
                 for i, sub in enumerate(self.subs):
                     self.index = i
                     self.current = current = _open(as_stream(sub), ctx.child(1, self.round_, i))
-                    first = next(current, _END)
-                    if first is _END:
+                    first = next(current, NOTHING)
+                    if first is NOTHING:
                         continue
                     self.produced = True
                     yield first

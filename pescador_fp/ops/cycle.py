@@ -8,12 +8,11 @@ from typing import Any, TypeVar
 
 from .._check import check_int
 from .._seed import SeedContext
-from .._stream import Operator, Stream
+from .._stream import NOTHING, Operator, Stream
 
 __all__ = ["cycle"]
 
 T = TypeVar("T")
-_NOTHING = object()
 
 
 class _CycleIterator(Iterator[Any]):
@@ -41,8 +40,8 @@ class _CycleIterator(Iterator[Any]):
                 # draw a new, reproducible order every time round.
                 self.current = current = self.upstream._open(self.ctx.child(self.passes))
                 self.passes += 1
-                first = next(current, _NOTHING)
-                if first is _NOTHING:
+                first = next(current, NOTHING)
+                if first is NOTHING:
                     return  # an empty upstream ends the cycle instead of spinning
                 yield first
                 yield from current
