@@ -10,7 +10,7 @@ in the iterators that ``iterate`` returns.
 from __future__ import annotations
 
 import reprlib
-from collections.abc import Generator, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar, overload
 
@@ -18,7 +18,16 @@ import toolz
 
 from ._seed import SeedContext
 
-__all__ = ["NOTHING", "Operator", "Stream", "as_stream", "describe_callable", "peek", "pipe"]
+__all__ = [
+    "NOTHING",
+    "Operator",
+    "Stream",
+    "as_stream",
+    "describe_callable",
+    "install_collection_source",
+    "peek",
+    "pipe",
+]
 
 T = TypeVar("T")
 U = TypeVar("U")
@@ -244,6 +253,16 @@ class Applied(Stream[U], Generic[T, U]):
         return f"{self.upstream!r} | {self.op!r}"
 
 
+# How a re-iterable collection becomes a stream: sources.py installs ``from_iterable`` here
+# (install_collection_source), so that this module needs nothing from the floor above it.
+_collections: list[Callable[[Iterable[Any]], Stream[Any]]] = []
+
+
+def install_collection_source(make: Callable[[Iterable[Any]], Stream[Any]]) -> None:
+    """(sources.py) Make ``as_stream`` wrap re-iterable collections with ``make``."""
+    _collections[:] = [make]
+
+
 def as_stream(x: object) -> Stream[Any]:
     """Return ``x`` as a Stream: Streams pass through, re-iterable collections are wrapped.
 
@@ -259,9 +278,7 @@ def as_stream(x: object) -> Stream[Any]:
             "pf.stream(make_items, *args) calls it afresh for every pass"
         )
     if isinstance(x, Iterable):
-        from .sources import from_iterable
-
-        return from_iterable(x)
+        return _collections[0](x)
     raise TypeError(
         f"expected a Stream or a re-iterable collection, got {reprlib.repr(x)} ({type(x).__name__})"
     )

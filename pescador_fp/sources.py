@@ -23,7 +23,7 @@ from typing import Any, ParamSpec, TypeVar
 import numpy as np
 
 from ._seed import SeedContext
-from ._stream import Stream, describe_callable
+from ._stream import Stream, describe_callable, install_collection_source
 from .errors import PescadorError
 
 __all__ = ["from_arrays", "from_iterable", "stream", "streamable"]
@@ -208,6 +208,9 @@ def from_iterable(items: Iterable[T]) -> Stream[T]:
             f"({type(items).__name__})"
         )
     return _IterableStream(items)
+
+
+install_collection_source(from_iterable)
 
 
 @dataclass(frozen=True, repr=False, eq=False)
