@@ -53,6 +53,7 @@ from collections.abc import Callable, Iterator  # noqa: E402
 from typing import Any  # noqa: E402
 
 import numpy as np  # noqa: E402
+from _timing import round_rates, spread, write_json  # noqa: E402
 
 import pescador_fp as pf  # noqa: E402
 from pescador_fp._ipc.ring import NAME_PREFIX, SHM_DIR  # noqa: E402
@@ -65,6 +66,8 @@ FLOAT = np.dtype(np.float32).itemsize
 # An upper bound on the bytes one measurement streams (peers may buffer all of them).
 MAX_BYTES_PER_RUN = 8 * 1024 * MIB
 QUEUE_MAXSIZE = 8
+BATCH = 64
+BATCH_SAMPLE_FLOATS = 16 * KIB // FLOAT
 
 # A measurement: stream ``n`` items after the first, return the seconds they took.
 Measure = Callable[[int], float]
@@ -108,6 +111,16 @@ def burn(i: int, loops: int) -> int:
     for k in range(loops):
         total += k * k ^ i
     return i if total >= 0 else -1
+
+
+def sample_16k(i: int) -> np.ndarray:
+    """A cheap map: a fresh 16 KiB sample."""
+    return np.full(BATCH_SAMPLE_FLOATS, i, np.float32)
+
+
+def burned_sample_16k(i: int, loops: int) -> np.ndarray:
+    """A CPU-bound map: pure-Python work, then a fresh 16 KiB sample."""
+    return sample_16k(burn(i, loops))
 
 
 class FreshArrays:
@@ -597,6 +610,106 @@ def bench_transports_and_starts(tries: int) -> dict[str, Any]:
     return results
 
 
+# ---------------------------------------------------------------- G. the goals, min/median/max
+
+
+def batch_items(map_fn: Callable[[int], Any], **options: Any) -> Callable[[int], Iterator[Any]]:
+    """``from_iterable(range) | map(map_fn) | batch(64)``, with ``background(**options)`` if any given."""
+
+    def open_items(count: int) -> Iterator[Any]:
+        # Spare samples: with several workers, each drops its own last partial batch.
+        stream = pf.from_iterable(range((count + 3) * BATCH)) | pf.map(map_fn) | pf.batch(BATCH)
+        if options:
+            stream = stream | pf.background(**options)
+        return iter(stream)
+
+    return open_items
+
+
+def goal_cases() -> dict[str, tuple[int, dict[str, Measure], list[tuple[str, str, float]]]]:
+    """Each case: bytes per item, its contenders, and its goals as (ours, reference, ratio)."""
+    cases: dict[str, tuple[int, dict[str, Measure], list[tuple[str, str, float]]]] = {}
+    only = os.environ.get("BENCH_GOALS_ONLY")
+    n = MIB // FLOAT
+    cases["transport 1 MiB"] = (
+        MIB,
+        {"memcpy": memcpy_measure(MIB), "background": iterator_measure(background_items(same_items, n))},
+        [("background", "memcpy", 0.5)],
+    )
+    for nbytes, zmq_goal, inline_goal in ((MIB, 6.0, 0.7), (KIB, 5.0, 0.5)):
+        n = nbytes // FLOAT
+        runs = {
+            "inline": iterator_measure(inline_items(n)),
+            "background": iterator_measure(background_items(fresh_items, n)),
+        }
+        goals = [("background", "inline", inline_goal)]
+        zmq = zmq_items(n)
+        if zmq is not None:
+            runs["zmq"] = iterator_measure(zmq)
+            goals.append(("background", "zmq", zmq_goal))
+        cases[f"fresh {size_name(nbytes)}"] = (nbytes, runs, goals)
+    cases["map|batch(64), cheap map"] = (
+        BATCH * 16 * KIB,
+        {
+            "inline": iterator_measure(batch_items(sample_16k)),
+            "background": iterator_measure(batch_items(sample_16k, workers=1)),
+        },
+        [("background", "inline", 0.95)],
+    )
+    work = functools.partial(burned_sample_16k, loops=calibrate_loops(50e-6))
+    cases["map|batch(64), CPU-bound map"] = (
+        BATCH * 16 * KIB,
+        {
+            "inline": iterator_measure(batch_items(work)),
+            "workers_1": iterator_measure(batch_items(work, workers=1)),
+            "workers_2": iterator_measure(batch_items(work, workers=2)),
+        },
+        [("workers_2", "inline", 1.7)],
+    )
+    return {k: v for k, v in cases.items() if not only or only in k}
+
+
+def bench_goals(target_s: float, repeats: int) -> dict[str, Any]:
+    """Every contender of every case, ``repeats`` rounds in turn: items/s as min/median/max."""
+    results: dict[str, Any] = {}
+    for case, (nbytes, runs, goals) in goal_cases().items():
+        counts = {name: pick_items(run, nbytes, target_s) for name, run in runs.items()}
+        rates = round_rates(runs, counts, repeats)
+        entry: dict[str, Any] = {
+            "bytes_per_item": nbytes,
+            "items_per_s": {k: spread(v) for k, v in rates.items()},
+        }
+        entry["goals"] = [
+            {
+                "ours": ours,
+                "reference": ref,
+                "target": target,
+                "ratio": entry["items_per_s"][ours]["median"] / entry["items_per_s"][ref]["median"],
+            }
+            for ours, ref, target in goals
+        ]
+        results[case] = entry
+        print_goal_case(case, entry)
+    return results
+
+
+def print_goal_case(case: str, entry: dict[str, Any]) -> None:
+    nbytes = entry["bytes_per_item"]
+    print(f"  {case} ({size_name(nbytes)} per item)")
+    for name, s in entry["items_per_s"].items():
+        mib = nbytes / MIB
+        print(
+            f"    {name:<12} items/s min {s['min']:10.0f}  median {s['median']:10.0f}  max {s['max']:10.0f}"
+            f"  (median {s['median'] * mib:7.0f} MiB/s, max/min {s['spread']:.2f})"
+        )
+    for goal in entry["goals"]:
+        ratio, target = goal["ratio"], goal["target"]
+        print(
+            f"    {goal['ours']} / {goal['reference']} = {ratio:.2f}x (medians; target >= {target:g}x): "
+            f"{verdict(ratio, target)}"
+        )
+
+
 # ---------------------------------------------------------------- main
 
 
@@ -620,7 +733,22 @@ def main() -> None:
     parser.add_argument(
         "--transports", action="store_true", help="only E: each transport's throughput and first-item time"
     )
+    parser.add_argument(
+        "--goals",
+        action="store_true",
+        help="only G: the issue's goals, items/s as min/median/max over --repeats rounds",
+    )
+    parser.add_argument("--repeats", type=int, default=7, help="rounds for --goals (default 7)")
     args = parser.parse_args()
+    if args.goals:
+        print(
+            f"G. Goals: {args.repeats} rounds, contenders in turn, ~0.3 s per measurement; "
+            f"load average {os.getloadavg()[0]:.2f}, CPUs {os.cpu_count()}"
+        )
+        goals = bench_goals(0.3, args.repeats)
+        print(f"load average now {os.getloadavg()[0]:.2f}")
+        write_json(args.json, goals)
+        return
     if args.transports:
         print("E. Shared-memory transports and start methods (medians of 7 runs)")
         transports = bench_transports_and_starts(7)

@@ -391,6 +391,7 @@ class Ring:
         self._tail = self._control[_TAIL]
         self._pending_release = 0
         self._repeat: tuple[int, int, int, bytes] | None = None  # (producer) the last record's layout
+        self._reserved = 0  # (producer) the size of the record reserve() made room for, not yet committed
         self._named = bool(segment.name)  # (consumer) the segment may still have a name to remove
 
     # ------------------------------------------------------------ lifetime
@@ -475,11 +476,56 @@ class Ring:
         ``buffers`` are byte views (format ``"B"``), each copied once into the ring.
         """
         n = len(buffers)
+        sizes = [buffers[0].nbytes] if n == 1 else [b.nbytes for b in buffers]
+        position, size, body = self._place(kind, metadata, sizes, alive)
+        data = self._data
+        at = position + body
+        for buffer, nbytes in zip(buffers, sizes):
+            data[at : at + nbytes] = buffer
+            at += (nbytes + _MASK) & ~_MASK
+        self._publish(self._head + size)
+        if n == 1 and not metadata:  # remember the layout: the next record may repeat it
+            self._repeat = (kind, sizes[0], size, bytes(data[position : position + body]))
+
+    def reserve(
+        self,
+        kind: int,
+        metadata: bytes,
+        sizes: Sequence[int],
+        alive: Callable[[], bool] | None = None,
+    ) -> list[memoryview]:
+        """(producer) Make room for a record whose buffers have ``sizes``, and return them to fill in.
+
+        The record is the consumer's only after :meth:`commit`; until then the
+        producer may drop it (by reserving or putting another record instead).
+        Waits for space like :meth:`put`; raise ``Stopped`` if asked to stop.
+        """
+        position, size, body = self._place(kind, metadata, sizes, alive)
+        views, at, data = [], position + body, self._data
+        for nbytes in sizes:
+            views.append(data[at : at + nbytes])
+            at += (nbytes + _MASK) & ~_MASK
+        self._reserved = size
+        return views
+
+    def commit(self) -> None:
+        """(producer) Publish the record that :meth:`reserve` made room for, once its buffers are written."""
+        size, self._reserved = self._reserved, 0
+        if size:
+            self._repeat = None
+            self._publish(self._head + size)
+
+    def _place(
+        self, kind: int, metadata: bytes, sizes: Sequence[int], alive: Callable[[], bool] | None
+    ) -> tuple[int, int, int]:
+        """Wait for room for a record, write its header and metadata; (position, size, header bytes)."""
+        self._reserved = 0
+        n = len(sizes)
         meta_size = len(metadata)
         body = (_HEADER.size + _SIZE.size * n + meta_size + _MASK) & ~_MASK
         size = body
-        for buffer in buffers:
-            size += (buffer.nbytes + _MASK) & ~_MASK
+        for nbytes in sizes:
+            size += (nbytes + _MASK) & ~_MASK
         if size > self.capacity:
             self._grow(size, alive)
         capacity, control, data = self.capacity, self._control, self._data
@@ -490,20 +536,13 @@ class Ring:
         if control[_STOP] or capacity - (self._head - control[_TAIL]) < size:
             self._wait_for_space(size, alive)
         if n == 1:
-            _HEADER_1.pack_into(data, position, kind, 1, size, meta_size, buffers[0].nbytes)
+            _HEADER_1.pack_into(data, position, kind, 1, size, meta_size, sizes[0])
         else:
-            _header(n).pack_into(data, position, kind, n, size, meta_size, *[b.nbytes for b in buffers])
+            _header(n).pack_into(data, position, kind, n, size, meta_size, *sizes)
         if meta_size:
             at = position + _HEADER.size + _SIZE.size * n
             data[at : at + meta_size] = metadata
-        at = position + body
-        for buffer in buffers:
-            nbytes = buffer.nbytes
-            data[at : at + nbytes] = buffer
-            at += (nbytes + _MASK) & ~_MASK
-        self._publish(self._head + size)
-        if n == 1 and not meta_size:  # remember the layout: the next record may repeat it
-            self._repeat = (kind, buffers[0].nbytes, size, bytes(data[position : position + body]))
+        return position, size, body
 
     def _wrap(self, rest: int, alive: Callable[[], bool] | None) -> None:
         """Skip the ``rest`` bytes to the end of the ring, once the consumer has left them.

@@ -15,7 +15,7 @@ from .._stream import Operator, Stream
 from .._tree import flatten, format_path, unflatten
 from ..errors import DataError
 
-__all__ = ["batch", "stack", "unbatch"]
+__all__ = ["batch", "new_axis_batch", "sample_groups", "stack", "unbatch"]
 
 _CONTAINERS = (dict, tuple, list)
 
@@ -166,13 +166,19 @@ def _off_axis(shape: tuple[int, ...], axis: int) -> tuple[int, ...] | None:
     return shape[:cut] + shape[cut + 1 :]
 
 
-def _batches(items: Iterator[Any], size: int, partial: bool, axis: int | None) -> Iterator[Any]:
+def sample_groups(items: Iterator[Any], size: int, partial: bool) -> Iterator[list[Any]]:
+    """The samples of each batch, unstacked: lists of ``size`` (a shorter last one if ``partial``)."""
     while True:
         samples = list(itertools.islice(items, size))
         if len(samples) == size or (partial and samples):
-            yield stack(samples, axis)
+            yield samples
         if len(samples) < size:
             return
+
+
+def _batches(items: Iterator[Any], size: int, partial: bool, axis: int | None) -> Iterator[Any]:
+    for samples in sample_groups(items, size, partial):
+        yield stack(samples, axis)
 
 
 @dataclass(frozen=True, repr=False)
@@ -192,6 +198,13 @@ class _Batch(Operator[Any, Any]):
         options = ", partial=True" if self.partial else ""
         options += "" if self.axis is None else f", axis={self.axis}"
         return f"batch({self.size}{options})"
+
+
+def new_axis_batch(op: Operator[Any, Any]) -> tuple[int, bool] | None:
+    """``(size, partial)`` if ``op`` is a ``batch`` that stacks on a new axis, else ``None``."""
+    if type(op) is _Batch and op.axis is None:
+        return op.size, op.partial
+    return None
 
 
 def batch(size: int, partial: bool = False, axis: int | None = None) -> Operator[Any, Any]:
