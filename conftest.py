@@ -1,4 +1,5 @@
-"""Doctests of the framework adapters run only where their framework is installed (CI installs all)."""
+"""Doctests of the framework adapters run only where their framework is installed (CI installs all), and
+those that import JAX only in the child pytest that tests/test_jax.py and tests/test_keras.py start."""
 
 from __future__ import annotations
 
@@ -8,6 +9,10 @@ import os
 collect_ignore = [
     f"pescador_fp/{name}.py" for name in ("torch", "jax", "keras") if importlib.util.find_spec(name) is None
 ]
+# JAX (under keras too) runs in a child pytest of its own (tests/test_jax.py says why): the main test
+# process never imports it.
+if os.environ.get("PESCADOR_FP_FRAMEWORK_CHILD") != "1":
+    collect_ignore += ["pescador_fp/jax.py", "pescador_fp/keras.py"]
 
 # Keras 3 runs its tests on JAX (CPU), and JAX sees 4 CPU devices for the sharding tests; set before
 # anything imports keras or jax.
