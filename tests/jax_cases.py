@@ -146,3 +146,64 @@ def test_arguments_are_checked_when_built():
         pfj.device_put(batches(), prefetch=0)
     with pytest.raises(TypeError, match=r"device_put: sharding_or_device must be None, a jax\.Device"):
         pfj.device_put(batches(), "gpu")
+
+
+MULTI_PROCESS_SCRIPT = """
+import json, os, sys
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+import jax
+jax.config.update("jax_cpu_collectives_implementation", "gloo")
+jax.distributed.initialize(coordinator_address=sys.argv[2], num_processes=2, process_id=int(sys.argv[1]))
+import numpy as np, pescador_fp as pf, pescador_fp.jax as pfj
+mesh = jax.sharding.Mesh(np.array(jax.devices()), ("batch",))
+sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("batch"))
+train = pf.from_arrays({"x": np.arange(64, dtype=np.float32), "id": np.arange(64)}) | pf.batch(8)
+ids, shapes, sums = [], [], []
+for b in pfj.device_put(train, sharding).iterate(seed=0):
+    shapes.append(b["id"].shape)
+    ids.append(sorted(int(v) for s in b["id"].addressable_shards for v in np.asarray(s.data)))
+    sums.append(float(jax.jit(lambda x: x.sum())(b["x"])))
+print("RESULT " + json.dumps({"ids": ids, "shapes": shapes, "sums": sums}), flush=True)
+jax.distributed.shutdown()
+"""
+
+
+def test_two_processes_each_load_their_part_of_global_batches(tmp_path):
+    import json
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / "multi.py"
+    script.write_text(MULTI_PROCESS_SCRIPT)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{s.getsockname()[1]}"
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(script), str(i), address],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    try:
+        logs = [p.communicate(timeout=90)[0] for p in procs]  # a hang fails here
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    assert [p.returncode for p in procs] == [0, 0], logs
+    results = [json.loads(log.split("RESULT ", 1)[1].splitlines()[0]) for log in logs]
+    for i, result in enumerate(results):
+        assert result["shapes"] == [[16]] * 4  # global batches: 8 rows from each process
+        assert result["ids"] == [
+            list(range(16 * k + i, 16 * k + 16, 2)) for k in range(4)
+        ]  # its shard's rows
+        assert result["sums"] == [float(sum(range(16 * k, 16 * k + 16))) for k in range(4)]
