@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import itertools
 import numbers
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from .._check import check_bool, check_int
-from .._divide import divide_ranks, rebuild
+from .._divide import Plan, divide_ranks, rebuild
 from .._seed import SeedContext
 from .._stream import Operator, Stream
 
@@ -109,9 +109,9 @@ class _Given(Stream[Any]):
 
 @dataclass(frozen=True, repr=False, eq=False)
 class _Dealt(Stream[Any]):
-    """(rank) Items ``index, index + count, ...`` of ``head`` (run with the pass seed), then ``tail``."""
+    """(rank) Items ``index, index + count, ...`` of ``undivided`` (run with the pass seed), then ``tail``."""
 
-    head: Stream[Any]
+    undivided: Stream[Any]  # the head that every rank runs
     tail: tuple[Operator[Any, Any], ...]
     index: int
     count: int
@@ -125,16 +125,16 @@ class _Dealt(Stream[Any]):
     def _open(self, ctx: SeedContext) -> Iterator[Any]:
         if ctx.root is None:
             raise ValueError(
-                f"shard({self.index}, {self.count}): {self.head!r} does not divide at a source, so "
+                f"shard({self.index}, {self.count}): {self.undivided!r} does not divide at a source, so "
                 f"every rank runs it and keeps its items {self.index}, {self.index} + {self.count}, ...; "
                 "that is exact only when all ranks see the same items in the same order: iterate with "
                 "a pass seed that all ranks share, s.iterate(seed=epoch)"
             )
-        items = _every(self.head._open(ctx), self.index, self.count)
-        return rebuild(_Given(items, self.head.depth), self.tail)._open(ctx.child(*self.keys))
+        items = _every(self.undivided._open(ctx), self.index, self.count)
+        return rebuild(_Given(items, self.undivided.depth), self.tail)._open(ctx.child(*self.keys))
 
     def _length(self) -> int | None:
-        n = self.head._length()
+        n = self.undivided._length()
         if n is None:
             return None
         length: int | None = len(range(self.index, n, self.count))
@@ -145,7 +145,7 @@ class _Dealt(Stream[Any]):
         return length
 
     def _describe(self) -> str:
-        return f"<every {self.count}-th item of {self.head!r} from {self.index}>"
+        return f"<every {self.count}-th item of {self.undivided!r} from {self.index}>"
 
 
 def _every(items: Iterator[Any], start: int, step: int) -> Iterator[Any]:
@@ -168,8 +168,20 @@ def _first(items: Iterator[Any], n: int) -> Iterator[Any]:
 
 def _rank_part(upstream: Stream[Any], index: int, count: int, at: int) -> tuple[Stream[Any], float | None]:
     """Rank ``index``'s part of ``upstream`` as a stream, and its weight (as ``divide`` gives it)."""
+    return _rank_parts(upstream, count, at, (index,))[0]
+
+
+def _rank_parts(
+    upstream: Stream[Any], count: int, at: int, ranks: Sequence[int]
+) -> list[tuple[Stream[Any], float | None]]:
+    """The parts of ``ranks`` (one division of ``upstream``)."""
     plan, which = divide_ranks(upstream, count)
-    k = which[index]
+    return [_part_of(upstream, plan, which[index], index, count, at) for index in ranks]
+
+
+def _part_of(
+    upstream: Stream[Any], plan: Plan, k: int | None, index: int, count: int, at: int
+) -> tuple[Stream[Any], float | None]:
     if k is None:
         what = f"{upstream!r} divides among {len(plan.parts)} parts, not {count}"
         return _Nothing(what, at), 0.0
@@ -183,7 +195,7 @@ def _rank_part(upstream: Stream[Any], index: int, count: int, at: int) -> tuple[
 
 def _equal_length(upstream: Stream[Any], count: int, op: _Shard) -> int:
     """The number of items every rank yields with ``equal=True``: the shortest part's length."""
-    parts = [_rank_part(upstream, rank, count, 0)[0] for rank in range(count)]
+    parts = [part for part, _ in _rank_parts(upstream, count, 0, range(count))]
     for rank, part in enumerate(parts):
         if isinstance(part, _Nothing):
             raise ValueError(
