@@ -9,6 +9,9 @@ in the iterators that ``iterate`` returns.
 
 from __future__ import annotations
 
+import html
+import itertools
+import numbers
 import reprlib
 from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass
@@ -16,7 +19,7 @@ from typing import Any, Generic, TypeVar, overload
 
 import toolz
 
-from ._seed import SeedContext
+from ._seed import WORKER_BRANCH, SeedContext
 
 __all__ = [
     "NOTHING",
@@ -27,6 +30,7 @@ __all__ = [
     "install_collection_source",
     "peek",
     "pipe",
+    "undivided_path",
 ]
 
 T = TypeVar("T")
@@ -35,6 +39,15 @@ V = TypeVar("V")
 
 #: "Nothing here": what ``next(items, NOTHING)`` returns at the end of ``items``.
 NOTHING: Any = object()
+
+# The sub-streams of a multiplexer listed in its notebook display; the rest are counted.
+_HTML_CHILDREN = 8
+
+_NO_LENGTH = (
+    "a Stream has no length: it is a recipe for passes, which may be endless or of a random "
+    "length; look at a few items with s.head(n) (or s | pf.take(n)), or count one pass with "
+    "sum(1 for _ in s)"
+)
 
 _AFTER_PIPE = "an operator such as pf.map(f), pf.batch(32) or pf.shuffle(1000) (or operators composed with |)"
 
@@ -93,8 +106,55 @@ class Stream(Generic[T]):
         """
         return None
 
+    def _numbering(self) -> tuple[int, int] | None:
+        """Where the items of a pass sit in the stream this one was divided from.
+
+        ``(start, step)``: item ``j`` of a pass is item ``start + j * step`` of
+        the undivided stream (a whole stream is ``(0, 1)``); ``None``: not known
+        (a multiplexer's part, items dealt by a feeder). ``pf.map(fn, rng=True)``
+        numbers its items with it, so that an item draws the same numbers
+        however the stream was divided.
+        """
+        return None
+
     def __repr__(self) -> str:
         return self._describe()
+
+    def _repr_html_(self) -> str:
+        """The pipeline as a list of stages, source first (what notebooks display).
+
+        >>> import pescador_fp as pf
+        >>> html = (pf.from_iterable(range(3)) | pf.map(str))._repr_html_()
+        >>> html.count("<li>"), "map(str)" in html
+        (2, True)
+        """
+        return f'<div class="pescador-fp-stream"><b>Stream</b>{_stages_html(self)}</div>'
+
+    def head(self, n: int = 5, *, seed: object = None) -> list[T]:
+        """Return the first ``n`` items of a pass as a list; the pass is closed after (workers stop).
+
+        ``seed`` roots the pass's randomness, as in :meth:`iterate`.
+
+        >>> import pescador_fp as pf
+        >>> (pf.from_iterable(range(100)) | pf.map(lambda x: x * x)).head(4)
+        [0, 1, 4, 9]
+        """
+        value: object = n
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise TypeError(f"head: n must be an integer >= 0, got {reprlib.repr(n)} ({type(n).__name__})")
+        if n < 0:
+            raise ValueError(f"head: n must be an integer >= 0, got {n!r}")
+        items = _run(self, SeedContext.for_pass(seed))
+        try:
+            return list(itertools.islice(items, int(n)))
+        finally:
+            items.close()
+
+    def __len__(self) -> int:
+        raise TypeError(_NO_LENGTH)
+
+    def __bool__(self) -> bool:
+        return True  # not len(): a stream is always something, even an empty one
 
     def iterate(self, seed: object = None) -> Iterator[T]:
         """Start a pass over the stream; ``seed`` roots all randomness of the pass.
@@ -249,8 +309,51 @@ class Applied(Stream[U], Generic[T, U]):
     def _length(self) -> int | None:
         return self.op._length_after(self.upstream)
 
+    def _numbering(self) -> tuple[int, int] | None:
+        return self.upstream._numbering() if self.op._one_to_one else None
+
     def _describe(self) -> str:
         return f"{self.upstream!r} | {self.op!r}"
+
+
+def _stages_html(stream: Stream[Any]) -> str:
+    """``stream``'s stages as an HTML list, source first; a multiplexer's sources nested below it."""
+    ops: list[Operator[Any, Any]] = []
+    while isinstance(stream, Applied):
+        ops.append(stream.op)
+        stream = stream.upstream
+    items = [f"<li><code>{html.escape(repr(stream))}</code>{_children_html(stream)}</li>"]
+    items += [f"<li><code>| {html.escape(repr(op))}</code></li>" for op in reversed(ops)]
+    return f"<ol>{''.join(items)}</ol>"
+
+
+def _children_html(stream: Stream[Any]) -> str:
+    children = stream.children
+    if not children:
+        return ""
+    shown = "".join(f"<li>{_stages_html(child)}</li>" for child in children[:_HTML_CHILDREN])
+    more = len(children) - _HTML_CHILDREN
+    rest = f"<li>… and {more} more</li>" if more > 0 else ""
+    noun = "source" if len(children) == 1 else "sources"
+    return f"<details><summary>{len(children)} {noun}</summary><ul>{shown}{rest}</ul></details>"
+
+
+def undivided_path(path: tuple[int, ...]) -> tuple[int, ...]:
+    """A branch path without the ``(WORKER_BRANCH, part)`` keys that dividing a stream adds.
+
+    >>> undivided_path((3, WORKER_BRANCH, 1, 7)), undivided_path((5,))
+    ((3, 7), (5,))
+    """
+    if WORKER_BRANCH not in path:
+        return path
+    kept: list[int] = []
+    keys = iter(path)
+    for key in keys:
+        if key == WORKER_BRANCH:
+            next(keys, None)
+        else:
+            kept.append(key)
+    return tuple(kept)
 
 
 # How a re-iterable collection becomes a stream: sources.py installs ``from_iterable`` here

@@ -191,3 +191,94 @@ def test_streams_are_frozen():
     s = pf.from_iterable([1]) | OP
     with pytest.raises(AttributeError):
         s.op = pf.take(0)  # type: ignore[misc]
+
+
+# ---------------------------------------------------------------- head, len, notebook display
+
+
+def test_head_returns_the_first_items_and_closes_the_pass():
+    rec = Recorder(None)
+    s = rec.stream() | pf.map(lambda x: x * 10)
+    assert s.head(3) == [0, 10, 20]
+    assert rec.pulled == [3] and rec.closed == 1
+    assert s.head() == [0, 10, 20, 30, 40]
+    assert s.head(0) == [] and rec.pulled == [3, 5]  # nothing opened for no items
+
+
+def test_head_is_shorter_on_a_short_stream_and_takes_a_pass_seed():
+    assert pf.from_iterable("ab").head(5) == ["a", "b"]
+    s = pf.from_iterable(range(50)) | pf.shuffle(50)
+    assert s.head(10, seed=3) == s.head(10, seed=3) == list(s.iterate(seed=3))[:10]
+
+
+def test_head_stops_background_workers():
+    import multiprocessing
+
+    s = pf.from_iterable(range(10_000)) | pf.map(lambda x: x + 1) | pf.background(workers=2)
+    assert s.head(3) == [1, 2, 3]
+    assert multiprocessing.active_children() == []
+
+
+@pytest.mark.parametrize(("n", "error"), [(-1, ValueError), (1.5, TypeError), (True, TypeError)])
+def test_head_checks_n(n, error):
+    with pytest.raises(error, match=r"head: n must be an integer >= 0, got"):
+        pf.from_iterable([1]).head(n)
+
+
+def test_len_explains_that_streams_have_no_length():
+    s = pf.from_iterable(range(3)) | OP
+    with pytest.raises(TypeError, match=r"no length.*s\.head\(n\).*pf\.take\(n\)"):
+        len(s)
+    # Everything that only asks for a length hint still works, and an empty stream is still truthy.
+    assert list(s) == [1, 2, 3] and tuple(s) == (1, 2, 3) and [*s] == [1, 2, 3]
+    assert bool(pf.from_iterable([]))
+
+
+def _parse_stages(markup):
+    """The text of each top-level <li> of the first <ol>, and the nesting depth of every <ol>."""
+    from html.parser import HTMLParser
+
+    class Stages(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.depth, self.stages, self.lists = 0, [], 0
+
+        def handle_starttag(self, tag, attrs):
+            if tag in ("ol", "ul"):
+                self.depth += 1
+                self.lists += 1
+            elif tag == "li" and self.depth == 1:
+                self.stages.append("")
+
+        def handle_endtag(self, tag):
+            if tag in ("ol", "ul"):
+                self.depth -= 1
+
+        def handle_data(self, data):
+            if self.depth == 1:
+                self.stages[-1] += data
+
+    parser = Stages()
+    parser.feed(markup)
+    parser.close()
+    assert parser.depth == 0  # every list closed
+    return parser.stages, parser.lists
+
+
+def test_repr_html_lists_the_stages_source_first_and_repr_stays_one_line():
+    s = pf.from_iterable(range(3)) | pf.map(str) | pf.batch(2) | pf.background(workers=2)
+    stages, _ = _parse_stages(s._repr_html_())
+    assert stages == ["from_iterable(range(0, 3))", "| map(str)", "| batch(2)", "| background(workers=2)"]
+    assert "\n" not in repr(s)
+
+
+def test_repr_html_shows_a_mux_with_its_sources_and_weights_escaped():
+    sources = [pf.from_iterable([i]) | pf.map(str) for i in range(12)]
+    s = pf.mux(sources, 3, weights=list(range(1, 13)), seed=0) | pf.take(2)
+    markup = s._repr_html_()
+    stages, lists = _parse_stages(markup)
+    assert stages[0].startswith("mux(<12 streams>, n_active=3") and "weights=[1.0, 2.0" in stages[0]
+    assert stages[0].endswith("12 sources") and "<li>… and 4 more</li>" in markup
+    assert stages[-1] == "| take(2)"
+    assert lists == 1 + 1 + 8  # the pipeline, the sources, and the 8 sources shown
+    assert "&lt;12 streams&gt;" in markup  # repr text is escaped
