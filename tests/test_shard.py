@@ -149,8 +149,11 @@ def test_equal_knows_lengths_through_arrays_tuples_and_batch():
 
 def test_equal_over_an_undividable_stream_of_known_length():
     stream = pf.from_iterable(range(10)) | pf.take(10) | pf.map(lambda x: x)
-    with pytest.raises(ValueError, match="cannot be known in advance"):
-        list(stream | pf.shard(0, 3, equal=True))
+    with pytest.raises(ValueError, match=r"s\.iterate\(seed=epoch\)"):
+        list(stream | pf.shard(0, 3, equal=True))  # every rank runs the head: only exact under a pass seed
+    parts = [list((stream | pf.shard(r, 3, equal=True)).iterate(seed=0)) for r in range(3)]
+    assert [len(p) for p in parts] == [3, 3, 3]
+    assert len(set().union(*parts)) == 9
 
 
 def test_equal_where_lengths_are_unknown_says_so_and_names_the_way_out():
@@ -235,3 +238,11 @@ def test_repr_and_pickling():
     assert repr(s) == "from_iterable(range(0, 6)) | shard(1, 3, equal=True) | map(<lambda>)"
     assert ints(pickle.loads(cloudpickle.dumps(s))) == [2, 5]
     assert repr(pf.shard(0, 2) | pf.batch(2)) == "shard(0, 2) | batch(2)"
+
+
+def test_equal_shards_see_through_shuffle_take_and_skip():
+    data = np.arange(103)
+    for tail in (pf.shuffle(16) | pf.batch(4), pf.take(90) | pf.batch(4), pf.skip(7) | pf.batch(4)):
+        s = pf.from_arrays(data) | tail
+        counts = [len(list((s | pf.shard(r, 3, equal=True)).iterate(seed=1))) for r in range(3)]
+        assert len(set(counts)) == 1 and counts[0] > 0

@@ -79,6 +79,7 @@ def _close(items: Iterator[Any]) -> None:
 
 @dataclass(frozen=True, repr=False)
 class _Shuffle(Operator[Any, Any]):
+    _keeps_length = True  # a permutation of its input
     _splittable = True
     buffer_size: int
     seed: Seed | None

@@ -29,6 +29,9 @@ def _first(items: Iterator[Any], n: int) -> Iterator[Any]:
 class _Take(Operator[Any, Any]):
     n: int
 
+    def _output_length(self, n: int) -> int | None:
+        return min(n, self.n)
+
     def _open(self, upstream: Stream[Any], ctx: SeedContext, depth: int) -> Iterator[Any]:
         if self.n == 0:
             return iter(())
@@ -41,6 +44,9 @@ class _Take(Operator[Any, Any]):
 @dataclass(frozen=True, repr=False)
 class _Skip(Operator[Any, Any]):
     n: int
+
+    def _output_length(self, n: int) -> int | None:
+        return max(0, n - self.n)
 
     def _open(self, upstream: Stream[Any], ctx: SeedContext, depth: int) -> Iterator[Any]:
         return itertools.islice(upstream._open(ctx), self.n, None)
