@@ -35,6 +35,7 @@ from .ops.tuples import keras_tuples as keras_tuples
 from .ops.tuples import tuples as tuples
 from .sources import from_arrays as from_arrays
 from .sources import from_iterable as from_iterable
+from .sources import random_stream as random_stream
 from .sources import stream as stream
 from .sources import streamable as streamable
 
@@ -59,6 +60,7 @@ __all__ = [
     "mapcat",
     "mux",
     "pipe",
+    "random_stream",
     "round_robin",
     "shard",
     "shuffle",
