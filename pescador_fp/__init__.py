@@ -27,6 +27,7 @@ from .ops.cycle import cycle as cycle
 from .ops.map import filter as filter
 from .ops.map import map as map
 from .ops.map import mapcat as mapcat
+from .ops.progress import progress as progress
 from .ops.shard import shard as shard
 from .ops.shuffle import shuffle as shuffle
 from .ops.take import skip as skip
@@ -60,6 +61,7 @@ __all__ = [
     "mapcat",
     "mux",
     "pipe",
+    "progress",
     "random_stream",
     "round_robin",
     "shard",

@@ -3,26 +3,25 @@
 Writes a small synthetic dataset of ``.npy`` files to a temporary folder and
 streams it for a few epochs: a ``mux`` over one source per file (a bounded
 working set of open files, every row once per epoch), then ``shuffle | map |
-batch``, all of it in ``background`` worker processes. Shows progress, and
-prints what it did and how fast.
+batch``, all of it in ``background`` worker processes. Shows progress with
+``pf.progress`` (where tqdm is installed: ``pip install "pescador_fp[progress]"``),
+and prints what it did and how fast.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 import numpy as np
 
 import pescador_fp as pf
-
-# How often the progress line is redrawn.
-_PROGRESS_INTERVAL_S = 0.2
 
 
 def write_dataset(folder: Path, files: int, rows: int, dim: int, classes: int, seed: int) -> list[Path]:
@@ -51,33 +50,6 @@ def standardize(sample: dict[str, Any]) -> dict[str, Any]:
     """Scale the features to unit norm (the per-sample 'augmentation' of the demo)."""
     x = sample["x"]
     return {"x": x / np.float32(np.linalg.norm(x) + 1e-6), "y": sample["y"]}
-
-
-class Progress:
-    """A one-line progress report on a terminal, or a line per quarter elsewhere."""
-
-    def __init__(self, total: int, out: TextIO) -> None:
-        self.total, self.out = total, out
-        self.start = self.last = time.perf_counter()
-        self.tty = out.isatty()
-        self.quarter = 0
-
-    def update(self, done: int, label: str) -> None:
-        now = time.perf_counter()
-        rate = done / max(now - self.start, 1e-9)
-        fraction = done / self.total
-        if self.tty and (now - self.last >= _PROGRESS_INTERVAL_S or done == self.total):
-            bar = "#" * int(30 * fraction)
-            self.out.write(f"\r{label} [{bar:<30}] {done:>9,}/{self.total:,} samples {rate:>11,.0f}/s")
-            self.out.flush()
-            self.last = now
-        elif not self.tty and fraction >= (self.quarter + 1) / 4:
-            self.quarter = int(fraction * 4)
-            self.out.write(f"{label}: {done:,}/{self.total:,} samples, {rate:,.0f}/s\n")
-
-    def finish(self) -> None:
-        if self.tty:
-            self.out.write("\n")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -119,22 +91,24 @@ def main(argv: list[str] | None = None) -> int:
         )
 
         per_worker = args.files * args.rows // args.workers
-        total = args.epochs * args.workers * (per_worker // args.batch_size) * args.batch_size
-        progress = Progress(total, sys.stderr)
+        batches_per_epoch = args.workers * (per_worker // args.batch_size)
+        shown = importlib.util.find_spec("tqdm") is not None
+        if not shown:
+            print('(no progress bar: pip install "pescador_fp[progress]" to see one)')
         done = batches = 0
         first_labels = []
         counts = np.zeros(classes, dtype=np.int64)
         start = time.perf_counter()
         for epoch in range(args.epochs):
-            for i, b in enumerate(train.iterate(seed=epoch)):
+            label = f"epoch {epoch + 1}/{args.epochs}"
+            epoch_stream = train | pf.progress(batches_per_epoch, desc=label) if shown else train
+            for i, b in enumerate(epoch_stream.iterate(seed=epoch)):
                 if i == 0:
                     first_labels.append(b["y"][:8].tolist())
                 counts += np.bincount(b["y"], minlength=classes)
                 done += len(b["y"])
                 batches += 1
-                progress.update(done, f"epoch {epoch + 1}/{args.epochs}")
         elapsed = time.perf_counter() - start
-        progress.finish()
 
     sample_bytes = args.dim * 4 + 8
     print(

@@ -31,6 +31,7 @@ CASES = {
     "cache": (pf.cache(4, prob=0.3, seed=2), DICTS, [(0,), (4, 2), (4, 0.5, -3)]),
     "background": (pf.background(2), DICTS, [(0,), (1.5,)]),
     "shard": (pf.shard(1, 3), DICTS, [(3, 3), (0, 0), (1.5, 2)]),
+    "progress": (pf.progress(), DICTS, [(-1,), (None, 3)]),
 }
 
 OPERATOR_NAMES = sorted(CASES)

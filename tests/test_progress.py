@@ -1,0 +1,57 @@
+"""progress: a tqdm display that leaves the items alone, sized from the stream, closed on every way out."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+import pescador_fp as pf
+
+tqdm_auto = pytest.importorskip("tqdm.auto")
+
+
+def test_items_pass_unchanged_and_the_bar_counts_them(capsys):
+    s = pf.from_iterable(range(7)) | pf.map(lambda x: x * 2) | pf.progress(desc="train")
+    assert list(s) == [0, 2, 4, 6, 8, 10, 12]
+    err = capsys.readouterr().err
+    assert "train" in err and "7/7" in err  # the total comes from the stream's length
+
+
+def test_an_explicit_total_and_an_unknown_length(capsys):
+    list(pf.stream(iter, "abc") | pf.progress(total=10))
+    assert "3/10" in capsys.readouterr().err
+    list(pf.stream(iter, "abcd") | pf.progress())
+    err = capsys.readouterr().err
+    assert "4item [" in err and "4/" not in err  # counted with no end
+
+
+def test_the_bar_and_the_upstream_close_when_the_pass_stops_early(capsys):
+    from helpers import Recorder
+
+    rec = Recorder(None)
+    assert (rec.stream() | pf.progress()).head(3) == [0, 1, 2]
+    assert rec.closed == 1
+    assert len(tqdm_auto.tqdm._instances) == 0
+
+
+def test_progress_after_background_counts_what_the_consumer_receives(capsys):
+    s = pf.from_iterable(range(20)) | pf.map(lambda x: x + 1) | pf.background(workers=2) | pf.progress()
+    assert list(s) == list(range(1, 21))
+    assert "20item [" in capsys.readouterr().err
+
+
+def test_arguments_are_checked_when_built():
+    with pytest.raises(ValueError, match=r"progress: total must be an integer >= 0, got -1"):
+        pf.progress(total=-1)
+    with pytest.raises(TypeError, match=r"progress: desc must be a string or None, got 3 \(int\)"):
+        pf.progress(desc=3)
+    assert (
+        repr(pf.progress(10, "x")) == "progress(total=10, desc='x')" and repr(pf.progress()) == "progress()"
+    )
+
+
+def test_without_tqdm_building_says_how_to_install_it(monkeypatch):
+    monkeypatch.setitem(sys.modules, "tqdm", None)
+    with pytest.raises(ImportError, match=r"pescador_fp\[progress\]"):
+        pf.progress()
