@@ -79,6 +79,14 @@ class Stream(Generic[T]):
     def _describe(self) -> str:
         raise NotImplementedError
 
+    def _row_batches(self, size: int, partial: bool) -> Iterator[Any] | None:
+        """Batches of ``size`` samples as slices of the source's arrays, where such a slice is
+        exactly what stacking the samples gives (``from_arrays``); ``None`` elsewhere.
+
+        A background worker whose part ends in ``batch`` copies these straight into its ring.
+        """
+        return None
+
     @property
     def children(self) -> tuple[Stream[Any], ...]:
         """The streams this one reads from: none for a source, the sources of a mux.

@@ -14,8 +14,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from ._divide import Part, rebuild
 from ._ipc.codec import Decoder, Encoder, loads_recipe, send_error
 from ._ipc.ring import (
@@ -33,7 +31,6 @@ from ._seed import SeedContext
 from ._stream import Applied, Stream, _run
 from .errors import WorkerError
 from .ops.batch import new_axis_batch, sample_groups, stack
-from .sources import _ARRAY_CHUNK_ROWS, _ArrayStream, _releaser
 
 __all__ = ["RECORD_MARK", "feed", "work"]
 
@@ -109,8 +106,9 @@ def _write_all(stream: Stream[Any], ctx: SeedContext, encoder: Encoder, ring: Ri
     assert isinstance(stream, Applied)
     size, partial = batching
     upstream = stream.upstream
-    if type(upstream) is _ArrayStream and _slices_stack(upstream):
-        for item in _sliced_batches(upstream, size, partial):
+    row_batches = upstream._row_batches(size, partial)
+    if row_batches is not None:
+        for item in row_batches:
             encoder.write_columns(ring, item, alive)
         return
     for samples in _sample_groups(upstream, ctx, size, partial):
@@ -122,39 +120,6 @@ def _write_all(stream: Stream[Any], ctx: SeedContext, encoder: Encoder, ring: Ri
 def _sample_groups(upstream: Stream[Any], ctx: SeedContext, size: int, partial: bool) -> Iterator[list[Any]]:
     # A generator, like _run: nothing is opened before the first next().
     yield from sample_groups(upstream._open(ctx), size, partial)
-
-
-def _slices_stack(source: _ArrayStream) -> bool:
-    """Whether a slice of rows of each array is what stacking those rows gives (same dtype, same bytes)."""
-    if not source.single and source.keys is None:
-        return False  # tuples of rows stack into tuples: pickled anyway
-    for array in source.arrays:
-        dtype = array.dtype
-        if type(array) not in (np.ndarray, np.memmap) or not dtype.isnative:
-            return False
-        # Rows of a 1-d array are numpy scalars: only numbers and times stack back to the same dtype.
-        if dtype.kind not in ("biufcmM" if array.ndim == 1 else "biufcmMSU"):
-            return False
-    return True
-
-
-def _sliced_batches(source: _ArrayStream, size: int, partial: bool) -> Iterator[Any]:
-    """The batches of ``from_arrays`` rows as row slices (views); pages are released chunk by chunk."""
-    arrays, n = source.arrays, len(source.arrays[0])
-    releases = [_releaser(a) for a in arrays]
-    released = 0
-    for start in range(0, n, size):
-        stop = min(start + size, n)
-        if stop - start < size and not partial:
-            break
-        chunks = [np.asarray(a[start:stop]) for a in arrays]
-        yield chunks[0] if source.single else dict(zip(source.keys or (), chunks))
-        del chunks
-        if stop - released >= _ARRAY_CHUNK_ROWS or stop == n:
-            for release, array in zip(releases, arrays):
-                if release is not None:
-                    release(np.asarray(array[released:stop]))
-            released = stop
 
 
 def _worker_stream(part: Part, grouped: bool, ring: Ring, fed: Ring | None, alive: Any) -> Stream[Any]:

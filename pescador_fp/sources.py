@@ -288,6 +288,9 @@ class _ArrayStream(Stream[Any]):
     def _open(self, ctx: SeedContext) -> Iterator[Any]:
         return _array_rows(self.arrays, self.keys, self.single)
 
+    def _row_batches(self, size: int, partial: bool) -> Iterator[Any] | None:
+        return _sliced_batches(self, size, partial) if _slices_stack(self) else None
+
     def _divide(self, index: int, count: int) -> tuple[Stream[Any], float | None] | None:
         start, step = self.numbering
         rows = tuple(a[index::count] for a in self.arrays)
@@ -543,3 +546,40 @@ def _reopen(
     if not writeable:
         array.flags.writeable = False
     return array
+
+
+# ---------------------------------------------------------------- batches as row slices
+
+
+def _slices_stack(source: _ArrayStream) -> bool:
+    """Whether a slice of rows of each array is what stacking those rows gives (same dtype, same bytes)."""
+    if not source.single and source.keys is None:
+        return False  # tuples of rows stack into tuples: pickled anyway
+    for array in source.arrays:
+        dtype = array.dtype
+        if type(array) not in (np.ndarray, np.memmap) or not dtype.isnative:
+            return False
+        # Rows of a 1-d array are numpy scalars: only numbers and times stack back to the same dtype
+        # and bytes (a bool scalar is 0 or 1 whatever byte the array held).
+        if dtype.kind not in ("iufcmM" if array.ndim == 1 else "biufcmMSU"):
+            return False
+    return True
+
+
+def _sliced_batches(source: _ArrayStream, size: int, partial: bool) -> Iterator[Any]:
+    """The batches of ``from_arrays`` rows as row slices (views); pages are released chunk by chunk."""
+    arrays, n = source.arrays, len(source.arrays[0])
+    releases = [_releaser(a) for a in arrays]
+    released = 0
+    for start in range(0, n, size):
+        stop = min(start + size, n)
+        if stop - start < size and not partial:
+            break
+        chunks = [np.asarray(a[start:stop]) for a in arrays]
+        yield chunks[0] if source.single else dict(zip(source.keys or (), chunks))
+        del chunks
+        if stop - released >= _ARRAY_CHUNK_ROWS or stop == n:
+            for release, array in zip(releases, arrays):
+                if release is not None:
+                    release(np.asarray(array[released:stop]))
+            released = stop
