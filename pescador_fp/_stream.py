@@ -24,8 +24,10 @@ from ._seed import WORKER_BRANCH, SeedContext
 __all__ = [
     "NOTHING",
     "Operator",
+    "PassIterator",
     "Stream",
     "as_stream",
+    "close_iterator",
     "describe_callable",
     "install_collection_source",
     "peek",
@@ -432,3 +434,49 @@ def peek(items: Iterator[T]) -> tuple[T, Iterator[T]] | None:
     except StopIteration:
         return None
     return first, items
+
+
+class PassIterator(Iterator[Any]):
+    """One pass of a stage with state (a multiplexer, shuffle, cache, cycle): the state in
+    named fields, the per-item loop in :meth:`items`.
+
+    ``_open`` hands out the generator ``items()`` itself: a ``__next__`` written
+    in Python would cost about 0.1 us more per item than the generator. Used as
+    an iterator, the object runs the same loop; ``close()`` closes every source
+    it holds open (:meth:`release`), and so does the end, the ``close()`` or the garbage collection
+    of ``items()``.
+    """
+
+    __slots__ = ("_items",)
+
+    def __init__(self) -> None:
+        self._items: Generator[Any, None, None] | None = None
+
+    def items(self) -> Generator[Any, None, None]:
+        """The items of the pass; closes every open source when it ends or is closed."""
+        raise NotImplementedError
+
+    def release(self) -> None:
+        """Close every source or upstream the pass holds open."""
+        raise NotImplementedError
+
+    def __iter__(self) -> Iterator[Any]:
+        return self
+
+    def __next__(self) -> Any:
+        if self._items is None:
+            self._items = self.items()
+        return next(self._items)
+
+    def close(self) -> None:
+        """Close every open source; closing again does nothing."""
+        if self._items is not None:
+            self._items.close()
+        self.release()
+
+
+def close_iterator(items: Iterator[Any]) -> None:
+    """Close ``items`` if it can be closed (a generator); other iterators need nothing."""
+    close = getattr(items, "close", None)
+    if close is not None:
+        close()

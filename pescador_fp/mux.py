@@ -24,7 +24,7 @@ import numpy as np
 from ._check import check_bool, check_choice, check_int, check_rate, check_streams, check_weights
 from ._sampling import BulkDraws, Picker, count_sampler, weighted_order
 from ._seed import Seed, SeedContext, check_seed
-from ._stream import NOTHING, Stream, _run, as_stream, peek
+from ._stream import NOTHING, PassIterator, Stream, _run, as_stream, peek
 
 __all__ = ["chain", "mux", "round_robin", "shuffled_mux"]
 
@@ -127,44 +127,7 @@ class _Mux(Stream[Any]):
         return f"mux({', '.join(parts)})"
 
 
-class _PassIterator(Iterator[Any]):
-    """One pass of a multiplexer: its state in named fields, its per-item loop in :meth:`items`.
-
-    ``_open`` hands out the generator ``items()`` itself: a ``__next__`` written
-    in Python would cost about 0.1 us more per item than the generator. Used as
-    an iterator, the object runs the same loop; ``close()`` closes every source
-    it has open, and so does the end, the ``close()`` or the garbage collection
-    of ``items()``.
-    """
-
-    __slots__ = ("_items",)
-
-    def __init__(self) -> None:
-        self._items: Generator[Any, None, None] | None = None
-
-    def items(self) -> Generator[Any, None, None]:
-        """The items of the pass; closes every open source when it ends or is closed."""
-        raise NotImplementedError
-
-    def _release_all(self) -> None:
-        raise NotImplementedError
-
-    def __iter__(self) -> Iterator[Any]:
-        return self
-
-    def __next__(self) -> Any:
-        if self._items is None:
-            self._items = self.items()
-        return next(self._items)
-
-    def close(self) -> None:
-        """Close every open source; closing again does nothing."""
-        if self._items is not None:
-            self._items.close()
-        self._release_all()
-
-
-class _MuxIterator(_PassIterator):
+class _MuxIterator(PassIterator):
     """One pass of a mux: ``n_active`` slots, each holding one activation of a source.
 
     Slot ``k`` draws items from ``slots[k]`` (a pass over source
@@ -252,7 +215,7 @@ class _MuxIterator(_PassIterator):
                     self._fill(k)
                 yield x
         finally:
-            self._release_all()
+            self.release()
 
     def _slot_draws(self) -> Iterator[int]:
         """The slot to draw each next item from."""
@@ -300,7 +263,7 @@ class _MuxIterator(_PassIterator):
         self.source_of[k] = -1
         self.slot_weight[k] = 0.0
 
-    def _release_all(self) -> None:
+    def release(self) -> None:
         for k in range(self.mux.n_active):
             self._release(k)
 
@@ -437,7 +400,7 @@ class _ShuffledMux(Stream[Any]):
         return f"shuffled_mux({', '.join(parts)})"
 
 
-class _ShuffledMuxIterator(_PassIterator):
+class _ShuffledMuxIterator(PassIterator):
     """One pass of a shuffled_mux: every source open at once, ``slots[k]`` the current pass of source ``k``.
 
     A source that ends restarts with pass ``passes[k] + 1``; one whose pass
@@ -473,7 +436,7 @@ class _ShuffledMuxIterator(_PassIterator):
                         x = next(items)
                     yield x
         finally:
-            self._release_all()
+            self.release()
 
     def _start(self, k: int) -> Iterator[Any] | None:
         """Open a fresh pass of stream ``k``; drop the stream if the pass is empty."""
@@ -494,7 +457,7 @@ class _ShuffledMuxIterator(_PassIterator):
             gen.close()
         self.slots[k] = self.gens[k] = None
 
-    def _release_all(self) -> None:
+    def release(self) -> None:
         for gen in self.gens:
             if gen is not None:
                 gen.close()
@@ -552,7 +515,7 @@ class _RoundRobin(Stream[Any]):
         return f"round_robin({_describe_streams(self.streams)}{mode}{seed})"
 
 
-class _RoundRobinIterator(_PassIterator):
+class _RoundRobinIterator(PassIterator):
     """One pass of a round_robin: round after round, each a fresh pass of every source.
 
     ``gens`` are the passes of the current round ``round_``, in ``order``;
@@ -591,7 +554,7 @@ class _RoundRobinIterator(_PassIterator):
                 if self.mux.mode == "exhaustive" or not self.produced:
                     return  # a round with nothing in it would repeat forever
         finally:
-            self._release_all()
+            self.release()
 
     def _start_round(self) -> None:
         m = self.mux
@@ -602,7 +565,7 @@ class _RoundRobinIterator(_PassIterator):
         self.live = list(self.gens)
         self.produced = False
 
-    def _release_all(self) -> None:
+    def release(self) -> None:
         for gen in self.gens:
             gen.close()
 
@@ -649,7 +612,7 @@ class _Chain(Stream[Any]):
         return f"chain({inner}{mode})"
 
 
-class _ChainIterator(_PassIterator):
+class _ChainIterator(PassIterator):
     """One pass of a chain: in round ``round_``, stream ``index`` of ``subs`` is open as ``current``.
 
     ``mode="cycle"`` starts a new round when one ends, unless it yielded nothing.
@@ -686,7 +649,7 @@ class _ChainIterator(_PassIterator):
                 if m.mode == "exhaustive" or not self.produced:
                     return
         finally:
-            self._release_all()
+            self.release()
 
     def _start_round(self) -> None:
         m = self.mux
@@ -698,7 +661,7 @@ class _ChainIterator(_PassIterator):
         else:
             self.subs = iter(m.streams)
 
-    def _release_all(self) -> None:
+    def release(self) -> None:
         for items in (self.current, self.subs):
             close = getattr(items, "close", None)
             if close is not None:

@@ -11,14 +11,14 @@ import numpy as np
 from .._check import check_int, check_probability
 from .._sampling import BUFFER_DRAWS_PER_CALL, BulkDraws
 from .._seed import Seed, SeedContext, check_seed
-from .._stream import Operator, Stream
+from .._stream import Operator, PassIterator, Stream, close_iterator
 
 __all__ = ["cache"]
 
 T = TypeVar("T")
 
 
-class _CacheIterator(Iterator[Any]):
+class _CacheIterator(PassIterator):
     """One pass of a cache: ``store`` holds the cached items; ``draws`` picks a slot and a refresh.
 
     The first ``size`` items fill the store as they pass through; then each
@@ -27,7 +27,7 @@ class _CacheIterator(Iterator[Any]):
     itself, which is faster than a ``__next__`` written in Python.
     """
 
-    __slots__ = ("_items", "draws", "prob", "size", "store", "upstream")
+    __slots__ = ("draws", "prob", "size", "store", "upstream")
 
     def __init__(self, upstream: Iterator[Any], size: int, prob: float, rng: np.random.Generator) -> None:
         self.upstream = upstream
@@ -39,7 +39,7 @@ class _CacheIterator(Iterator[Any]):
             lambda n: zip(rng.integers(0, size, n).tolist(), (rng.random(n) <= prob).tolist()),
             BUFFER_DRAWS_PER_CALL,
         )
-        self._items: Generator[Any, None, None] | None = None
+        super().__init__()
 
     def items(self) -> Generator[Any, None, None]:
         """The cached items; closes the upstream when it ends or is closed."""
@@ -61,27 +61,10 @@ class _CacheIterator(Iterator[Any]):
                             return
                     yield store[slot]
         finally:
-            _close(upstream)
+            close_iterator(upstream)
 
-    def __iter__(self) -> Iterator[Any]:
-        return self
-
-    def __next__(self) -> Any:
-        if self._items is None:
-            self._items = self.items()
-        return next(self._items)
-
-    def close(self) -> None:
-        """Close the upstream; closing again does nothing."""
-        if self._items is not None:
-            self._items.close()
-        _close(self.upstream)
-
-
-def _close(items: Iterator[Any]) -> None:
-    close = getattr(items, "close", None)
-    if close is not None:
-        close()
+    def release(self) -> None:
+        close_iterator(self.upstream)
 
 
 @dataclass(frozen=True, repr=False)

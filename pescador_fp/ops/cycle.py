@@ -8,21 +8,21 @@ from typing import Any, TypeVar
 
 from .._check import check_int
 from .._seed import SeedContext
-from .._stream import NOTHING, Operator, Stream
+from .._stream import NOTHING, Operator, PassIterator, Stream, close_iterator
 
 __all__ = ["cycle"]
 
 T = TypeVar("T")
 
 
-class _CycleIterator(Iterator[Any]):
+class _CycleIterator(PassIterator):
     """One pass of a cycle: ``passes`` passes of the upstream started, the last one open as ``current``.
 
     ``_open`` hands out the generator :meth:`items` itself, which is faster
     than a ``__next__`` written in Python.
     """
 
-    __slots__ = ("_items", "ctx", "current", "passes", "times", "upstream")
+    __slots__ = ("ctx", "current", "passes", "times", "upstream")
 
     def __init__(self, upstream: Stream[Any], ctx: SeedContext, times: int | None) -> None:
         self.upstream = upstream
@@ -30,7 +30,7 @@ class _CycleIterator(Iterator[Any]):
         self.times = times
         self.passes = 0
         self.current: Iterator[Any] = iter(())
-        self._items: Generator[Any, None, None] | None = None
+        super().__init__()
 
     def items(self) -> Generator[Any, None, None]:
         """The items of every pass; closes the open pass when it ends or is closed."""
@@ -46,27 +46,10 @@ class _CycleIterator(Iterator[Any]):
                 yield first
                 yield from current
         finally:
-            _close(self.current)
+            close_iterator(self.current)
 
-    def __iter__(self) -> Iterator[Any]:
-        return self
-
-    def __next__(self) -> Any:
-        if self._items is None:
-            self._items = self.items()
-        return next(self._items)
-
-    def close(self) -> None:
-        """Close the open pass; closing again does nothing."""
-        if self._items is not None:
-            self._items.close()
-        _close(self.current)
-
-
-def _close(items: Iterator[Any]) -> None:
-    close = getattr(items, "close", None)
-    if close is not None:
-        close()
+    def release(self) -> None:
+        close_iterator(self.current)
 
 
 @dataclass(frozen=True, repr=False)

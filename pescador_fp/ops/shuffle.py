@@ -12,14 +12,14 @@ import numpy as np
 from .._check import check_int
 from .._sampling import BUFFER_DRAWS_PER_CALL, BulkDraws
 from .._seed import Seed, SeedContext, check_seed
-from .._stream import Operator, Stream
+from .._stream import Operator, PassIterator, Stream, close_iterator
 
 __all__ = ["shuffle"]
 
 T = TypeVar("T")
 
 
-class _ShuffleIterator(Iterator[Any]):
+class _ShuffleIterator(PassIterator):
     """One pass of a shuffle: ``buffer`` holds ``size`` items; each new input takes a random one's place.
 
     The item it replaces comes out; when the upstream ends, the buffer comes
@@ -27,7 +27,7 @@ class _ShuffleIterator(Iterator[Any]):
     itself, which is faster than a ``__next__`` written in Python.
     """
 
-    __slots__ = ("_items", "buffer", "draws", "rng", "size", "upstream")
+    __slots__ = ("buffer", "draws", "rng", "size", "upstream")
 
     def __init__(self, upstream: Iterator[Any], size: int, rng: np.random.Generator) -> None:
         self.upstream = upstream
@@ -38,7 +38,7 @@ class _ShuffleIterator(Iterator[Any]):
         self.draws: BulkDraws[int] = BulkDraws(
             lambda n: rng.integers(0, size, n).tolist(), BUFFER_DRAWS_PER_CALL
         )
-        self._items: Generator[Any, None, None] | None = None
+        super().__init__()
 
     def items(self) -> Generator[Any, None, None]:
         """The shuffled items; closes the upstream when it ends or is closed."""
@@ -54,27 +54,10 @@ class _ShuffleIterator(Iterator[Any]):
             while buffer:
                 yield buffer.pop()
         finally:
-            _close(upstream)
+            close_iterator(upstream)
 
-    def __iter__(self) -> Iterator[Any]:
-        return self
-
-    def __next__(self) -> Any:
-        if self._items is None:
-            self._items = self.items()
-        return next(self._items)
-
-    def close(self) -> None:
-        """Close the upstream; closing again does nothing."""
-        if self._items is not None:
-            self._items.close()
-        _close(self.upstream)
-
-
-def _close(items: Iterator[Any]) -> None:
-    close = getattr(items, "close", None)
-    if close is not None:
-        close()
+    def release(self) -> None:
+        close_iterator(self.upstream)
 
 
 @dataclass(frozen=True, repr=False)
