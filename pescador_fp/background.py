@@ -82,8 +82,9 @@ def _ring_bytes(requested: int | None, workers: int) -> int:
 def _background_items(op: _Background, upstream: Stream[Any], ctx: SeedContext, depth: int) -> Iterator[Any]:
     if multiprocessing.current_process().daemon:
         raise WorkerError(
-            "background: a background worker cannot start workers of its own; keep one "
-            "pf.background in a pipeline, at its end"
+            "background: cannot start workers from a daemon process (a background worker, or a "
+            "torch DataLoader worker): keep one pf.background in a pipeline, at its end, and with "
+            "DataLoader use num_workers=0 over a stream that ends in pf.background"
         )
     plan = divide(upstream, op.workers)
     count = len(plan.parts)

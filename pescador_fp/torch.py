@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import cloudpickle
 import numpy as np
 
 try:
@@ -66,9 +67,12 @@ def _tensor(array: np.ndarray) -> Any:
         return array
     if not array.flags.writeable:
         array = array.copy()  # from_numpy warns on read-only memory, and a view may be reused
+    if not array.dtype.isnative or any(stride < 0 for stride in array.strides):
+        # torch takes neither: a copy in native byte order with positive strides (values unchanged)
+        array = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("="))
     try:
         return torch.from_numpy(array)
-    except TypeError:  # a dtype torch does not take (non-native byte order, ...)
+    except TypeError:  # a dtype torch has no tensor for
         return array
 
 
@@ -171,6 +175,15 @@ class StreamDataset(torch.utils.data.IterableDataset[Any]):
 
     def __repr__(self) -> str:
         return f"pescador_fp.torch.dataset({self.stream!r})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # DataLoader workers under spawn or forkserver receive the dataset by plain pickle:
+        # send the stream by cloudpickle, so lambdas and closures travel as with background.
+        return (_loaded_dataset, (cloudpickle.dumps(self.stream), self.epoch))
+
+
+def _loaded_dataset(stream: bytes, epoch: int) -> StreamDataset:
+    return StreamDataset(cloudpickle.loads(stream), epoch)
 
 
 def dataset(stream: Stream[Any]) -> StreamDataset:

@@ -455,7 +455,7 @@ def test_repr_and_pickling():
 
 def test_a_background_inside_a_background_is_a_clear_error():
     inner = pf.from_iterable(range(3)) | pf.background()
-    with pytest.raises(pf.WorkerError, match="cannot start workers of its own"):
+    with pytest.raises(pf.WorkerError, match="cannot start workers from a daemon process"):
         list(inner | pf.map(lambda x: x) | pf.background())
 
 

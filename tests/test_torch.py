@@ -220,3 +220,44 @@ def test_ddp_ranks_see_disjoint_parts_that_make_the_dataset(tmp_path, n):
         assert len(rank0 | rank1) == 48 and (rank0 | rank1) <= set(range(n))
     assert results[0]["seen"][0] != results[0]["seen"][1]  # each epoch its own order
     assert results[0]["weights"] == results[1]["weights"]  # the group stayed in step
+
+
+LOADER_SCRIPT = """
+import sys
+import pescador_fp as pf
+import pescador_fp.torch as pft
+from torch.utils.data import DataLoader
+
+if __name__ == "__main__":
+    scale = 3
+    ds = pft.dataset(pf.from_iterable(range(10)) | pf.map(lambda x: x * scale))
+    loader = DataLoader(ds, batch_size=None, num_workers=2, multiprocessing_context=sys.argv[1])
+    print(sorted(int(x) for x in loader))
+"""
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("method", ["spawn", "forkserver"])
+def test_loader_workers_that_start_afresh_receive_lambdas_and_closures(tmp_path, method):
+    script = tmp_path / "loader.py"
+    script.write_text(LOADER_SCRIPT)
+    result = subprocess.run(
+        [sys.executable, str(script), method], capture_output=True, text=True, timeout=170
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split("\n")[0] == str([x * 3 for x in range(10)])
+
+
+@pytest.mark.parametrize(
+    "array",
+    [
+        np.arange(3, dtype=">f4"),
+        np.arange(10.0)[::-1],
+        np.arange(12, dtype=">i8").reshape(3, 4)[:, ::-2],
+    ],
+    ids=["big-endian", "negative-stride", "both"],
+)
+def test_arrays_torch_cannot_take_as_they_are_become_tensors_of_the_same_values(array):
+    tensor = pft.as_tensors(array)
+    assert isinstance(tensor, torch.Tensor)
+    assert tensor.tolist() == array.tolist()

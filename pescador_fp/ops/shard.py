@@ -210,7 +210,7 @@ def _equal_length(upstream: Stream[Any], count: int, op: _Shard) -> int:
             raise ValueError(
                 f"{op!r}: equal=True needs the length of every rank's part, and it cannot be known in "
                 f"advance for {upstream!r} (lengths are known for collections, from_arrays, and map, "
-                f"tuples and batch over them); {_EQUAL_WAY_OUT}"
+                f"tuples, batch, shuffle, take and skip over them); {_EQUAL_WAY_OUT}"
             )
         lengths.append(n)
     shortest = min(lengths)
