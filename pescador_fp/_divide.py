@@ -43,6 +43,7 @@ class Part:
     ops: tuple[Operator[Any, Any], ...]
     weight: float | None  # how often the merge reads this part; None: in turn
     depth: int = 0  # (fed) the depth of the head in the whole pipeline, so seeds line up
+    dealt: tuple[int, int] | None = None  # (fed) (i, k): this part gets the head's items i, i + k, ...
 
 
 @dataclass(frozen=True)
@@ -108,7 +109,7 @@ def divide(stream: Stream[Any], count: int) -> Plan:
     if not tail:
         return Plan((Part(stream, (), None),))
     return Plan(
-        tuple(Part(None, tail, None, head.depth) for _ in range(count)),
+        tuple(Part(None, tail, None, head.depth, (i, count)) for i in range(count)),
         head=head,
         grouped=not all(op._one_to_one for op in tail),
     )
@@ -141,9 +142,9 @@ def divide_ranks(stream: Stream[Any], count: int) -> tuple[Plan, tuple[int | Non
     base, _ = _peel(stream)
     divided = [base._divide(i, count) for i in range(count)]
     if any(d is None for d in divided):
-        return Plan(tuple(Part(None, (), None, stream.depth) for _ in range(count)), head=stream), tuple(
-            range(count)
-        )
+        return Plan(
+            tuple(Part(None, (), None, stream.depth, (i, count)) for i in range(count)), head=stream
+        ), tuple(range(count))
     kept = [i for i, d in enumerate(divided) if d is not None and d[1] != 0]
     if len(plan.parts) == 1:  # at most one part has items: it runs the whole stream
         owner = kept[0] if kept else 0

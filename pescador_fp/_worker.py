@@ -127,7 +127,7 @@ def _worker_stream(part: Part, grouped: bool, ring: Ring, fed: Ring | None, aliv
     source = part.source
     if source is None:
         assert fed is not None
-        source = _Fed(functools.partial(_fed_items, fed, alive), part.depth)
+        source = _Fed(functools.partial(_fed_items, fed, alive), part.depth, part.dealt)
     if grouped:
         source = _Marked(source, functools.partial(ring.put, RECORD_MARK, b"", alive=alive))
     return rebuild(source, part.ops)
@@ -139,9 +139,13 @@ class _Fed(Stream[Any]):
 
     items: Callable[[], Iterator[Any]]
     depth: int = 0
+    dealt: tuple[int, int] | None = None  # this worker gets the head's items i, i + k, ...
 
     def _open(self, ctx: SeedContext) -> Iterator[Any]:
         return self.items()
+
+    def _numbering(self) -> tuple[int, int] | None:
+        return self.dealt
 
     def _describe(self) -> str:
         return "<items from the feeder>"
@@ -162,6 +166,13 @@ class _Marked(Stream[Any]):
     @property
     def depth(self) -> int:  # type: ignore[override]
         return self.source.depth
+
+    @property
+    def children(self) -> tuple[Stream[Any], ...]:
+        return (self.source,)
+
+    def _numbering(self) -> tuple[int, int] | None:
+        return self.source._numbering()
 
     def _open(self, ctx: SeedContext) -> Iterator[Any]:
         return _marked(self.source._open(ctx), self.mark)

@@ -105,9 +105,6 @@ def test_mapcat_gives_each_input_item_its_generator_for_all_its_outputs():
     assert draws(s | pf.background(workers=1), 0) == out
 
 
-@pytest.mark.xfail(
-    strict=True, reason="a marked part does not report its source's numbering yet (_worker._Marked)"
-)
 def test_background_with_several_workers_gives_mapcat_the_foreground_draws():
     # Not one-to-one, so each worker marks its items' ends (_worker._Marked), which hides the numbering.
     s = pf.from_iterable(range(12)) | pf.mapcat(lambda x, rng: [x, int(rng.integers(1 << 62))], rng=True)
@@ -123,13 +120,11 @@ def test_each_cycle_repetition_draws_afresh_and_workers_agree():
 
 # Items dealt by background's feeder (or kept in turn by a shard rank) carry no place in the
 # undivided stream yet: _worker._Fed and shard's _Given need to report it (Stream._numbering).
-@pytest.mark.xfail(strict=True, reason="fed parts do not report their numbering yet (_worker._Fed)")
 def test_background_over_a_fed_source_gives_the_foreground_draws():
     s = pf.stream(iter, list(range(20))) | pf.map(draw, rng=True)
     assert draws(s | pf.background(workers=3), 0) == draws(s, 0)
 
 
-@pytest.mark.xfail(strict=True, reason="dealt shard parts do not report their numbering yet (shard._Given)")
 def test_shard_over_a_fed_source_gives_the_foreground_draws():
     s = pf.stream(iter, list(range(20))) | pf.map(draw, rng=True)
     assert sorted(sharded(s, 2, 0)) == sorted(draws(s, 0))

@@ -95,6 +95,7 @@ class _Given(Stream[Any]):
 
     items: Iterator[Any]
     at: int
+    dealt: tuple[int, int]  # (index, count): the head's items index, index + count, ...
 
     @property
     def depth(self) -> int:  # type: ignore[override]
@@ -102,6 +103,9 @@ class _Given(Stream[Any]):
 
     def _open(self, ctx: SeedContext) -> Iterator[Any]:
         return self.items
+
+    def _numbering(self) -> tuple[int, int] | None:
+        return self.dealt
 
     def _describe(self) -> str:
         return "<items of this rank>"
@@ -131,7 +135,9 @@ class _Dealt(Stream[Any]):
                 "a pass seed that all ranks share, s.iterate(seed=epoch)"
             )
         items = _every(self.undivided._open(ctx), self.index, self.count)
-        return rebuild(_Given(items, self.undivided.depth), self.tail)._open(ctx.child(*self.keys))
+        return rebuild(_Given(items, self.undivided.depth, (self.index, self.count)), self.tail)._open(
+            ctx.child(*self.keys)
+        )
 
     def _length(self) -> int | None:
         n = self.undivided._length()
