@@ -106,9 +106,16 @@ def test_mapcat_gives_each_input_item_its_generator_for_all_its_outputs():
 
 
 def test_background_with_several_workers_gives_mapcat_the_foreground_draws():
-    # Not one-to-one, so each worker marks its items' ends (_worker._Marked), which hides the numbering.
+    # Not one-to-one, so each worker marks its items' ends (_worker._Marked); the marks keep the numbering.
     s = pf.from_iterable(range(12)) | pf.mapcat(lambda x, rng: [x, int(rng.integers(1 << 62))], rng=True)
     assert draws(s | pf.background(workers=3), 0) == draws(s, 0)
+
+
+def test_a_filter_above_the_random_map_keeps_the_foreground_draws_in_every_worker():
+    s = pf.from_iterable(range(30)) | pf.map(lambda x, rng: (x, int(rng.integers(1 << 62))), rng=True)
+    kept = s | pf.filter(lambda pair: pair[0] % 3)
+    for workers in (2, 3):
+        assert list((kept | pf.background(workers=workers)).iterate(seed=4)) == list(kept.iterate(seed=4))
 
 
 def test_each_cycle_repetition_draws_afresh_and_workers_agree():
