@@ -170,7 +170,9 @@ def _renamed(error: WorkerError, index: int, name: str) -> WorkerError:
 def _where(frames: list[str]) -> str:
     """The user's frames among ``frames``, innermost first, for an error message."""
     package = os.path.dirname(os.path.abspath(__file__))
-    users = [frame for frame in frames if package not in frame]
+    # Not ours, and not the standard library's waits that our code calls (multiprocessing, selectors).
+    waits = (package, f"multiprocessing{os.sep}", f"{os.sep}selectors.py")
+    users = [frame for frame in frames if not any(part in frame for part in waits)]
     if not users:
         return ""
     return f"; it is in {users[0]}\nits code, most recent call first:" + "".join(f"\n  {f}" for f in users)

@@ -249,7 +249,7 @@ def stack_of(process: Any, stack: Any) -> list[str]:
     for line in b"".join(chunks).decode(errors="replace").splitlines():
         line = line.strip()
         if line.startswith("File "):
-            if f"multiprocessing{os.sep}" in line:
+            if f"multiprocessing{os.sep}process.py" in line:
                 break  # below: how the process started (and, under fork, its parent's frames)
             frames.append(line)
     return frames
