@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import multiprocessing
 import os
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -63,3 +66,15 @@ def own_shm_entries() -> list[str]:
         return sorted(f for f in os.listdir(SHM_DIR) if f.startswith(mine))
     except FileNotFoundError:
         return []
+
+
+@contextlib.contextmanager
+def nothing_left_behind(deadline_s: float = 3.0) -> Iterator[None]:
+    """Around a test: afterwards no child process of this one and no new shared memory of its own."""
+    before = own_shm_entries()
+    yield
+    end = time.monotonic() + deadline_s
+    while multiprocessing.active_children() and time.monotonic() < end:
+        time.sleep(0.02)
+    assert multiprocessing.active_children() == []
+    assert own_shm_entries() == before

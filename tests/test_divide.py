@@ -18,7 +18,7 @@ from collections import Counter
 
 import numpy as np
 import pytest
-from helpers import own_shm_entries, same_items
+from helpers import nothing_left_behind, same_items
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -29,14 +29,9 @@ START_METHODS = ["fork", "forkserver", "spawn"]
 
 
 @pytest.fixture(autouse=True)
-def nothing_left_behind():
-    before = own_shm_entries()
-    yield
-    end = time.monotonic() + 3
-    while multiprocessing.active_children() and time.monotonic() < end:
-        time.sleep(0.02)
-    assert multiprocessing.active_children() == []
-    assert own_shm_entries() == before
+def no_leftovers():
+    with nothing_left_behind():
+        yield
 
 
 def ints(stream):

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import multiprocessing
 import pickle
-import time
 from collections import Counter
 
 import cloudpickle
 import numpy as np
 import pytest
-from helpers import own_shm_entries
+from helpers import nothing_left_behind
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -23,14 +21,9 @@ pytestmark = pytest.mark.timeout(120)
 
 
 @pytest.fixture(autouse=True)
-def nothing_left_behind():
-    before = own_shm_entries()
-    yield
-    end = time.monotonic() + 3
-    while multiprocessing.active_children() and time.monotonic() < end:
-        time.sleep(0.02)
-    assert multiprocessing.active_children() == []
-    assert own_shm_entries() == before
+def no_leftovers():
+    with nothing_left_behind():
+        yield
 
 
 def ints(items):

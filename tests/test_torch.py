@@ -9,13 +9,12 @@ import socket
 import subprocess
 import sys
 import textwrap
-import time
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import own_shm_entries
+from helpers import nothing_left_behind
 
 import pescador_fp as pf
 
@@ -31,16 +30,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(autouse=True)
-def nothing_left_behind():
-    import multiprocessing
-
-    before = own_shm_entries()
-    yield
-    end = time.monotonic() + 5
-    while multiprocessing.active_children() and time.monotonic() < end:
-        time.sleep(0.02)
-    assert multiprocessing.active_children() == []
-    assert own_shm_entries() == before
+def no_leftovers():
+    with nothing_left_behind(deadline_s=5):
+        yield
 
 
 def loader(ds, workers):
