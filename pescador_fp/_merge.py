@@ -92,7 +92,7 @@ class Channel:
         stacks: list[Any],
     ) -> None:
         self.index = index
-        self.rings = rings  # shared with the caller, who frees them: a grown ring replaces its entry
+        self.rings = rings  # shared with the caller, who frees them (a ring grows in place, in get)
         self.workers = workers
         self.decoder = Decoder(zero_copy)
         self.feeder = feeder
