@@ -10,7 +10,9 @@ generator's entropy is
 
 - the operator's seed and the pass root, when both are given;
 - whichever of the two is given, otherwise;
-- fresh OS entropy, when neither is.
+- the pass's own entropy (``fallback``, drawn once when the pass starts),
+  when neither is: such a pass is random, yet every generator of it can be
+  made again (a resumed pass, a retried part on another machine).
 
 and its ``spawn_key`` is ``(*branch_path, depth)``, so that two random
 operators of one pass never share a generator. Nothing here reads or writes
@@ -37,7 +39,9 @@ A seeded mux, shuffled_mux or round_robin first re-roots its sources
 from __future__ import annotations
 
 import numbers
-from dataclasses import dataclass
+import secrets
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -48,6 +52,7 @@ Seed = int | np.integer | np.random.SeedSequence
 # Domain tags keep "operator seed 1" and "pass seed 1" apart.
 _TAG_OPERATOR = 0x6F70  # "op"
 _TAG_PASS = 0x7061  # "pa"
+_TAG_FALLBACK = 0x6661  # "fa"
 _STATE_WORDS = 4
 # Branch of the seed tree that the parts of a divided stream (background workers, shard
 # ranks) hang from, and the seed tag of background's weighted merge of those parts.
@@ -94,15 +99,34 @@ class SeedContext:
 
     root: Seed | None
     path: tuple[int, ...] = ()
+    #: The pass's own entropy, for generators with neither an operator seed nor a pass seed
+    #: (``None``: fresh OS entropy each time).
+    fallback: int | None = None
+    #: Book-keeping of the pass in the consumer's process (what stages register for
+    #: ``stats()`` and ``state()``); it does not travel to worker processes.
+    run: Any = field(default=None, compare=False, repr=False)
 
     @classmethod
-    def for_pass(cls, seed: object = None) -> SeedContext:
-        """Start the seed tree of one pass; ``seed=None`` leaves it unseeded."""
-        return cls(check_seed("seed", seed))
+    def for_pass(cls, seed: object = None, fallback: int | None = None, run: Any = None) -> SeedContext:
+        """Start the seed tree of one pass; ``seed=None`` leaves it unseeded.
+
+        An unseeded pass draws its ``fallback`` entropy here, once.
+        """
+        root = check_seed("seed", seed)
+        if root is None and fallback is None:
+            fallback = secrets.randbits(128)
+        return cls(root, (), fallback, run)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (SeedContext, (self.root, self.path, self.fallback))
+
+    def at(self, path: tuple[int, ...]) -> SeedContext:
+        """This pass's context at another branch path."""
+        return SeedContext(self.root, path, self.fallback, self.run)
 
     def child(self, *keys: int) -> SeedContext:
         """The context of a branch: a sub-stream, a repetition, a worker."""
-        return SeedContext(self.root, self.path + keys)
+        return SeedContext(self.root, self.path + keys, self.fallback, self.run)
 
     def reseeded(self, seed: Seed | None, depth: int) -> SeedContext:
         """The context below a seeded multiplexer at ``depth``: its seed roots its sources' randomness.
@@ -111,10 +135,10 @@ class SeedContext:
         random operators; with no seed here and no pass seed, nothing changes.
         """
         sequence = self.sequence(seed, depth)
-        return self if sequence is None else SeedContext(sequence, self.path)
+        return self if sequence is None else SeedContext(sequence, self.path, self.fallback, self.run)
 
     def sequence(self, seed: Seed | None, depth: int) -> np.random.SeedSequence | None:
-        """The SeedSequence for an operator at ``depth``; ``None`` means use OS entropy."""
+        """The SeedSequence for an operator at ``depth``; ``None``: neither it nor the pass is seeded."""
         entropy: list[int] = []
         if seed is not None:
             entropy += [_TAG_OPERATOR, *_words(seed)]
@@ -124,7 +148,15 @@ class SeedContext:
             return None
         return np.random.SeedSequence(entropy, spawn_key=(*self.path, depth))
 
+    def entropy(self, seed: Seed | None, depth: int) -> np.random.SeedSequence:
+        """The SeedSequence for an operator at ``depth``; the pass's own entropy where nothing is seeded."""
+        sequence = self.sequence(seed, depth)
+        if sequence is not None:
+            return sequence
+        if self.fallback is None:
+            return np.random.SeedSequence()
+        return np.random.SeedSequence([_TAG_FALLBACK, self.fallback], spawn_key=(*self.path, depth))
+
     def generator(self, seed: Seed | None, depth: int) -> np.random.Generator:
         """A fresh generator for a random operator at ``depth`` of this branch."""
-        sequence = self.sequence(seed, depth)
-        return np.random.default_rng(sequence if sequence is not None else np.random.SeedSequence())
+        return np.random.default_rng(self.entropy(seed, depth))

@@ -13,7 +13,7 @@ import html
 import itertools
 import numbers
 import reprlib
-from collections.abc import Callable, Generator, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar, overload
 
@@ -24,14 +24,18 @@ from ._seed import WORKER_BRANCH, SeedContext
 __all__ = [
     "NOTHING",
     "Operator",
+    "Pass",
     "PassIterator",
+    "Run",
     "Stream",
     "as_stream",
     "close_iterator",
     "describe_callable",
+    "drop",
     "install_collection_source",
     "peek",
     "pipe",
+    "stage_key",
     "undivided_path",
 ]
 
@@ -77,6 +81,14 @@ class Stream(Generic[T]):
     def _open(self, ctx: SeedContext) -> Iterator[T]:
         """Open an iterator for one pass; subclasses implement this."""
         raise NotImplementedError
+
+    def _open_at(self, ctx: SeedContext, start: int) -> Iterator[T]:
+        """What ``_open(ctx)`` gives after ``start`` items have been taken from it (a resumed pass).
+
+        This default takes and drops them; a stream that can seek (arrays, sequences) or count its
+        way there without making the items (map, batch, shuffle, mux) does better.
+        """
+        return drop(self._open(ctx), start)
 
     def _describe(self) -> str:
         raise NotImplementedError
@@ -154,7 +166,7 @@ class Stream(Generic[T]):
             raise TypeError(f"head: n must be an integer >= 0, got {reprlib.repr(n)} ({type(n).__name__})")
         if n < 0:
             raise ValueError(f"head: n must be an integer >= 0, got {n!r}")
-        items = _run(self, SeedContext.for_pass(seed))
+        items = _run(self, SeedContext.for_pass(seed), 0)
         try:
             return list(itertools.islice(items, int(n)))
         finally:
@@ -166,12 +178,16 @@ class Stream(Generic[T]):
     def __bool__(self) -> bool:
         return True  # not len(): a stream is always something, even an empty one
 
-    def iterate(self, seed: object = None) -> Iterator[T]:
+    def iterate(self, seed: object = None, *, state: Mapping[str, Any] | None = None) -> Pass[T]:
         """Start a pass over the stream; ``seed`` roots all randomness of the pass.
 
         The same ``seed`` gives the same items; different seeds reshuffle,
         which is how epochs get a new, reproducible order. ``seed=None``
-        leaves unseeded operators to OS entropy.
+        draws the pass's entropy afresh.
+
+        ``state``, from :meth:`Pass.state` of an earlier pass over the same
+        stream with the same seed, continues that pass where its consumer
+        stopped (docs/resume.md).
 
         >>> import pescador_fp as pf
         >>> s = pf.from_iterable(range(6)) | pf.shuffle(6)
@@ -180,7 +196,13 @@ class Stream(Generic[T]):
         >>> sorted(s.iterate(seed=2))
         [0, 1, 2, 3, 4, 5]
         """
-        return _run(self, SeedContext.for_pass(seed))
+        if state is None:
+            ctx = SeedContext.for_pass(seed, run=Run())
+            return Pass(self, ctx, _run(self, ctx, 0), 0)
+        from ._resume import resumed_context  # the state's checks live with the state's format
+
+        ctx, taken = resumed_context(self, seed, state)
+        return Pass(self, ctx, _run(self, ctx, taken), taken)
 
     def __iter__(self) -> Iterator[T]:
         return self.iterate()
@@ -200,10 +222,88 @@ class Stream(Generic[T]):
         )
 
 
-def _run(stream: Stream[T], ctx: SeedContext) -> Generator[T, None, None]:
+def _run(stream: Stream[T], ctx: SeedContext, start: int = 0) -> Generator[T, None, None]:
     # A generator, so that nothing is opened before the first next() and the
     # caller always gets an iterator with close().
-    yield from stream._open(ctx)
+    yield from (stream._open_at(ctx, start) if start else stream._open(ctx))
+
+
+def drop(items: Iterator[T], n: int) -> Iterator[T]:
+    """``items`` after taking and dropping ``n`` of them (fewer where it ends first).
+
+    >>> list(drop(iter(range(5)), 3))
+    [3, 4]
+    """
+    if n:
+        next(itertools.islice(items, n, n), None)
+    return items
+
+
+class Run:
+    """What the stages of one pass register in the consumer's process (``SeedContext.run``).
+
+    ``states`` holds, per stage key (:func:`stage_key`), a function that says
+    where that stage stands, for :meth:`Pass.state`; ``restored`` what a state
+    being restored saved for it; ``stats`` what the stages count, for
+    :meth:`Pass.stats`.
+    """
+
+    __slots__ = ("restored", "states", "stats")
+
+    def __init__(self, restored: Mapping[str, Any] | None = None) -> None:
+        self.restored: dict[str, Any] = dict(restored or {})
+        self.states: dict[str, Callable[[], Any]] = {}
+        self.stats: dict[str, Any] = {}
+
+
+def stage_key(ctx: SeedContext, depth: int) -> str:
+    """The name of the stage at ``depth`` of ``ctx``'s branch, the same in every pass over a stream.
+
+    >>> stage_key(SeedContext(None, (3, 1)), 2)
+    '3.1@2'
+    """
+    return f"{'.'.join(map(str, ctx.path))}@{depth}"
+
+
+class Pass(Iterator[T]):
+    """One pass over a stream, as :meth:`Stream.iterate` returns it: the items, and where it stands.
+
+    ``state()`` says where the consumer is (a small JSON-serialisable dict);
+    ``stream.iterate(seed, state=state)`` continues from there.
+
+    >>> import json, pescador_fp as pf
+    >>> s = pf.from_iterable(range(10)) | pf.shuffle(4)
+    >>> it = s.iterate(seed=3)
+    >>> first = [next(it) for _ in range(4)]
+    >>> saved = json.loads(json.dumps(it.state()))
+    >>> list(s.iterate(seed=3, state=saved)) == list(it)
+    True
+    """
+
+    __slots__ = ("_items", "ctx", "stream", "taken")
+
+    def __init__(
+        self, stream: Stream[T], ctx: SeedContext, items: Generator[T, None, None], taken: int
+    ) -> None:
+        self.stream, self.ctx, self._items, self.taken = stream, ctx, items, taken
+
+    def __iter__(self) -> Pass[T]:
+        return self
+
+    def __next__(self) -> T:
+        item = next(self._items)
+        self.taken += 1
+        return item
+
+    def close(self) -> None:
+        """End the pass: workers stop and every open source is closed; closing again does nothing."""
+        self._items.close()
+
+    def state(self) -> dict[str, Any]:
+        """Where the consumer stands in this pass, as a small JSON-serialisable dict (docs/resume.md)."""
+        from ._resume import state_of
+
+        return state_of(self)
 
 
 class Operator(Generic[T, U]):
@@ -250,6 +350,10 @@ class Operator(Generic[T, U]):
     def _open(self, upstream: Stream[T], ctx: SeedContext, depth: int) -> Iterator[U]:
         """Open this operator's iterator over ``upstream``; ``depth`` is its place in the branch."""
         raise NotImplementedError
+
+    def _open_at(self, upstream: Stream[T], ctx: SeedContext, depth: int, start: int) -> Iterator[U]:
+        """What ``_open`` gives after ``start`` items (:meth:`Stream._open_at`); this default drops them."""
+        return drop(self._open(upstream, ctx, depth), start)
 
     def __call__(self, upstream: Stream[T] | Iterable[T]) -> Stream[U]:
         return self._apply(as_stream(upstream))
@@ -315,6 +419,9 @@ class Applied(Stream[U], Generic[T, U]):
 
     def _open(self, ctx: SeedContext) -> Iterator[U]:
         return self.op._open(self.upstream, ctx, self.depth)
+
+    def _open_at(self, ctx: SeedContext, start: int) -> Iterator[U]:
+        return self.op._open_at(self.upstream, ctx, self.depth, start)
 
     def _length(self) -> int | None:
         return self.op._length_after(self.upstream)

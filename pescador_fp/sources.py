@@ -140,7 +140,7 @@ class _RandomCallStream(_CallStream[T]):
     def _open(self, ctx: SeedContext) -> Iterator[T]:
         # The branch without the keys that dividing a stream adds: the feeder, a shard rank and the
         # foreground pass open the same source with the same generator.
-        rng = SeedContext(ctx.root, undivided_path(ctx.path)).generator(None, self.depth)
+        rng = ctx.at(undivided_path(ctx.path)).generator(None, self.depth)
         return self._iterate(self.fn(*self.args, rng=rng, **dict(self.kwargs)))
 
 

@@ -30,10 +30,15 @@ def test_depth_and_branch_separate_generators():
     assert draw(ctx.child(0, 1), None, 1) != draw(ctx.child(1, 0), None, 1)
 
 
-def test_no_seed_anywhere_draws_os_entropy():
-    ctx = SeedContext.for_pass(None)
+def test_no_seed_anywhere_draws_the_pass_entropy_once():
+    # Each unseeded pass draws its own entropy (passes differ), once: a generator of the pass can
+    # be made again (a resumed pass, a retried part), and distinct branches still differ.
+    ctx, other = SeedContext.for_pass(None), SeedContext.for_pass(None)
     assert ctx.sequence(None, 1) is None
-    assert draw(ctx, None) != draw(ctx, None)
+    assert draw(ctx, None) == draw(ctx, None)
+    assert draw(ctx, None) != draw(other, None)
+    assert draw(ctx.child(0), None) != draw(ctx.child(1), None)
+    assert draw(SeedContext(None), None) != draw(SeedContext(None), None)  # no pass entropy: OS entropy
 
 
 def test_seed_sequences_are_accepted_and_distinguished():

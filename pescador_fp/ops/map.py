@@ -82,9 +82,7 @@ class _ItemRandomness:
             path, numbering = ctx.path, (0, 1)
         else:
             path = undivided_path(ctx.path)
-        sequence = SeedContext(ctx.root, path).sequence(seed, depth)
-        if sequence is None:
-            sequence = np.random.SeedSequence()  # no seed anywhere: fresh entropy for this pass
+        sequence = ctx.at(path).entropy(seed, depth)
         self.key = sequence.generate_state(2, np.uint64)
         self.counter = np.zeros(4, dtype=np.uint64)
         bits = np.random.Philox(key=self.key)
