@@ -37,6 +37,7 @@ from .ops.tuples import tuples as tuples
 from .sources import from_arrays as from_arrays
 from .sources import from_iterable as from_iterable
 from .sources import random_stream as random_stream
+from .sources import seekable_stream as seekable_stream
 from .sources import stream as stream
 from .sources import streamable as streamable
 
@@ -64,6 +65,7 @@ __all__ = [
     "progress",
     "random_stream",
     "round_robin",
+    "seekable_stream",
     "shard",
     "shuffle",
     "shuffled_mux",

@@ -32,7 +32,9 @@ __all__ = [
     "close_iterator",
     "describe_callable",
     "drop",
+    "from_item",
     "install_collection_source",
+    "items_before",
     "peek",
     "pipe",
     "stage_key",
@@ -93,11 +95,12 @@ class Stream(Generic[T]):
     def _describe(self) -> str:
         raise NotImplementedError
 
-    def _row_batches(self, size: int, partial: bool) -> Iterator[Any] | None:
+    def _row_batches(self, size: int, partial: bool, start: int = 0) -> Iterator[Any] | None:
         """Batches of ``size`` samples as slices of the source's arrays, where such a slice is
         exactly what stacking the samples gives (``from_arrays``); ``None`` elsewhere.
 
         A background worker whose part ends in ``batch`` copies these straight into its ring.
+        ``start``: the first sample (a resumed pass).
         """
         return None
 
@@ -352,7 +355,13 @@ class Operator(Generic[T, U]):
         raise NotImplementedError
 
     def _open_at(self, upstream: Stream[T], ctx: SeedContext, depth: int, start: int) -> Iterator[U]:
-        """What ``_open`` gives after ``start`` items (:meth:`Stream._open_at`); this default drops them."""
+        """What ``_open`` gives after ``start`` items (:meth:`Stream._open_at`).
+
+        A one-to-one operator opens over its upstream from item ``start`` on; this default
+        otherwise takes and drops the items.
+        """
+        if start and self._one_to_one:
+            return self._open(from_item(upstream, start), ctx, depth)
         return drop(self._open(upstream, ctx, depth), start)
 
     def __call__(self, upstream: Stream[T] | Iterable[T]) -> Stream[U]:
@@ -431,6 +440,56 @@ class Applied(Stream[U], Generic[T, U]):
 
     def _describe(self) -> str:
         return f"{self.upstream!r} | {self.op!r}"
+
+
+@dataclass(frozen=True, repr=False, eq=False)
+class _From(Stream[T]):
+    """(a resumed pass) ``stream`` from its item ``start`` on: what an operator above opens instead."""
+
+    stream: Stream[T]
+    start: int
+
+    @property
+    def depth(self) -> int:  # type: ignore[override]
+        return self.stream.depth
+
+    @property
+    def children(self) -> tuple[Stream[Any], ...]:
+        return self.stream.children
+
+    def _open(self, ctx: SeedContext) -> Iterator[T]:
+        return self.stream._open_at(ctx, self.start)
+
+    def _open_at(self, ctx: SeedContext, start: int) -> Iterator[T]:
+        return self.stream._open_at(ctx, self.start + start)
+
+    def _row_batches(self, size: int, partial: bool, start: int = 0) -> Iterator[Any] | None:
+        return self.stream._row_batches(size, partial, self.start + start)
+
+    def _numbering(self) -> tuple[int, int] | None:
+        numbering = self.stream._numbering()
+        return None if numbering is None else (numbering[0] + self.start * numbering[1], numbering[1])
+
+    def _length(self) -> int | None:
+        n = self.stream._length()
+        return None if n is None else max(0, n - self.start)
+
+    def _describe(self) -> str:
+        return f"{self.stream!r} | <from item {self.start}>"
+
+
+def from_item(stream: Stream[T], start: int) -> Stream[T]:
+    """``stream`` from its item ``start`` on, for an operator that resumes over it (:meth:`Stream._open_at`).
+
+    >>> list(from_item(as_stream(range(5)), 2)._open(SeedContext(None)))
+    [2, 3, 4]
+    """
+    return _From(stream, start) if start else stream
+
+
+def items_before(stream: Stream[Any]) -> int:
+    """How many of its items a stream skips: ``start`` for :func:`from_item`, else 0."""
+    return stream.start if isinstance(stream, _From) else 0
 
 
 def _stages_html(stream: Stream[Any]) -> str:

@@ -53,7 +53,78 @@ def _open(stream: Stream[Any], ctx: SeedContext) -> Generator[Any, None, None]:
     return _run(stream, ctx)
 
 
+def _peeked(stream: Stream[Any], ctx: SeedContext) -> tuple[Any, Iterator[Any], Any] | None:
+    """A pass of a sub-stream: its first item, an iterator over all its items, and the generator
+    to close; ``None`` (the pass closed) if it is empty."""
+    gen = _open(stream, ctx)
+    peeked = peek(gen)
+    if peeked is None:
+        gen.close()
+        return None
+    return peeked[0], peeked[1], gen
+
+
+def _open_at(stream: Stream[Any], ctx: SeedContext, start: int) -> Generator[Any, None, None]:
+    """Open one pass of a sub-stream from its item ``start`` on, as a closable generator."""
+    return _run(stream, ctx, start)
+
+
 # ---------------------------------------------------------------- mux
+
+
+class _Cursor(Iterator[Any]):
+    """(a resumed mux) Where one activation of a source stands: counted, or run where its length is unknown.
+
+    Iterating yields ``None`` for each item (or the item itself, where the
+    source must run to say when it ends); :meth:`opened` then opens the source
+    at that place.
+    """
+
+    __slots__ = ("ctx", "first", "items", "left", "stream", "taken")
+
+    def __init__(self, stream: Stream[Any], ctx: SeedContext) -> None:
+        self.stream, self.ctx, self.taken = stream, ctx, 0
+        length = stream._length()
+        #: Items left where the length is known; else the source runs (``items``).
+        self.left = length if length is not None else -1
+        self.items: Generator[Any, None, None] | None = _open(stream, ctx) if length is None else None
+        self.first: Any = NOTHING  # (a running source) its first item, peeked and not yet taken
+
+    def __next__(self) -> Any:
+        if self.items is None:
+            if not self.left:
+                raise StopIteration
+            self.left -= 1
+            item = None
+        elif self.first is not NOTHING:
+            item, self.first = self.first, NOTHING
+        else:
+            item = next(self.items)
+        self.taken += 1
+        return item
+
+    def peeked(self) -> tuple[Any, Iterator[Any], Any] | None:
+        """What ``peek`` gives for a real source (``None``: it is empty), with this cursor as both."""
+        if self.items is None:
+            return (None, self, self) if self.left else None
+        self.first = next(self.items, NOTHING)
+        if self.first is NOTHING:
+            self.items.close()
+            return None
+        return (self.first, self, self)
+
+    def opened(self) -> tuple[Iterator[Any], Generator[Any, None, None]]:
+        """The source opened at this place: the iterator to read and the generator to close."""
+        if self.items is None:
+            gen = _open_at(self.stream, self.ctx, self.taken)
+            return gen, gen
+        if self.first is NOTHING:
+            return self.items, self.items
+        return itertools.chain((self.first,), self.items), self.items
+
+    def close(self) -> None:
+        if self.items is not None:
+            self.items.close()
 
 
 @dataclass(frozen=True, repr=False, eq=False)
@@ -86,6 +157,9 @@ class _Mux(Stream[Any]):
 
     def _open(self, ctx: SeedContext) -> Iterator[Any]:
         return _MuxIterator(self, ctx).items()
+
+    def _open_at(self, ctx: SeedContext, start: int) -> Iterator[Any]:
+        return _MuxIterator(self, ctx).resumed(start)
 
     def _divide(self, index: int, count: int) -> tuple[Stream[Any], float | None] | None:
         """Part ``index``: the working set is shared out, so all parts keep ``n_active`` open together.
@@ -142,6 +216,7 @@ class _MuxIterator(PassIterator):
         "below",
         "counts",
         "draw_counts",
+        "dry",
         "empty_lately",
         "gens",
         "heaviest",
@@ -180,7 +255,7 @@ class _MuxIterator(PassIterator):
         self.empty_lately: set[int] = set()
         n_active = m.n_active
         self.slots: list[Iterator[Any] | None] = [None] * n_active
-        self.gens: list[Generator[Any, None, None] | None] = [None] * n_active
+        self.gens: list[Any] = [None] * n_active  # a generator to close, a _Cursor, or None
         self.left = [0] * n_active
         self.source_of = [-1] * n_active
         #: single_active: the slot of each open source.
@@ -190,6 +265,26 @@ class _MuxIterator(PassIterator):
         self.weighted = m.mode == "single_active"
         self.slot_weight = [0.0] * n_active
         self.heaviest = 0.0
+        #: Counting a resumed pass's way to its place: slots hold :class:`_Cursor` s, not items.
+        self.dry = False
+
+    def resumed(self, start: int) -> Generator[Any, None, None]:
+        """The pass from item ``start`` on: the same draws as a full pass, without making the items.
+
+        Until then each open source is a :class:`_Cursor` that counts its
+        items where the source knows its length; then every open source is
+        opened at its place.
+        """
+        items = self.items()
+        if start:
+            self.dry = True
+            if next(itertools.islice(items, start - 1, start), NOTHING) is NOTHING:
+                return items  # the pass ends before
+            self.dry = False
+            for k, cursor in enumerate(self.gens):
+                if isinstance(cursor, _Cursor):
+                    self.slots[k], self.gens[k] = cursor.opened()
+        return items
 
     def items(self) -> Generator[Any, None, None]:
         slots, left = self.slots, self.left
@@ -289,10 +384,9 @@ class _MuxIterator(PassIterator):
             if items == 0:
                 continue
             self.activations[source] += 1
-            gen = _open(m.streams[source], self.below.child(source, self.activations[source]))
-            peeked = peek(gen)
+            stream, ctx = m.streams[source], self.below.child(source, self.activations[source])
+            peeked = _Cursor(stream, ctx).peeked() if self.dry else _peeked(stream, ctx)
             if peeked is None:
-                gen.close()
                 if m.prune_empty:
                     self.n_valid -= 1
                     if self.n_valid:
@@ -301,7 +395,8 @@ class _MuxIterator(PassIterator):
                     self.empty_lately.add(source)
                 continue
             self.empty_lately.clear()
-            self.slots[k], self.gens[k], self.left[k], self.source_of[k] = peeked[1], gen, items, source
+            self.slots[k], self.gens[k] = peeked[1], peeked[2]
+            self.left[k], self.source_of[k] = items, source
             self.slot_weight[k] = m.weights[source]
             if single_active:
                 self.active[source] = k

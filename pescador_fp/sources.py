@@ -23,10 +23,10 @@ from typing import Any, ParamSpec, TypeVar
 import numpy as np
 
 from ._seed import SeedContext
-from ._stream import Stream, describe_callable, install_collection_source, undivided_path
+from ._stream import Stream, describe_callable, drop, install_collection_source, undivided_path
 from .errors import PescadorError
 
-__all__ = ["from_arrays", "from_iterable", "random_stream", "stream", "streamable"]
+__all__ = ["from_arrays", "from_iterable", "random_stream", "seekable_stream", "stream", "streamable"]
 
 T = TypeVar("T")
 P = ParamSpec("P")
@@ -178,6 +178,54 @@ def random_stream(fn: Callable[..., Iterable[T]], /, *args: Any, **kwargs: Any) 
     return _RandomCallStream(fn, args, tuple(kwargs.items()))
 
 
+@dataclass(frozen=True, repr=False, eq=False)
+class _SeekableCallStream(_CallStream[T]):
+    """``fn(*args, start=k, **kwargs)``: the items from the ``k``-th on."""
+
+    _name = "seekable_stream"
+
+    def _open(self, ctx: SeedContext) -> Iterator[T]:
+        return self._open_at(ctx, 0)
+
+    def _open_at(self, ctx: SeedContext, start: int) -> Iterator[T]:
+        return self._iterate(self.fn(*self.args, start=start, **dict(self.kwargs)))
+
+
+def seekable_stream(fn: Callable[..., Iterable[T]], /, *args: Any, **kwargs: Any) -> Stream[T]:
+    """Make a stream that calls ``fn(*args, start=k, **kwargs)`` for every pass, ``k`` the first item wanted.
+
+    ``k`` is 0 for a fresh pass. A pass resumed from a state
+    (``s.iterate(seed, state=...)``, docs/resume.md) asks for the item where
+    its consumer stopped, so ``fn`` must yield exactly the items that a fresh
+    pass yields from its ``k``-th on: seek in a file, start a range at ``k``.
+    A plain :func:`stream` cannot seek, so a resumed pass runs it from the
+    start and drops the items already taken.
+
+    >>> import pescador_fp as pf
+    >>> def lines(n, *, start):
+    ...     yield from (f"line {i}" for i in range(start, n))
+    >>> s = pf.seekable_stream(lines, 4)
+    >>> it = s.iterate(seed=0)
+    >>> next(it), next(it)
+    ('line 0', 'line 1')
+    >>> list(s.iterate(seed=0, state=it.state()))
+    ['line 2', 'line 3']
+
+    Raises:
+        TypeError: when built, if ``fn`` is not callable or ``start`` is among the keyword arguments.
+    """
+    if not callable(fn):
+        raise TypeError(
+            f"pf.seekable_stream: fn must be callable, got {reprlib.repr(fn)} ({type(fn).__name__})"
+        )
+    if "start" in kwargs:
+        raise TypeError(
+            f"pf.seekable_stream: start is passed to {describe_callable(fn)} by the stream, got start="
+            f"{reprlib.repr(kwargs['start'])}"
+        )
+    return _SeekableCallStream(fn, args, tuple(kwargs.items()))
+
+
 def streamable(fn: Callable[P, Iterable[T]]) -> Callable[P, Stream[T]]:
     """Decorate a generator function so that calling it returns a Stream.
 
@@ -211,6 +259,12 @@ class _IterableStream(Stream[T]):
 
     def _open(self, ctx: SeedContext) -> Iterator[T]:
         return iter(self.items)
+
+    def _open_at(self, ctx: SeedContext, start: int) -> Iterator[T]:
+        items = self.items
+        if isinstance(items, (range, np.ndarray)):
+            return iter(items[start:])  # a view: seeking costs nothing
+        return drop(iter(items), start)  # skipped in C
 
     def __reduce__(self) -> tuple[Any, ...]:
         items = self.items
@@ -286,10 +340,13 @@ class _ArrayStream(Stream[Any]):
         return self.numbering
 
     def _open(self, ctx: SeedContext) -> Iterator[Any]:
-        return _array_rows(self.arrays, self.keys, self.single)
+        return _array_rows(self.arrays, self.keys, self.single, 0)
 
-    def _row_batches(self, size: int, partial: bool) -> Iterator[Any] | None:
-        return _sliced_batches(self, size, partial) if _slices_stack(self) else None
+    def _open_at(self, ctx: SeedContext, start: int) -> Iterator[Any]:
+        return _array_rows(self.arrays, self.keys, self.single, start)
+
+    def _row_batches(self, size: int, partial: bool, start: int = 0) -> Iterator[Any] | None:
+        return _sliced_batches(self, size, partial, start) if _slices_stack(self) else None
 
     def _divide(self, index: int, count: int) -> tuple[Stream[Any], float | None] | None:
         start, step = self.numbering
@@ -322,10 +379,12 @@ class _ArrayStream(Stream[Any]):
         return hash((_ArrayStream, self.keys, tuple(map(id, self.arrays))))
 
 
-def _array_rows(arrays: tuple[np.ndarray, ...], keys: tuple[str, ...] | None, single: bool) -> Iterator[Any]:
+def _array_rows(
+    arrays: tuple[np.ndarray, ...], keys: tuple[str, ...] | None, single: bool, first: int
+) -> Iterator[Any]:
     n = len(arrays[0])
     releases = [_releaser(a) for a in arrays]
-    for start in range(0, n, _ARRAY_CHUNK_ROWS):
+    for start in range(first, n, _ARRAY_CHUNK_ROWS):
         # np.asarray turns memmap slices into plain ndarray views of the mapping.
         chunks = [np.asarray(a[start : start + _ARRAY_CHUNK_ROWS]) for a in arrays]
         if single:
@@ -566,12 +625,13 @@ def _slices_stack(source: _ArrayStream) -> bool:
     return True
 
 
-def _sliced_batches(source: _ArrayStream, size: int, partial: bool) -> Iterator[Any]:
-    """The batches of ``from_arrays`` rows as row slices (views); pages are released chunk by chunk."""
+def _sliced_batches(source: _ArrayStream, size: int, partial: bool, first: int) -> Iterator[Any]:
+    """The batches of ``from_arrays`` rows from row ``first`` on, as row slices (views); pages are
+    released chunk by chunk."""
     arrays, n = source.arrays, len(source.arrays[0])
     releases = [_releaser(a) for a in arrays]
-    released = 0
-    for start in range(0, n, size):
+    released = first
+    for start in range(first, n, size):
         stop = min(start + size, n)
         if stop - start < size and not partial:
             break

@@ -11,7 +11,7 @@ import numpy as np
 
 from .._check import check_bool, check_int
 from .._seed import SeedContext
-from .._stream import Operator, Stream
+from .._stream import Operator, Stream, from_item
 from .._tree import flatten, format_path, unflatten
 from ..errors import DataError
 
@@ -190,6 +190,9 @@ class _Batch(Operator[Any, Any]):
 
     def _open(self, upstream: Stream[Any], ctx: SeedContext, depth: int) -> Iterator[Any]:
         return _batches(upstream._open(ctx), self.size, self.partial, self.axis)
+
+    def _open_at(self, upstream: Stream[Any], ctx: SeedContext, depth: int, start: int) -> Iterator[Any]:
+        return self._open(from_item(upstream, start * self.size), ctx, depth)
 
     def _output_length(self, n: int) -> int | None:
         return -(-n // self.size) if self.partial else n // self.size

@@ -25,7 +25,7 @@ import toolz
 
 from .._check import check_bool, check_callable
 from .._seed import Seed, SeedContext, check_seed
-from .._stream import Operator, Stream, describe_callable, undivided_path
+from .._stream import Operator, Stream, describe_callable, items_before, undivided_path
 
 __all__ = ["filter", "map", "mapcat"]
 
@@ -79,7 +79,7 @@ class _ItemRandomness:
     def __init__(self, upstream: Stream[Any], ctx: SeedContext, seed: Seed | None, depth: int) -> None:
         numbering = upstream._numbering()
         if numbering is None:
-            path, numbering = ctx.path, (0, 1)
+            path, numbering = ctx.path, (items_before(upstream), 1)
         else:
             path = undivided_path(ctx.path)
         sequence = ctx.at(path).entropy(seed, depth)

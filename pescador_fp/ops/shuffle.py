@@ -12,7 +12,7 @@ import numpy as np
 from .._check import check_int
 from .._sampling import BUFFER_DRAWS_PER_CALL, BulkDraws
 from .._seed import Seed, SeedContext, check_seed
-from .._stream import Operator, PassIterator, Stream, close_iterator
+from .._stream import Operator, PassIterator, Stream, close_iterator, drop
 
 __all__ = ["shuffle"]
 
@@ -27,13 +27,15 @@ class _ShuffleIterator(PassIterator):
     itself, which is faster than a ``__next__`` written in Python.
     """
 
-    __slots__ = ("buffer", "draws", "rng", "size", "upstream")
+    __slots__ = ("buffer", "draws", "filled", "rng", "size", "upstream")
 
     def __init__(self, upstream: Iterator[Any], size: int, rng: np.random.Generator) -> None:
         self.upstream = upstream
         self.size = size
         self.rng = rng
         self.buffer: list[Any] = []
+        #: The buffer holds ``size`` items and takes each new input in a drawn slot (a resumed pass).
+        self.filled = False
         #: The buffer slot that each next input goes to.
         self.draws: BulkDraws[int] = BulkDraws(
             lambda n: rng.integers(0, size, n).tolist(), BUFFER_DRAWS_PER_CALL
@@ -44,7 +46,8 @@ class _ShuffleIterator(PassIterator):
         """The shuffled items; closes the upstream when it ends or is closed."""
         buffer, upstream = self.buffer, self.upstream
         try:
-            buffer.extend(itertools.islice(upstream, self.size))
+            if not self.filled:
+                buffer.extend(itertools.islice(upstream, self.size))
             if len(buffer) == self.size:
                 for item, slot in zip(upstream, self.draws):
                     out, buffer[slot] = buffer[slot], item
@@ -59,6 +62,33 @@ class _ShuffleIterator(PassIterator):
     def release(self) -> None:
         close_iterator(self.upstream)
 
+    def resume(self, upstream: Stream[Any], ctx: SeedContext, start: int) -> bool:
+        """Stand where ``start`` items have come out, if that is before the upstream ends.
+
+        The draws are made again without the items: each slot's input is
+        numbered, so after ``start`` outputs the buffer holds inputs ``lo``
+        and later ones; those are read again from the upstream (from input
+        ``lo`` on), and the pass goes on from there. ``False``: the upstream
+        ended before (its last ``size`` items are the caller's to replay).
+        """
+        size, draws = self.size, self.draws
+        inputs = list(range(size))  # the input that each slot holds
+        for t in range(size, size + start):
+            inputs[draws.pop()] = t
+        lo, stop = min(inputs), size + start
+        slot_of = {t: k for k, t in enumerate(inputs)}
+        items = upstream._open_at(ctx, lo)
+        buffer: list[Any] = [None] * size
+        for t, item in zip(range(lo, stop), items):
+            k = slot_of.get(t)
+            if k is not None:
+                buffer[k] = item
+            if t == stop - 1:
+                self.buffer, self.upstream, self.filled = buffer, items, True
+                return True
+        close_iterator(items)
+        return False
+
 
 @dataclass(frozen=True, repr=False)
 class _Shuffle(Operator[Any, Any]):
@@ -70,6 +100,13 @@ class _Shuffle(Operator[Any, Any]):
     def _open(self, upstream: Stream[Any], ctx: SeedContext, depth: int) -> Iterator[Any]:
         rng = ctx.generator(self.seed, depth)
         return _ShuffleIterator(upstream._open(ctx), self.buffer_size, rng).items()
+
+    def _open_at(self, upstream: Stream[Any], ctx: SeedContext, depth: int, start: int) -> Iterator[Any]:
+        if start:
+            shuffled = _ShuffleIterator(iter(()), self.buffer_size, ctx.generator(self.seed, depth))
+            if shuffled.resume(upstream, ctx, start):
+                return shuffled.items()
+        return drop(self._open(upstream, ctx, depth), start)  # near the end of a finite upstream: replay
 
     def __repr__(self) -> str:
         seed = "" if self.seed is None else f", seed={self.seed!r}"

@@ -37,6 +37,11 @@ class _Take(Operator[Any, Any]):
             return iter(())
         return _first(upstream._open(ctx), self.n)
 
+    def _open_at(self, upstream: Stream[Any], ctx: SeedContext, depth: int, start: int) -> Iterator[Any]:
+        if start >= self.n:
+            return iter(())
+        return _first(upstream._open_at(ctx, start), self.n - start)
+
     def __repr__(self) -> str:
         return f"take({self.n})"
 
@@ -50,6 +55,9 @@ class _Skip(Operator[Any, Any]):
 
     def _open(self, upstream: Stream[Any], ctx: SeedContext, depth: int) -> Iterator[Any]:
         return itertools.islice(upstream._open(ctx), self.n, None)
+
+    def _open_at(self, upstream: Stream[Any], ctx: SeedContext, depth: int, start: int) -> Iterator[Any]:
+        return upstream._open_at(ctx, self.n + start)
 
     def __repr__(self) -> str:
         return f"skip({self.n})"
