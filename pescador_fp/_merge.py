@@ -9,6 +9,8 @@ which gives back the order of the undivided stream.
 
 from __future__ import annotations
 
+import collections
+import functools
 import os
 import time
 from collections.abc import Iterator
@@ -22,7 +24,7 @@ from ._stream import NOTHING
 from ._worker import RECORD_MARK
 from .errors import WorkerError
 
-__all__ = ["Channel", "merge", "merge_groups"]
+__all__ = ["RECENT_PICKS", "Channel", "Tally", "merge", "merge_groups"]
 
 
 def _raise_remote(metadata: memoryview, index: int) -> None:
@@ -33,10 +35,80 @@ def _raise_remote(metadata: memoryview, index: int) -> None:
     raise error
 
 
-def merge(channels: list[Channel], weights: list[float | None], rng: Any) -> Iterator[Any]:
-    """Yield the workers' items: in turn, or (for divided weighted muxes) in proportion to their weights."""
+class Tally:
+    """What the consumer has taken from each worker: the counts, which workers ended, the last picks.
+
+    A pass's state saves it (:meth:`state`); a pass resumed from that state
+    starts each worker after the items the consumer had from it.
+    """
+
+    __slots__ = ("ended", "recent", "taken")
+
+    def __init__(self, count: int) -> None:
+        self.taken = [0] * count
+        self.ended = [False] * count
+        #: The worker of each of the last items, the latest last.
+        self.recent: collections.deque[int] = collections.deque(maxlen=RECENT_PICKS)
+
+    def state(self) -> dict[str, Any]:
+        """The tally as JSON: counts, ended workers, and the last picks as one character each."""
+        return {
+            "taken": list(self.taken),
+            "ended": [i for i, ended in enumerate(self.ended) if ended],
+            "recent": "".join(_DIGITS[i] for i in self.recent) if len(self.taken) <= len(_DIGITS) else "",
+        }
+
+    @staticmethod
+    def taken_at(saved: Any, items: int, count: int) -> tuple[list[int], set[int]] | None:
+        """From a saved tally of ``sum(taken)`` items: the counts after the first ``items`` of them,
+        and the workers that had ended by then; ``None`` if the saved picks do not reach back so far."""
+        try:
+            taken = [int(t) for t in saved["taken"]]
+            ended = {int(i) for i in saved["ended"]}
+            recent = str(saved["recent"])
+        except (KeyError, TypeError, ValueError):
+            return None
+        back = sum(taken) - items
+        if len(taken) != count or back < 0 or back > len(recent):
+            return None
+        for digit in recent[len(recent) - back :]:
+            worker = _DIGITS.find(digit)
+            if not 0 <= worker < count:
+                return None
+            taken[worker] -= 1
+            ended.discard(worker)  # it gave an item after this point: it had not ended
+        return taken, ended
+
+
+#: The last picks a saved tally keeps: how far back (in items) operators above ``background`` may
+#: hold items and still resume without replaying.
+RECENT_PICKS = 1024
+_DIGITS = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+
+def merge(
+    channels: list[Channel],
+    weights: list[float | None],
+    rng: Any,
+    tally: Tally,
+    resume: tuple[list[int], set[int]] | None = None,
+) -> Iterator[Any]:
+    """Yield the workers' items: in turn, or (for divided weighted muxes) in proportion to their weights.
+
+    ``tally`` counts the items taken from each worker. ``resume``: (a resumed
+    pass) how many items the consumer already has from each worker and which
+    workers had ended; the workers start after those items, and the picks
+    that gave them are drawn again without reading anything.
+    """
     live = list(range(len(channels)))
     picker = Picker([w or 0.0 for w in weights], rng) if any(w is not None for w in weights) else None
+    reads = [channel.next_item for channel in channels]
+    replay = sum(resume[0]) if resume is not None else 0
+    if replay:
+        assert resume is not None
+        counted, channel_reads = _Counted(*resume), reads
+        reads = [functools.partial(counted.next_item, i) for i in range(len(channels))]
+    taken, ended, recent = tally.taken, tally.ended, tally.recent
     turn = 0
     while live:
         if picker is None:
@@ -47,14 +119,40 @@ def merge(channels: list[Channel], weights: list[float | None], rng: Any) -> Ite
             index = picker.pick()
         else:
             return
-        item = channels[index].next_item()
+        item = reads[index]()
         if item is not NOTHING:
+            taken[index] += 1
+            recent.append(index)
+            if replay:
+                replay -= 1
+                if not replay:
+                    reads = channel_reads
+                continue
             yield item
             continue
+        ended[index] = True
         live.remove(index)
         turn -= 1
         if picker is not None and live:
             picker.drop(index)
+
+
+class _Counted:
+    """(a resumed merge) The workers' first items, counted instead of read."""
+
+    def __init__(self, taken: list[int], ended: set[int]) -> None:
+        self.left, self.ended = list(taken), ended
+
+    def next_item(self, index: int) -> Any:
+        if self.left[index]:
+            self.left[index] -= 1
+            return None
+        if index in self.ended:
+            return NOTHING
+        raise ValueError(
+            f"iterate: the state says that background worker {index} gave more items than it has; "
+            "was it saved from this pipeline?"
+        )
 
 
 def merge_groups(channels: list[Channel]) -> Iterator[Any]:

@@ -50,7 +50,7 @@ def _seed_json(root: object) -> Any:
 
 
 def _walk(stream: Stream[Any], out: list[str]) -> None:
-    out.append(repr(stream))
+    out.append(stream._fingerprint())
     for child in stream.children:
         _walk(child, out)
 

@@ -95,6 +95,11 @@ class Stream(Generic[T]):
     def _describe(self) -> str:
         raise NotImplementedError
 
+    def _fingerprint(self) -> str:
+        """What a resumed pass compares with the pass that saved its state: the repr, and for
+        sources a sample of their data (a state restores only into the same pipeline)."""
+        return repr(self)
+
     def _row_batches(self, size: int, partial: bool, start: int = 0) -> Iterator[Any] | None:
         """Batches of ``size`` samples as slices of the source's arrays, where such a slice is
         exactly what stacking the samples gives (``from_arrays``); ``None`` elsewhere.

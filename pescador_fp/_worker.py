@@ -28,7 +28,7 @@ from ._ipc.ring import (
 )
 from ._ipc.workers import dump_stack_on_signal, ignore_interrupts, watch_parent
 from ._seed import SeedContext
-from ._stream import Applied, Stream, _run
+from ._stream import Applied, Stream, _run, from_item
 from .errors import WorkerError
 from .ops.batch import new_axis_batch, sample_groups, stack
 
@@ -59,7 +59,7 @@ def work(recipe: bytes, handle: RingHandle, parent_pid: int, inbox: RingHandle |
     fed = Ring.attach(inbox) if inbox is not None else None
     try:
         try:
-            plan_part, grouped, ctx = loads_recipe(recipe)
+            plan_part, grouped, ctx, start = loads_recipe(recipe)
         except BaseException as error:
             try:
                 raise WorkerError(f"a background worker could not load its pipeline: {error!r}") from error
@@ -70,7 +70,7 @@ def work(recipe: bytes, handle: RingHandle, parent_pid: int, inbox: RingHandle |
         stream = _worker_stream(plan_part, grouped, ring, fed, alive)
         encoder = Encoder()
         try:
-            _write_all(stream, ctx, encoder, ring, alive)
+            _write_all(stream, ctx, start, encoder, ring, alive)
         except Stopped:
             raise
         except _Forwarded as forwarded:
@@ -88,8 +88,10 @@ def work(recipe: bytes, handle: RingHandle, parent_pid: int, inbox: RingHandle |
             fed.close()
 
 
-def _write_all(stream: Stream[Any], ctx: SeedContext, encoder: Encoder, ring: Ring, alive: Any) -> None:
-    """Write every item of ``stream`` into ``ring``.
+def _write_all(
+    stream: Stream[Any], ctx: SeedContext, start: int, encoder: Encoder, ring: Ring, alive: Any
+) -> None:
+    """Write every item of ``stream`` from item ``start`` on (a resumed pass) into ``ring``.
 
     Where the stream ends in ``batch`` (on a new axis), the worker stacks
     each batch's samples straight into ring memory, one pass over their bytes
@@ -100,18 +102,18 @@ def _write_all(stream: Stream[Any], ctx: SeedContext, encoder: Encoder, ring: Ri
     """
     batching = new_axis_batch(stream.op) if isinstance(stream, Applied) else None
     if batching is None:
-        for item in _run(stream, ctx):
+        for item in _run(stream, ctx, start):
             encoder.write(ring, item, alive)
         return
     assert isinstance(stream, Applied)
     size, partial = batching
     upstream = stream.upstream
-    row_batches = upstream._row_batches(size, partial)
+    row_batches = upstream._row_batches(size, partial, start * size)
     if row_batches is not None:
         for item in row_batches:
             encoder.write_columns(ring, item, alive)
         return
-    for samples in _sample_groups(upstream, ctx, size, partial):
+    for samples in _sample_groups(from_item(upstream, start * size), ctx, size, partial):
         if not encoder.write_stacked(ring, samples, alive):
             encoder.write(ring, stack(samples), alive)
         del samples

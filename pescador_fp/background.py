@@ -28,9 +28,9 @@ from ._ipc.ring import (
     shared_memory_free,
 )
 from ._ipc.workers import Workers, default_start_method
-from ._merge import Channel, merge, merge_groups
+from ._merge import Channel, Tally, merge, merge_groups
 from ._seed import MERGE_SEED, SeedContext
-from ._stream import Operator, Stream
+from ._stream import Operator, Stream, drop, stage_key
 from ._worker import feed, work
 from .errors import PescadorError, WorkerError
 
@@ -79,7 +79,27 @@ def _ring_bytes(requested: int | None, workers: int) -> int:
     return max(_MIN_RING_BYTES, min(_DEFAULT_RING_BYTES, free // (2 * workers)))
 
 
-def _background_items(op: _Background, upstream: Stream[Any], ctx: SeedContext, depth: int) -> Iterator[Any]:
+def _resumable(
+    op: _Background, upstream: Stream[Any], ctx: SeedContext, depth: int, start: int
+) -> Iterator[Any]:
+    """(a resumed pass) The items from ``start`` on: each worker starts after the items the consumer had
+    from it, where the pass's state says so; else the pass runs again from its start, dropping them."""
+    saved = ctx.run.restored.get(stage_key(ctx, depth)) if ctx.run is not None else None
+    if saved is not None:
+        plan = divide(upstream, op.workers)
+        resume = None if plan.fed else Tally.taken_at(saved, start, len(plan.parts))
+        if resume is not None:
+            return _background_items(op, upstream, ctx, depth, resume)
+    return drop(_background_items(op, upstream, ctx, depth), start)
+
+
+def _background_items(
+    op: _Background,
+    upstream: Stream[Any],
+    ctx: SeedContext,
+    depth: int,
+    resume: tuple[list[int], set[int]] | None = None,
+) -> Iterator[Any]:
     if multiprocessing.current_process().daemon:
         raise WorkerError(
             "background: cannot start workers from a daemon process (a background worker, or a "
@@ -88,8 +108,10 @@ def _background_items(op: _Background, upstream: Stream[Any], ctx: SeedContext, 
         )
     plan = divide(upstream, op.workers)
     count = len(plan.parts)
+    starts = resume[0] if resume is not None else [0] * count
     recipes = [
-        _recipe((part, plan.grouped, plan.context(i, ctx)), upstream) for i, part in enumerate(plan.parts)
+        _recipe((part, plan.grouped, plan.context(i, ctx), starts[i]), upstream)
+        for i, part in enumerate(plan.parts)
     ]
     feeder_recipe = _recipe((plan.head, ctx), upstream) if plan.head is not None else None
     workers = Workers(op.start_method or default_start_method())
@@ -150,7 +172,10 @@ def _background_items(op: _Background, upstream: Stream[Any], ctx: SeedContext, 
             yield from merge_groups(channels)
         else:
             weights = [part.weight for part in plan.parts]
-            yield from merge(channels, weights, ctx.generator(MERGE_SEED, depth))
+            tally = Tally(count)
+            if ctx.run is not None and not plan.fed:  # a fed pass resumes by replaying
+                ctx.run.states[stage_key(ctx, depth)] = tally.state
+            yield from merge(channels, weights, ctx.generator(MERGE_SEED, depth), tally, resume)
     finally:
         for ring in rings + inboxes:
             ring.request_stop()
@@ -172,6 +197,9 @@ class _Background(Operator[Any, Any]):
 
     def _open(self, upstream: Stream[Any], ctx: SeedContext, depth: int) -> Iterator[Any]:
         return _background_items(self, upstream, ctx, depth)
+
+    def _open_at(self, upstream: Stream[Any], ctx: SeedContext, depth: int, start: int) -> Iterator[Any]:
+        return _resumable(self, upstream, ctx, depth, start) if start else self._open(upstream, ctx, depth)
 
     def __repr__(self) -> str:
         options = [f"workers={self.workers}"]

@@ -22,6 +22,7 @@ from typing import Any, ParamSpec, TypeVar
 
 import numpy as np
 
+from ._check import check_int
 from ._seed import SeedContext
 from ._stream import Stream, describe_callable, drop, install_collection_source, undivided_path
 from .errors import PescadorError
@@ -182,16 +183,38 @@ def random_stream(fn: Callable[..., Iterable[T]], /, *args: Any, **kwargs: Any) 
 class _SeekableCallStream(_CallStream[T]):
     """``fn(*args, start=k, **kwargs)``: the items from the ``k``-th on."""
 
+    length: int | None = None
+
     _name = "seekable_stream"
 
     def _open(self, ctx: SeedContext) -> Iterator[T]:
         return self._open_at(ctx, 0)
 
+    def _length(self) -> int | None:
+        return self.length
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        fn, args, kwargs = super().__reduce__()[1]
+        return (type(self), (fn, args, kwargs, self.length))
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            super().__eq__(other) and isinstance(other, _SeekableCallStream) and self.length == other.length
+        )
+
+    __hash__ = _CallStream.__hash__
+
+    def _describe(self) -> str:
+        described = super()._describe()
+        return described if self.length is None else f"{described[:-1]}, length={self.length})"
+
     def _open_at(self, ctx: SeedContext, start: int) -> Iterator[T]:
         return self._iterate(self.fn(*self.args, start=start, **dict(self.kwargs)))
 
 
-def seekable_stream(fn: Callable[..., Iterable[T]], /, *args: Any, **kwargs: Any) -> Stream[T]:
+def seekable_stream(
+    fn: Callable[..., Iterable[T]], /, *args: Any, length: int | None = None, **kwargs: Any
+) -> Stream[T]:
     """Make a stream that calls ``fn(*args, start=k, **kwargs)`` for every pass, ``k`` the first item wanted.
 
     ``k`` is 0 for a fresh pass. A pass resumed from a state
@@ -201,10 +224,15 @@ def seekable_stream(fn: Callable[..., Iterable[T]], /, *args: Any, **kwargs: Any
     A plain :func:`stream` cannot seek, so a resumed pass runs it from the
     start and drops the items already taken.
 
+    ``length`` (not passed to ``fn``): how many items a pass yields, where it
+    is known (the rows of a file, from its header). A resumed ``mux`` then
+    counts its way past this source without running it; without it, the mux
+    runs the source to see where it ends.
+
     >>> import pescador_fp as pf
     >>> def lines(n, *, start):
     ...     yield from (f"line {i}" for i in range(start, n))
-    >>> s = pf.seekable_stream(lines, 4)
+    >>> s = pf.seekable_stream(lines, 4, length=4)
     >>> it = s.iterate(seed=0)
     >>> next(it), next(it)
     ('line 0', 'line 1')
@@ -223,7 +251,9 @@ def seekable_stream(fn: Callable[..., Iterable[T]], /, *args: Any, **kwargs: Any
             f"pf.seekable_stream: start is passed to {describe_callable(fn)} by the stream, got start="
             f"{reprlib.repr(kwargs['start'])}"
         )
-    return _SeekableCallStream(fn, args, tuple(kwargs.items()))
+    if length is not None:
+        length = check_int("seekable_stream", "length", length, 0)
+    return _SeekableCallStream(fn, args, tuple(kwargs.items()), length)
 
 
 def streamable(fn: Callable[P, Iterable[T]]) -> Callable[P, Stream[T]]:
@@ -276,6 +306,15 @@ class _IterableStream(Stream[T]):
 
     def _describe(self) -> str:
         return f"from_iterable({_repr_value(self.items)})"
+
+    def _fingerprint(self) -> str:
+        items = self.items
+        if isinstance(items, np.ndarray):
+            return f"{self!r} {_array_sample(items)}"
+        if isinstance(items, Sequence) and not isinstance(items, range):
+            ends = [*items[:_REPR_ITEMS], *items[-_REPR_ITEMS:]]
+            return f"{self!r} {self.numbering} {reprlib.repr(ends)}"
+        return f"{self!r} {self.numbering}"
 
     def _divide(self, index: int, count: int) -> tuple[Stream[T], float | None] | None:
         if isinstance(self.items, (Sequence, np.ndarray)):
@@ -356,6 +395,9 @@ class _ArrayStream(Stream[Any]):
     def _length(self) -> int | None:
         return len(self.arrays[0])
 
+    def _fingerprint(self) -> str:
+        return f"{self!r} {self.numbering} {' '.join(map(_array_sample, self.arrays))}"
+
     def __reduce__(self) -> tuple[Any, ...]:
         return (_ArrayStream, (tuple(map(_by_file, self.arrays)), self.keys, self.single, self.numbering))
 
@@ -377,6 +419,12 @@ class _ArrayStream(Stream[Any]):
 
     def __hash__(self) -> int:
         return hash((_ArrayStream, self.keys, tuple(map(id, self.arrays))))
+
+
+def _array_sample(array: np.ndarray) -> str:
+    """A few bytes from each end of ``array``: enough to tell it from another of the same shape."""
+    flat = array.reshape(-1) if array.flags.c_contiguous else np.ravel(array[:2])
+    return f"{array.dtype.str}{array.shape}:{flat[:8].tobytes().hex()}:{flat[-8:].tobytes().hex()}"
 
 
 def _array_rows(
