@@ -4,7 +4,7 @@ Run:  python benchmarks/bench_out_of_core.py
 
 Writes ``--files`` ``.npy`` files of ``--rows`` x ``--cols`` float32 to a
 temporary folder (by default 3000 files of 256 KiB, 750 MiB in all), makes one
-``pf.stream(read_rows, path)`` source per file, and streams ``--samples``
+``pf.random_stream(read_rows, path)`` source per file, and streams ``--samples``
 samples through ``pf.mux(sources, n_active=16, rate=64, seed=0) | pf.batch(256)``.
 
 A source maps its file only when an activation opens it and unmaps it when the
@@ -130,7 +130,7 @@ class MapCounter:
     opened = 0
 
 
-def read_rows(path: Path) -> Iterator[np.ndarray]:
+def read_rows(path: Path, *, rng: np.random.Generator) -> Iterator[np.ndarray]:
     """The rows of one file, forever, from a random starting row (an infinite source, as in Pescador).
 
     The file is mapped when the activation starts (the first ``next``), and
@@ -143,8 +143,8 @@ def read_rows(path: Path) -> Iterator[np.ndarray]:
     MapCounter.opened += 1
     MapCounter.most = max(MapCounter.most, MapCounter.now)
     try:
-        # The starting row is not part of the seed tree; it only spreads reads over each file.
-        i = int(np.random.default_rng().integers(len(rows)))
+        # The starting row spreads reads over each file; pf.random_stream seeds it from the pass.
+        i = int(rng.integers(len(rows)))
         while True:
             yield rows[i].copy()
             i = (i + 1) % len(rows)
@@ -164,7 +164,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             f"({dataset_bytes / MIB:,.1f} MiB on disk) in {write_s:.1f} s"
         )
 
-        sources = [pf.stream(read_rows, p) for p in paths]
+        sources = [pf.random_stream(read_rows, p) for p in paths]
         train = pf.mux(sources, n_active=args.n_active, rate=args.rate, seed=0) | pf.batch(args.batch)
         if args.workers:
             train = train | pf.background(workers=args.workers)

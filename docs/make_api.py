@@ -27,7 +27,20 @@ def render() -> str:
             title = f"pf.{name}{inspect.signature(obj)}"
         doc = inspect.cleandoc(obj.__doc__ or "")
         parts.append(f"## `{title}`\n\n```text\n{doc}\n```\n")
+        if inspect.isclass(obj):
+            parts += _methods(name, obj)
     return "\n".join(parts)
+
+
+def _methods(name: str, cls: type) -> list[str]:
+    """The public methods that ``cls`` itself defines, with their docstrings."""
+    parts = []
+    for attr, member in vars(cls).items():
+        if attr.startswith("_") or not inspect.isfunction(member) or not member.__doc__:
+            continue
+        doc = inspect.cleandoc(member.__doc__)
+        parts.append(f"### `{name}.{attr}{inspect.signature(member)}`\n\n```text\n{doc}\n```\n")
+    return parts
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 from ._stream import Operator as Operator
+from ._stream import Pass as Pass
 from ._stream import Stream as Stream
 from ._stream import pipe as pipe
 from .background import background as background
@@ -46,6 +47,7 @@ __version__ = "0.1.0"
 __all__ = [
     "DataError",
     "Operator",
+    "Pass",
     "PescadorError",
     "Stream",
     "WorkerError",

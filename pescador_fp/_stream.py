@@ -308,7 +308,15 @@ class Pass(Iterator[T]):
         self._items.close()
 
     def state(self) -> dict[str, Any]:
-        """Where the consumer stands in this pass, as a small JSON-serialisable dict (docs/resume.md)."""
+        """Where the consumer stands in this pass, as a small JSON-serialisable dict (docs/resume.md).
+
+        It holds the items taken so far, the pass seed (or the entropy an
+        unseeded pass drew), a fingerprint of the pipeline and, for
+        ``background``, the items taken from each worker: never samples.
+        ``stream.iterate(seed, state=state)`` yields the rest of this pass;
+        a state restores only into the same pipeline, seed and library
+        version (else ``ValueError`` says what differs).
+        """
         from ._resume import state_of
 
         return state_of(self)
