@@ -29,7 +29,7 @@ except ImportError as error:  # pragma: no cover - the message is the point
 
 from ._check import check_bool, check_int
 from ._seed import SeedContext
-from ._stream import Operator, Stream, as_stream
+from ._stream import Operator, Pass, Stream, as_stream
 from .ops.shard import shard
 
 __all__ = ["as_tensors", "dataset", "tensors"]
@@ -161,17 +161,41 @@ class StreamDataset(torch.utils.data.IterableDataset[Any]):
         super().__init__()
         self.stream = stream
         self.epoch = epoch
+        self._pass: Pass[Any] | None = None  # the pass running in this process
+        self._resume: dict[str, Any] | None = None  # the state the next pass starts from
 
     def set_epoch(self, epoch: int) -> None:
         """Make the next pass ``iterate(seed=epoch)`` (in every DataLoader worker started after this)."""
         self.epoch = check_int("set_epoch", "epoch", epoch, 0)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The epoch and where the pass running in this process stands (``Pass.state``), as plain data.
+
+        Save it beside the model's ``state_dict``; :meth:`load_state_dict`
+        makes the next pass continue there (docs/resume.md). It sees the pass
+        of this process: use it with ``num_workers=0`` (parallel work in
+        ``pf.background``).
+        """
+        running = self._pass.state() if self._pass is not None else self._resume
+        return {"epoch": self.epoch, "pass": running}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Make the next pass the rest of the pass that ``state`` (from :meth:`state_dict`) was taken in."""
+        if not isinstance(state, dict) or "epoch" not in state or "pass" not in state:
+            raise ValueError(
+                f"load_state_dict: expected the dict that state_dict() returned, got {reprlib.repr(state)}"
+            )
+        self.epoch = check_int("load_state_dict", "epoch", state["epoch"], 0)
+        self._resume = state["pass"]
 
     def __iter__(self) -> Iterator[Any]:
         info = torch.utils.data.get_worker_info()
         stream = self.stream
         if info is not None and info.num_workers > 1:
             stream = stream | shard(info.id, info.num_workers)
-        return _converted(stream.iterate(seed=self.epoch), None, False)
+        resume, self._resume = self._resume, None
+        self._pass = stream.iterate(seed=self.epoch, state=resume)
+        return _converted(self._pass, None, False)
 
     def __repr__(self) -> str:
         return f"pescador_fp.torch.dataset({self.stream!r})"

@@ -253,3 +253,23 @@ def test_arrays_torch_cannot_take_as_they_are_become_tensors_of_the_same_values(
     tensor = pft.as_tensors(array)
     assert isinstance(tensor, torch.Tensor)
     assert tensor.tolist() == array.tolist()
+
+
+def test_dataset_state_dict_resumes_the_epoch_where_it_stopped():
+    stream = pf.mux([pf.from_arrays(np.arange(10 * i, 10 * i + 10)) for i in range(4)], 2, 3, seed=0)
+    stream = stream | pf.take(30) | pf.shuffle(5) | pf.batch(3) | pf.background(workers=2)
+    ds = pft.dataset(stream)
+    ds.set_epoch(2)
+    with nothing_left_behind():
+        whole = [t.tolist() for t in torch.utils.data.DataLoader(ds, batch_size=None)]
+        loader = iter(torch.utils.data.DataLoader(ds, batch_size=None))
+        first = [next(loader).tolist() for _ in range(4)]
+        saved = json.loads(json.dumps(ds.state_dict()))
+        del loader
+        again = pft.dataset(stream)
+        again.load_state_dict(saved)
+        assert again.epoch == 2
+        rest = [t.tolist() for t in torch.utils.data.DataLoader(again, batch_size=None)]
+        assert first + rest == whole
+        with pytest.raises(ValueError, match="expected the dict that state_dict"):
+            again.load_state_dict({"pass": None})
