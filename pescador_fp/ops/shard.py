@@ -51,6 +51,9 @@ class _InContext(Stream[Any]):
     def _open(self, ctx: SeedContext) -> Iterator[Any]:
         return self.inner._open(ctx.child(*self.keys))
 
+    def _open_at(self, ctx: SeedContext, start: int) -> Iterator[Any]:
+        return self.inner._open_at(ctx.child(*self.keys), start)
+
     def _length(self) -> int | None:
         return self.inner._length()
 
@@ -247,6 +250,12 @@ class _Sharded(Stream[Any]):
             n = _equal_length(self.upstream, self.op.count, self.op)
             return _first(self._part()._open(ctx), n)
         return self._part()._open(ctx)
+
+    def _open_at(self, ctx: SeedContext, start: int) -> Iterator[Any]:
+        if self.op.equal:
+            n = _equal_length(self.upstream, self.op.count, self.op)
+            return _first(self._part()._open_at(ctx, start), max(0, n - start))
+        return self._part()._open_at(ctx, start)
 
     def _length(self) -> int | None:
         if self.op.equal:
