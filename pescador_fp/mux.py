@@ -24,6 +24,7 @@ import numpy as np
 from ._check import check_bool, check_choice, check_int, check_rate, check_streams, check_weights
 from ._sampling import BulkDraws, Picker, count_sampler, weighted_order
 from ._seed import Seed, SeedContext, check_seed
+from ._stats import tally
 from ._stream import NOTHING, PassIterator, Stream, _run, as_stream, peek
 
 __all__ = ["chain", "mux", "round_robin", "shuffled_mux"]
@@ -219,6 +220,8 @@ class _MuxIterator(PassIterator):
         "dry",
         "empty_lately",
         "gens",
+        "given",
+        "given_from",
         "heaviest",
         "left",
         "mux",
@@ -229,6 +232,7 @@ class _MuxIterator(PassIterator):
         "slot_weight",
         "slots",
         "source_of",
+        "tally",
         "total_weight",
         "weighted",
     )
@@ -250,6 +254,12 @@ class _MuxIterator(PassIterator):
         self.order = weighted_order(m.weights, rng)[::-1] if m.mode == "exhaustive" else []
         #: The activations of each source so far; each opens a pass seeded by its number.
         self.activations = [0] * len(m.streams)
+        #: (stats) Items given per source by closed activations (an open one: given_from[k] - left[k]).
+        self.given = [0] * len(m.streams)
+        self.given_from = [0] * m.n_active
+        self.tally = tally(ctx.run, m)
+        if self.tally is not None:
+            self.tally.opened(self)
         #: Sources whose activation came up empty since the last one that yielded:
         #: once it holds every usable source, nothing more will come (prune_empty=False).
         self.empty_lately: set[int] = set()
@@ -354,6 +364,8 @@ class _MuxIterator(PassIterator):
         if gen is not None:
             gen.close()
         self.active.pop(self.source_of[k], None)
+        if self.source_of[k] >= 0:
+            self.given[self.source_of[k]] += self.given_from[k] - self.left[k]
         self.slots[k] = self.gens[k] = None
         self.source_of[k] = -1
         self.slot_weight[k] = 0.0
@@ -361,6 +373,16 @@ class _MuxIterator(PassIterator):
     def release(self) -> None:
         for k in range(self.mux.n_active):
             self._release(k)
+        if self.tally is not None:
+            self.tally.closed(self)
+
+    def source_counts(self) -> tuple[list[int], list[int]]:
+        """(stats) Items given and activations so far, per source."""
+        given = list(self.given)
+        for k, source in enumerate(self.source_of):
+            if source >= 0:
+                given[source] += self.given_from[k] - self.left[k]
+        return given, list(self.activations)
 
     def _fill(self, k: int) -> None:
         self._activate(k)
@@ -380,6 +402,7 @@ class _MuxIterator(PassIterator):
             items = self._activation_count(source)
             if single_active and source in self.active:
                 self.left[self.active[source]] += items  # drawing an open source extends its activation
+                self.given_from[self.active[source]] += items
                 continue
             if items == 0:
                 continue
@@ -397,6 +420,7 @@ class _MuxIterator(PassIterator):
             self.empty_lately.clear()
             self.slots[k], self.gens[k] = peeked[1], peeked[2]
             self.left[k], self.source_of[k] = items, source
+            self.given_from[k] = items
             self.slot_weight[k] = m.weights[source]
             if single_active:
                 self.active[source] = k

@@ -1,0 +1,394 @@
+"""What a pass counts as it runs, in the consumer's process, for :meth:`Pass.stats`.
+
+Every stage (``upstream | op``) that runs in the consumer's process counts the
+items it gives and times how long its ``next()`` takes: the first
+``_WARM_ITEMS`` items each, then one item in ``_SAMPLE_EVERY`` (a pair of
+clock reads costs about 0.1 us, too much for every item of a cheap stage). The
+time of a stage *itself* is that time less the time of the stages it reads
+from. ``background`` counts per worker the items it sent, how full its ring
+was when the consumer came to read (sampled), and how long the consumer waited
+on it; a multiplexer counts per source the items it gave and its activations.
+
+Nothing is counted in worker processes (their passes have no ``Run``). The
+counters live in ``SeedContext.run.stats``, keyed by the stage's stream object,
+so that a stage opened several times in a pass (under ``cycle``, or below a
+multiplexer) adds up in one row.
+
+``PESCADOR_FP_STATS=0`` in the environment (read at import) turns the per-stage
+and per-worker counting off: only the benchmarks use it, to measure what the
+counting costs.
+"""
+
+from __future__ import annotations
+
+import os
+import reprlib
+import time
+from collections.abc import Generator, Iterator
+from itertools import islice
+from operator import itemgetter, length_hint
+from typing import Any, TypeVar
+
+__all__ = ["ENABLED", "ChannelCounts", "Stats", "Tally", "counted", "stats_of", "tally"]
+
+T = TypeVar("T")
+
+#: Whether stages count at all (benchmarks only: ``PESCADOR_FP_STATS=0``).
+ENABLED = os.environ.get("PESCADOR_FP_STATS", "1") != "0"
+_WARM_ITEMS = 8  # the first items of a stage are each timed: the slow start (workers) is counted once
+_SAMPLE_EVERY = 32  # then one item in this many
+_first = itemgetter(0)
+_NOTHING: Any = object()
+_NAME_CHARS = 60
+
+
+def _name(x: object) -> str:
+    text = repr(x)
+    return text if len(text) <= _NAME_CHARS else text[: _NAME_CHARS - 1] + "…"
+
+
+class StageCounts:
+    """One stage's counters: items out, the time its ``next()`` took (sampled), first and last use."""
+
+    __slots__ = ("ended", "items", "open", "sampled_items", "sampled_s", "started", "timed_items", "warm_s")
+
+    def __init__(self) -> None:
+        self.items = 0  # items given downstream
+        self.warm_s = 0.0  # the time of the items timed one by one (and of the calls that found the end)
+        self.timed_items = 0  # how many of the items that was
+        self.sampled_s = 0.0  # the time of the sampled items after those
+        self.sampled_items = 0
+        self.started = 0.0  # perf_counter at the first next(); 0: never asked
+        self.ended = 0.0  # perf_counter when the last opening ended or closed; 0: open
+        self.open = 0  # openings not yet ended
+
+    def seconds(self) -> float:
+        """The estimated time spent inside this stage's ``next()``, its upstream's included."""
+        rest = self.items - self.timed_items
+        if not self.sampled_items or rest <= 0:
+            return self.warm_s
+        return self.warm_s + self.sampled_s / self.sampled_items * rest
+
+
+def counted(items: Iterator[T], counts: StageCounts) -> Generator[T, None, None]:
+    """``items``, counted into ``counts``: a generator that also closes ``items`` when closed."""
+    perf = time.perf_counter
+    counts.open += 1
+    try:
+        if not counts.started:
+            counts.started = perf()
+        for _ in range(_WARM_ITEMS):
+            start = perf()
+            x = next(items, _NOTHING)
+            counts.warm_s += perf() - start
+            if x is _NOTHING:
+                return
+            counts.items += 1
+            counts.timed_items += 1
+            yield x
+        chunk = _SAMPLE_EVERY - 1
+        while True:
+            start = perf()
+            x = next(items, _NOTHING)
+            if x is _NOTHING:
+                counts.warm_s += perf() - start
+                return
+            counts.sampled_s += perf() - start
+            counts.sampled_items += 1
+            counts.items += 1
+            yield x
+            # The rest of the chunk untimed, at C speed; ``left`` says how many came.
+            left = iter(range(chunk))
+            try:
+                yield from map(_first, zip(islice(items, chunk), left))
+            finally:
+                counts.items += chunk - length_hint(left)
+    finally:
+        counts.open -= 1
+        if not counts.open:
+            counts.ended = perf()
+        close = getattr(items, "close", None)
+        if close is not None:
+            close()
+
+
+def stage_counts(run: Any, stream: object) -> StageCounts | None:
+    """The counters of ``stream``'s stage in ``run`` (made on first use); ``None`` if not counting."""
+    if run is None or not ENABLED:
+        return None
+    key = ("stage", id(stream))
+    entry = run.stats.get(key)
+    if entry is None:
+        entry = run.stats[key] = (stream, StageCounts())
+    counts: StageCounts = entry[1]
+    return counts
+
+
+# ---------------------------------------------------------------- background
+
+
+class ChannelCounts:
+    """(``_merge.Channel``) One worker's items, the consumer's wait on it, and its ring's fill (sampled)."""
+
+    __slots__ = ("fill", "fill_samples", "items", "last", "started", "waited_s")
+
+    def __init__(self) -> None:
+        self.items = 0
+        self.waited_s = 0.0
+        self.fill = 0.0  # the sum of the sampled fill fractions
+        self.fill_samples = 0
+        self.started = 0.0  # perf_counter when the consumer first asked
+        self.last = 0.0  # perf_counter at the last item
+
+
+def register_channels(run: Any, upstream: object, counts: list[ChannelCounts]) -> None:
+    """(``background``) Register its workers' counters, under the stream that runs in them."""
+    if run is not None and ENABLED:
+        run.stats["workers", id(upstream)] = (upstream, counts)
+
+
+# ---------------------------------------------------------------- multiplexers
+
+
+class Tally:
+    """Per source of one multiplexer: items given and activations, over all its openings in a pass.
+
+    An open pass of the multiplexer reports through ``source_counts()`` (items given, activations, per
+    source); a closed one is added in once.
+    """
+
+    __slots__ = ("activations", "given", "live", "stream")
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+        n = len(stream.children)
+        self.given = [0] * n
+        self.activations = [0] * n
+        self.live: list[Any] = []
+
+    def opened(self, it: Any) -> None:
+        self.live.append(it)
+
+    def closed(self, it: Any) -> None:
+        """Add ``it``'s counts in, once."""
+        for i, other in enumerate(self.live):
+            if other is it:
+                del self.live[i]
+                given, activations = it.source_counts()
+                self.given = [a + b for a, b in zip(self.given, given)]
+                self.activations = [a + b for a, b in zip(self.activations, activations)]
+                return
+
+    def counts(self) -> tuple[list[int], list[int]]:
+        given, activations = list(self.given), list(self.activations)
+        for it in self.live:
+            more, more_activations = it.source_counts()
+            given = [a + b for a, b in zip(given, more)]
+            activations = [a + b for a, b in zip(activations, more_activations)]
+        return given, activations
+
+
+def tally(run: Any, stream: object) -> Tally | None:
+    """The tally of multiplexer ``stream`` in ``run`` (made on first use); ``None`` if not counting."""
+    if run is None or not ENABLED:
+        return None
+    key = ("sources", id(stream))
+    entry = run.stats.get(key)
+    if entry is None:
+        entry = run.stats[key] = (stream, Tally(stream))
+    counts: Tally = entry[1]
+    return counts
+
+
+# ---------------------------------------------------------------- the report
+
+
+def _walk(stream: Any) -> Iterator[Any]:
+    """Every stream in ``stream``'s tree, the consumer's end first, each once."""
+    seen: set[int] = set()
+    todo = [stream]
+    while todo:
+        node = todo.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        yield node
+        todo.extend(reversed(node.children))
+
+
+def _counted_below(node: Any, stats: dict[Any, Any]) -> list[StageCounts]:
+    """The counted stages that ``node``'s stage reads from directly (looking through sources and muxes)."""
+    found: list[StageCounts] = []
+    todo = list(node.children)
+    seen: set[int] = set()
+    while todo:
+        child = todo.pop()
+        if id(child) in seen:
+            continue
+        seen.add(id(child))
+        entry = stats.get(("stage", id(child)))
+        if entry is not None:
+            found.append(entry[1])
+        else:
+            todo.extend(child.children)
+    return found
+
+
+class Stats(dict[str, Any]):
+    """Where a pass spends its time: a dict of raw numbers that prints as a table.
+
+    ``print(it.stats())`` shows the table; the dict holds:
+
+    - ``"taken"``: items the consumer has received; ``"seconds"``: since the
+      first item was asked for (until the pass ended, if it has);
+      ``"waiting_s"``: of that, the time the consumer waited for items;
+      ``"consumer_s"``: the rest, spent in the consumer's own loop;
+    - ``"stages"``: a list, the consumer's end first, of ``{"stage", "items",
+      "seconds", "self_s"}``: the time inside the stage's ``next()``
+      (everything below it included) and of that, the stage's own;
+    - ``"workers"``: per ``background``, a list of ``{"stage", "worker",
+      "items", "items_per_s", "ring_fill", "waited_s"}``;
+    - ``"sources"``: per multiplexer, a list of ``{"stage", "source",
+      "items", "activations"}``.
+    """
+
+    def __str__(self) -> str:
+        return _table(self)
+
+
+def stats_of(stream: Any, run: Any, taken: int) -> Stats:
+    """The stats of a pass over ``stream`` whose stages counted into ``run``."""
+    from ._stream import Applied
+
+    stats: dict[Any, Any] = {} if run is None else run.stats
+    now = time.perf_counter()
+    stages: list[dict[str, Any]] = []
+    workers: list[dict[str, Any]] = []
+    sources: list[dict[str, Any]] = []
+    listed: set[Any] = set()
+    nodes = list(_walk(stream))
+    nodes += [entry[0] for key, entry in stats.items() if key[1] not in {id(n) for n in nodes}]
+    for node in nodes:
+        name = _name(node.op) if isinstance(node, Applied) else _name(node)
+        entry = stats.get(("stage", id(node)))
+        if entry is not None and ("stage", id(node)) not in listed:
+            listed.add(("stage", id(node)))
+            counts: StageCounts = entry[1]
+            seconds = counts.seconds()
+            below = sum(c.seconds() for c in _counted_below(node, stats))
+            stages.append(
+                {
+                    "stage": name,
+                    "items": counts.items,
+                    "seconds": seconds,
+                    "self_s": max(0.0, seconds - below),
+                }
+            )
+        if isinstance(node, Applied):
+            entry = stats.get(("workers", id(node.upstream)))
+            if entry is not None and ("workers", id(node.upstream)) not in listed:
+                listed.add(("workers", id(node.upstream)))
+                for i, channel in enumerate(entry[1]):
+                    workers.append(_worker_row(name, i, channel, now))
+        entry = stats.get(("sources", id(node)))
+        if entry is not None and ("sources", id(node)) not in listed:
+            listed.add(("sources", id(node)))
+            given, activations = entry[1].counts()
+            for i, child in enumerate(node.children):
+                sources.append(
+                    {"stage": name, "source": _name(child), "items": given[i], "activations": activations[i]}
+                )
+    top = stats.get(("stage", id(stream)))
+    seconds = waiting = 0.0
+    if top is not None and top[1].started:
+        counts = top[1]
+        seconds = (counts.ended or now) - counts.started
+        waiting = min(seconds, counts.seconds())
+    return Stats(
+        taken=taken,
+        seconds=seconds,
+        waiting_s=waiting,
+        consumer_s=seconds - waiting,
+        stages=stages,
+        workers=workers,
+        sources=sources,
+    )
+
+
+def _worker_row(stage: str, index: int, channel: ChannelCounts, now: float) -> dict[str, Any]:
+    span = (channel.last or now) - channel.started if channel.started else 0.0
+    return {
+        "stage": stage,
+        "worker": index,
+        "items": channel.items,
+        "items_per_s": channel.items / span if span > 0 else 0.0,
+        "ring_fill": channel.fill / channel.fill_samples if channel.fill_samples else 0.0,
+        "waited_s": channel.waited_s,
+    }
+
+
+# ---------------------------------------------------------------- the table
+
+
+def _rows(header: list[str], rows: list[list[str]]) -> list[str]:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(zip(header, widths)))]
+    for row in rows:
+        lines.append(
+            "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
+        )
+    return ["  " + line.rstrip() for line in lines]
+
+
+def _s(seconds: float) -> str:
+    return f"{seconds:.3f} s"
+
+
+def _share(part: float, whole: float) -> str:
+    return f"{100 * part / whole:.0f} %" if whole > 0 else "-"
+
+
+def _table(stats: Stats) -> str:
+    seconds = stats["seconds"]
+    lines = [
+        f"pass: {stats['taken']} items taken in {_s(seconds)}; the consumer waited {_s(stats['waiting_s'])} "
+        f"({_share(stats['waiting_s'], seconds)}) and ran its own loop {_s(stats['consumer_s'])}"
+    ]
+    stages = stats["stages"]
+    if stages:
+        heaviest = max(stages, key=lambda row: row["self_s"])
+        lines += ["", "stages (the consumer's end first):"]
+        rows = [
+            [
+                ("* " if row is heaviest and row["self_s"] > 0 else "  ") + row["stage"],
+                str(row["items"]),
+                _s(row["seconds"]),
+                _s(row["self_s"]),
+                _share(row["self_s"], seconds),
+            ]
+            for row in stages
+        ]
+        lines += _rows(["  stage", "items", "time in next()", "own time", "of pass"], rows)
+        if heaviest["self_s"] > 0:
+            lines.append(f"  * where the time goes: {heaviest['stage']}")
+    if stats["workers"]:
+        lines += ["", "background workers:"]
+        rows = [
+            [
+                f"{row['stage']} #{row['worker']}",
+                str(row["items"]),
+                f"{row['items_per_s']:.1f}",
+                f"{100 * row['ring_fill']:.0f} %",
+                _s(row["waited_s"]),
+            ]
+            for row in stats["workers"]
+        ]
+        lines += _rows(["worker", "items", "items/s", "ring fill", "consumer waited"], rows)
+    if stats["sources"]:
+        lines += ["", "multiplexer sources:"]
+        rows = [
+            [f"{row['stage']}: {reprlib.repr(row['source'])}", str(row["items"]), str(row["activations"])]
+            for row in stats["sources"]
+        ]
+        lines += _rows(["source", "items", "activations"], rows)
+    return "\n".join(lines)
