@@ -1,0 +1,490 @@
+"""``pescador_fp.ray.remote``: run a pipeline's parts as Ray streaming-generator tasks on a cluster.
+
+An operator with ``background``'s shape, for preprocessing that outgrows one
+machine. The stream is divided into parts exactly as ``background`` and
+``shard`` divide it (:func:`~pescador_fp._divide.divide`); each part runs as a
+Ray streaming-generator task, which may run at most ``prefetch`` items ahead
+of the consumer; the consumer merges the parts in ``background``'s order. With
+the same seed and the same number of workers, ``s | remote(workers=n)`` yields
+what ``s | pf.background(workers=n)`` yields.
+
+Where nothing divides (a ``pf.stream`` generator at the bottom), ``background``
+has a feeder process run the undividable head once and deal its items to the
+workers. Here there is no feeder: every part task runs the head itself with the
+pass's seed context and keeps its dealt items ``i, i + k, ...``, as ``shard``'s
+ranks do. That gives the same items in the same order wherever the head is the
+same in every task for the seed, at the cost of running the head ``k`` times.
+
+Exactly once under faults: Ray re-runs a part task whose worker process died
+(``max_retries``). A part is deterministic for its seed context, so the new run
+yields the same items; Ray drops the items the caller already has, and the
+consumer checks every item's place in its part all the same. A pass with no
+seed anywhere draws entropy once in the consumer, used where an operator would
+otherwise draw fresh OS entropy, so that every task and every retry agree.
+
+Ray is imported only when an iterator is opened: ``import pescador_fp.ray``
+needs no Ray, and neither does building the operator.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import importlib
+import itertools
+import numbers
+import reprlib
+import secrets
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import cloudpickle
+import numpy as np
+
+from ._check import check_int
+from ._divide import components, divide, rebuild
+from ._ipc.codec import RemoteTraceback, dumps_recipe, loads_recipe
+from ._sampling import Picker
+from ._seed import MERGE_SEED, SeedContext
+from ._stream import Applied, Operator, Stream, _run
+from .background import _Background
+from .errors import PescadorError, WorkerError
+
+__all__ = ["remote"]
+
+_WHERE = "pescador_fp.ray.remote"
+# Ray's names for the resources it schedules by keyword rather than in ``resources``.
+_KEYWORD_RESOURCES = {"CPU": "num_cpus", "GPU": "num_gpus", "memory": "memory"}
+# What each part task asks for when ``resources`` is not given.
+_DEFAULT_RESOURCES = (("CPU", 1.0),)
+
+
+def _ray() -> Any:
+    """The ``ray`` module, imported now (a clear error where it is not installed)."""
+    try:
+        return importlib.import_module("ray")
+    except ImportError as error:
+        raise ImportError(
+            f"{_WHERE} needs Ray: pip install 'pescador_fp[ray]' (or pip install 'ray>=2.9')"
+        ) from error
+
+
+# ---------------------------------------------------------------- seeds
+
+
+def _replayable(ctx: SeedContext) -> SeedContext:
+    """``ctx`` with the pass's own entropy for the operators that have no seed, drawn now if it has none.
+
+    Every part task and every retry of one then makes the same draws: the
+    retried task replays exactly what the first try yielded.
+    """
+    if ctx.root is None and getattr(ctx, "fallback", 0) is None:  # passes draw it in for_pass
+        return dataclasses.replace(ctx, fallback=secrets.randbits(128))
+    return ctx
+
+
+# ---------------------------------------------------------------- the part task (on a Ray worker)
+
+
+@dataclass(frozen=True, repr=False, eq=False)
+class _Dealt(Stream[Any]):
+    """(task) Items ``i, i + k, ...`` of the head that nothing divides, run with the pass's seed context."""
+
+    undivided: Stream[Any]
+    ctx: SeedContext  # the pass's: every part runs the head as background's feeder would
+    dealt: tuple[int, int]
+    at: int  # the depth of the head in the whole pipeline, so that seeds line up
+
+    @property
+    def depth(self) -> int:  # type: ignore[override]
+        return self.at
+
+    def _open(self, ctx: SeedContext) -> Iterator[Any]:
+        index, count = self.dealt
+        return itertools.islice(_run(self.undivided, self.ctx), index, None, count)
+
+    def _numbering(self) -> tuple[int, int] | None:
+        return self.dealt
+
+    def _describe(self) -> str:
+        index, count = self.dealt
+        return f"<items {index}, {index} + {count}, ... of {self.undivided!r}>"
+
+
+class _Groups:
+    """(task) The number of input items the operators above the source have asked for after the first.
+
+    An output yielded while it is ``g`` comes from input item ``g`` of this part
+    (or, after a gathering operator, where ``background``'s worker marks it), so
+    the consumer can merge group by group as ``background`` does.
+    """
+
+    __slots__ = ("count",)
+
+    def __init__(self) -> None:
+        self.count = 0
+
+
+@dataclass(frozen=True, repr=False, eq=False)
+class _Counted(Stream[Any]):
+    """(task) ``source``, counting in ``groups`` each time the operators above ask for the next item."""
+
+    source: Stream[Any]
+    groups: _Groups
+
+    @property
+    def depth(self) -> int:  # type: ignore[override]
+        return self.source.depth
+
+    @property
+    def children(self) -> tuple[Stream[Any], ...]:
+        return (self.source,)
+
+    def _numbering(self) -> tuple[int, int] | None:
+        return self.source._numbering()
+
+    def _open(self, ctx: SeedContext) -> Iterator[Any]:
+        return _counted(self.source._open(ctx), self.groups)
+
+    def _describe(self) -> str:
+        return f"{self.source!r} | <counted>"
+
+
+def _counted(items: Iterator[Any], groups: _Groups) -> Iterator[Any]:
+    for item in items:
+        yield item
+        groups.count += 1  # asked for the next item: everything this one led to has been yielded
+
+
+def _part_items(recipe: bytes) -> Iterator[tuple[int, int, Any]]:
+    """(task) Run one part; yield ``(place, group, item)`` for each of its items."""
+    part, grouped, ctx, head, head_ctx = loads_recipe(recipe)
+    source = part.source
+    if source is None:
+        assert part.dealt is not None
+        source = _Dealt(head, head_ctx, part.dealt, part.depth)
+    groups = _Groups()
+    if grouped:
+        source = _Counted(source, groups)
+    for place, item in enumerate(_run(rebuild(source, part.ops), ctx)):
+        yield place, groups.count, item
+
+
+@functools.cache
+def _task() -> Any:
+    """The part task as a Ray remote function (made once per process, after Ray is imported)."""
+    return _ray().remote(_part_items)
+
+
+# ---------------------------------------------------------------- the consumer
+
+
+def _recipe(recipe: tuple[Any, ...], whole: Stream[Any]) -> bytes:
+    """The bytes a part task needs; a clear error naming the piece of ``whole`` that cannot be pickled."""
+    try:
+        return dumps_recipe(recipe)
+    except (OSError, PescadorError):
+        raise
+    except Exception as error:
+        culprit: object = whole
+        for piece in components(whole):
+            try:
+                cloudpickle.dumps(piece)
+            except Exception:
+                culprit = piece
+                break
+        raise TypeError(
+            f"{_WHERE}: cannot send the pipeline to Ray tasks: {reprlib.repr(culprit)} "
+            f"could not be pickled ({type(error).__name__}: {error})"
+        ) from error
+
+
+class _Channel:
+    """(consumer) One part task's stream of items."""
+
+    def __init__(self, index: int, items: Any, ray: Any) -> None:
+        self.index = index
+        self.items = items  # the task's ObjectRefGenerator
+        self.ray = ray
+        self.received = 0  # items of this part that the consumer has
+        self.pending: tuple[int, Any] | None = None  # (group, item) read ahead by the group merge
+        self.finished = False  # the group merge has seen the part's end
+
+    def next_entry(self) -> tuple[int, Any] | None:
+        """The part's next ``(group, item)``; ``None`` at its end."""
+        ray = self.ray
+        while True:
+            try:
+                ref = next(self.items)
+                place, group, item = ray.get(ref)
+            except StopIteration:
+                return None
+            except ray.exceptions.RayTaskError as error:
+                raise _user_error(error, self.index) from None
+            except ray.exceptions.RayError as error:
+                raise WorkerError(
+                    f"{_WHERE}: the Ray task of part {self.index} failed after its retries: "
+                    f"{type(error).__name__}: {error}"
+                ) from error
+            del ref
+            if place < self.received:  # a retry's replay of an item the consumer has: skip it
+                continue
+            if place > self.received:
+                raise WorkerError(
+                    f"{_WHERE}: part {self.index} sent item {place} where item {self.received} was due"
+                )
+            self.received += 1
+            return group, item
+
+    def group(self, group: int) -> Iterator[Any]:
+        """The part's items of input group ``group``; ``self.pending`` keeps the first of a later one."""
+        while True:
+            entry = self.pending or self.next_entry()
+            self.pending = None
+            if entry is None:
+                self.finished = True
+                return
+            if entry[0] != group:
+                self.pending = entry
+                return
+            yield entry[1]
+
+
+def _user_error(error: Any, index: int) -> BaseException:
+    """The exception a part raised, as itself, with the remote traceback attached."""
+    cause = getattr(error, "cause", None)
+    text = getattr(error, "traceback_str", None) or str(error)
+    if not isinstance(cause, BaseException):
+        return WorkerError(f"{_WHERE}: part {index} raised an error that cannot be sent back: {text}")
+    cause.__cause__ = RemoteTraceback(f"\n\nraised in Ray part {index}:\n\n{text}")
+    return cause
+
+
+def _merge(channels: list[_Channel], weights: list[float | None], rng: Any) -> Iterator[Any]:
+    """Yield the parts' items in turn, or (divided weighted muxes) picked in proportion to their weights.
+
+    The same picks from the same generator as ``background``'s merge (``_merge.merge``).
+    """
+    live = list(range(len(channels)))
+    picker = Picker([w or 0.0 for w in weights], rng) if any(w is not None for w in weights) else None
+    turn = 0
+    while live:
+        if picker is None:
+            turn %= len(live)
+            index = live[turn]
+            turn += 1
+        elif picker.any_left:
+            index = picker.pick()
+        else:
+            return
+        entry = channels[index].next_entry()
+        if entry is not None:
+            yield entry[1]
+            continue
+        live.remove(index)
+        turn -= 1
+        if picker is not None and live:
+            picker.drop(index)
+
+
+def _merge_groups(channels: list[_Channel]) -> Iterator[Any]:
+    """Yield the parts' items input group by input group, in turn: the order of the undivided stream."""
+    live = list(range(len(channels)))
+    turns = [0] * len(channels)  # the next group of each part
+    turn = 0
+    while live:
+        turn %= len(live)
+        index = live[turn]
+        channel = channels[index]
+        yield from channel.group(turns[index])
+        turns[index] += 1
+        if channel.finished:
+            del live[turn]
+        else:
+            turn += 1
+
+
+def _demand(op: _Remote) -> dict[str, float]:
+    """What each part task asks of the cluster: ``{"CPU": 1}`` with the operator's ``resources`` over it."""
+    demand = dict(_DEFAULT_RESOURCES)
+    demand.update(op.resources or ())
+    return {name: amount for name, amount in demand.items() if amount > 0}
+
+
+def _reserve(ray: Any, demand: dict[str, float], count: int) -> Any:
+    """A placement group of ``count`` bundles of ``demand``, ready: all parts run at once, or none.
+
+    The merge reads every part in turn, so a part that waits for room while
+    the others wait for the consumer would wait forever; a gang reservation
+    (and a clear error where the cluster is too small) rules that out.
+    """
+    if not demand:
+        return None
+    total = ray.cluster_resources()
+    short = {name: amount for name, amount in demand.items() if total.get(name, 0.0) < amount * count}
+    if short:
+        have = {name: total.get(name, 0.0) for name in short}
+        raise WorkerError(
+            f"{_WHERE}: workers={count} parts each asking {demand} need {count}x that, and the Ray "
+            f"cluster has {have}; pass fewer workers, smaller resources, or add nodes"
+        )
+    group = ray.util.placement_group([demand] * count, strategy="SPREAD")
+    try:
+        ray.get(group.ready())
+    except BaseException:
+        ray.util.remove_placement_group(group)
+        raise
+    return group
+
+
+def _task_options(op: _Remote, demand: dict[str, float], group: Any, index: int, ray: Any) -> dict[str, Any]:
+    """Ray's options for part task ``index``: streaming, retried, held back, in its bundle."""
+    options: dict[str, Any] = {
+        "num_returns": "streaming",
+        "max_retries": op.max_retries,
+        "retry_exceptions": False,
+        "_generator_backpressure_num_objects": op.prefetch,
+        "num_cpus": 0,
+    }
+    custom = {}
+    for name, amount in demand.items():
+        if name in _KEYWORD_RESOURCES:
+            options[_KEYWORD_RESOURCES[name]] = amount
+        else:
+            custom[name] = amount
+    if custom:
+        options["resources"] = custom
+    if group is None:
+        options["scheduling_strategy"] = "SPREAD"
+    else:
+        options["scheduling_strategy"] = ray.util.scheduling_strategies.PlacementGroupSchedulingStrategy(
+            group, placement_group_bundle_index=index
+        )
+    return options
+
+
+def _remote_items(op: _Remote, upstream: Stream[Any], ctx: SeedContext, depth: int) -> Iterator[Any]:
+    plan = divide(upstream, op.workers)
+    parts_ctx = _replayable(ctx)
+    recipes = [
+        _recipe((part, plan.grouped, plan.context(i, parts_ctx), plan.head, parts_ctx), upstream)
+        for i, part in enumerate(plan.parts)
+    ]
+    ray = _ray()
+    importlib.import_module("ray.util.scheduling_strategies")
+    demand = _demand(op)
+    group = _reserve(ray, demand, len(recipes))
+    generators: list[Any] = []
+    try:
+        for i, recipe in enumerate(recipes):
+            generators.append(_task().options(**_task_options(op, demand, group, i, ray)).remote(recipe))
+        channels = [_Channel(i, items, ray) for i, items in enumerate(generators)]
+        if plan.grouped:
+            yield from _merge_groups(channels)
+        else:
+            weights = [part.weight for part in plan.parts]
+            yield from _merge(channels, weights, ctx.generator(MERGE_SEED, depth))
+    finally:
+        for items in generators:
+            ray.cancel(items, force=True)
+        if group is not None:
+            ray.util.remove_placement_group(group)
+
+
+def _refuse_nested(upstream: Stream[Any], where: str) -> None:
+    for piece in components(upstream):
+        if isinstance(piece, (_Background, _Remote)):
+            raise ValueError(
+                f"{where}: the pipeline already holds {piece!r}; a part task cannot start workers of its "
+                f"own: remove {piece!r} (the Ray tasks run the pipeline in parallel already)"
+            )
+
+
+@dataclass(frozen=True, repr=False)
+class _Remote(Operator[Any, Any]):
+    workers: int
+    prefetch: int
+    max_retries: int
+    resources: tuple[tuple[str, float], ...] | None  # (name, amount) pairs
+
+    def _apply(self, upstream: Stream[Any]) -> Stream[Any]:
+        _refuse_nested(upstream, f"{_WHERE}({self._options()})")
+        return Applied(upstream, self)
+
+    def _open(self, upstream: Stream[Any], ctx: SeedContext, depth: int) -> Iterator[Any]:
+        return _remote_items(self, upstream, ctx, depth)
+
+    def _options(self) -> str:
+        options = [f"workers={self.workers}"]
+        if self.prefetch != 4:
+            options.append(f"prefetch={self.prefetch}")
+        if self.max_retries != 3:
+            options.append(f"max_retries={self.max_retries}")
+        if self.resources is not None:
+            options.append(f"resources={dict(self.resources)!r}")
+        return ", ".join(options)
+
+    def __repr__(self) -> str:
+        return f"ray.remote({self._options()})"
+
+
+def _check_resources(resources: object) -> tuple[tuple[str, float], ...] | None:
+    if resources is None:
+        return None
+    if not isinstance(resources, Mapping):
+        raise TypeError(
+            f"{_WHERE}: resources must be a dict of resource names to amounts (such as "
+            f'{{"CPU": 1, "GPU": 0.5}}) or None, got {reprlib.repr(resources)} ({type(resources).__name__})'
+        )
+    checked = []
+    for name, amount in resources.items():
+        if not isinstance(name, str):
+            raise TypeError(f"{_WHERE}: resources keys must be resource names (str), got {name!r}")
+        if (
+            isinstance(amount, bool)
+            or not isinstance(amount, numbers.Real)
+            or not 0 <= float(amount) < np.inf
+        ):
+            raise ValueError(
+                f"{_WHERE}: resources[{name!r}] must be a non-negative, finite number, got {amount!r}"
+            )
+        checked.append((name, float(amount)))
+    return tuple(checked)
+
+
+def remote(
+    workers: int,
+    *,
+    prefetch: int = 4,
+    max_retries: int = 3,
+    resources: Mapping[str, float] | None = None,
+) -> Operator[Any, Any]:
+    """Run everything upstream as ``workers`` Ray tasks, on whatever Ray cluster this process joined.
+
+    The stream is divided into parts as ``pf.background(workers=...)`` divides
+    it; each part runs as a Ray streaming-generator task that stays at most
+    ``prefetch`` items ahead of the consumer. The same seed and the same
+    ``workers`` give exactly what ``background`` gives, in the same order. A
+    task whose worker process dies is run again (``max_retries`` times) and the
+    consumer skips what it already has; an error in a part arrives as itself
+    with the remote traceback; ``break``, ``close()``, garbage collection and
+    Ctrl-C cancel the tasks. Arrays come back through Ray's object store,
+    read-only (zero-copy on the same node). Nothing starts until an iterator is
+    opened; Ray starts a local cluster then if none is running (``ray.init()``).
+
+    Args:
+        workers: number of parts, each one Ray task.
+        prefetch: items each task may run ahead of the consumer.
+        max_retries: how many times Ray runs a part again whose process died.
+        resources: what each task asks of the cluster, such as ``{"CPU": 2}``
+            or ``{"CPU": 1, "GPU": 0.25, "decoder": 1}`` (default ``{"CPU": 1}``).
+
+    >>> import pescador_fp as pf, pescador_fp.ray
+    >>> pf.from_iterable(range(6)) | pf.map(abs) | pescador_fp.ray.remote(workers=2, prefetch=8)
+    from_iterable(range(0, 6)) | map(abs) | ray.remote(workers=2, prefetch=8)
+    """
+    workers = check_int(_WHERE, "workers", workers, 1)
+    prefetch = check_int(_WHERE, "prefetch", prefetch, 1)
+    max_retries = check_int(_WHERE, "max_retries", max_retries, 0)
+    return _Remote(workers, prefetch, max_retries, _check_resources(resources))
