@@ -20,6 +20,7 @@ from ._ipc.codec import Decoder, RemoteTraceback, load_error
 from ._ipc.ring import RECORD_ARRAYS, RECORD_DATA, RECORD_END, RECORD_ERROR, Ring
 from ._ipc.workers import Workers, stack_of
 from ._sampling import Picker
+from ._stats import ChannelCounts
 from ._stream import NOTHING
 from ._worker import RECORD_MARK
 from .errors import WorkerError
@@ -174,6 +175,7 @@ def merge_groups(channels: list[Channel]) -> Iterator[Any]:
 
 
 _MARK = object()
+_FILL_EVERY = 16  # (stats) the ring's fill is looked at once in this many items
 
 
 class Channel:
@@ -198,6 +200,7 @@ class Channel:
         self.deadline = 0.0
         self.started = False  # the worker has loaded its pipeline: the timeout counts from then
         self.stacks = stacks  # per process (the feeder's last): where its stack comes, on a signal
+        self.counts = ChannelCounts()  # (stats) items, the consumer's wait, the ring's fill
 
     def alive(self) -> bool:
         """Whether the worker (and the feeder, where there is one) may still send something."""
@@ -226,15 +229,28 @@ class Channel:
 
     def next_item(self) -> Any:
         """The worker's next item, ``_MARK`` or ``NOTHING``; handles the records that carry no item."""
-        pending = self.decoder.pending
+        pending, counts = self.decoder.pending, self.counts
         if pending:
+            counts.items += 1
             return pending.popleft()
         if self.timeout is not None:
             self.deadline = time.monotonic() + self.timeout
         while True:
             ring = self.rings[self.index]
+            # (stats) A read-only look at the ring's positions: the bytes published past the
+            # record being read. None: get() will wait (or skip a wrap marker), and is timed.
+            ahead = ring._control[0] - ring._tail - ring._pending_release
+            if not counts.items % _FILL_EVERY:
+                counts.started = counts.started or time.perf_counter()
+                counts.fill += ahead / ring.capacity
+                counts.fill_samples += 1
             try:
-                record = ring.get(self.alive)  # answers a request for a larger ring itself
+                if ahead:
+                    record = ring.get(self.alive)  # answers a request for a larger ring itself
+                else:
+                    start = time.perf_counter()
+                    record = ring.get(self.alive)
+                    counts.waited_s += time.perf_counter() - start
             except OSError as error:
                 raise WorkerError(
                     f"background worker {self.index} has a sample larger than its ring, and the ring "
@@ -244,12 +260,14 @@ class Channel:
                 raise self.workers.failure(self.index)
             kind, metadata, buffers = record
             if kind in (RECORD_ARRAYS, RECORD_DATA):
+                counts.items += 1
                 return self.decoder.read(ring, kind, metadata, buffers)
             if kind == RECORD_MARK:
                 ring.release()
                 return _MARK
             if kind == RECORD_END:
                 ring.release()
+                counts.ended = time.perf_counter()
                 return NOTHING
             if kind == RECORD_ERROR:
                 _raise_remote(metadata, self.index)

@@ -1,9 +1,9 @@
 """What a pass counts as it runs, in the consumer's process, for :meth:`Pass.stats`.
 
 Every stage (``upstream | op``) that runs in the consumer's process counts the
-items it gives and times how long its ``next()`` takes: the first
-``_WARM_ITEMS`` items each, then one item in ``_SAMPLE_EVERY`` (a pair of
-clock reads costs about 0.1 us, too much for every item of a cheap stage). The
+items it gives and times how long its ``next()`` takes: every item where
+items are slow, one item in about 32 where they are cheap (a pair of clock
+reads costs about 0.1 us, too much for every item of a cheap stage). The
 time of a stage *itself* is that time less the time of the stages it reads
 from. ``background`` counts per worker the items it sent, how full its ring
 was when the consumer came to read (sampled), and how long the consumer waited
@@ -15,12 +15,13 @@ so that a stage opened several times in a pass (under ``cycle``, or below a
 multiplexer) adds up in one row.
 
 ``PESCADOR_FP_STATS=0`` in the environment (read at import) turns the per-stage
-and per-worker counting off: only the benchmarks use it, to measure what the
+and per-source counting off: only the benchmarks use it, to measure what the
 counting costs.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import reprlib
 import time
@@ -35,8 +36,10 @@ T = TypeVar("T")
 
 #: Whether stages count at all (benchmarks only: ``PESCADOR_FP_STATS=0``).
 ENABLED = os.environ.get("PESCADOR_FP_STATS", "1") != "0"
-_WARM_ITEMS = 8  # the first items of a stage are each timed: the slow start (workers) is counted once
-_SAMPLE_EVERY = 32  # then one item in this many
+# Items slower than this on average are all timed (a pair of clock reads costs ~0.1 us).
+_EXACT_ABOVE_S = 5e-6
+# Faster ones: one item in about 32 is timed; the untimed runs between vary in length.
+_RUNS = (23, 41, 30, 37, 26, 34, 19, 45, 28, 33, 21, 39, 31, 24, 43, 27)
 _first = itemgetter(0)
 _NOTHING: Any = object()
 _NAME_CHARS = 60
@@ -48,61 +51,63 @@ def _name(x: object) -> str:
 
 
 class StageCounts:
-    """One stage's counters: items out, the time its ``next()`` took (sampled), first and last use."""
+    """One stage's counters: items out, the time its ``next()`` took (partly sampled), first and last use."""
 
-    __slots__ = ("ended", "items", "open", "sampled_items", "sampled_s", "started", "timed_items", "warm_s")
+    __slots__ = ("ended", "head_s", "heads", "items", "open", "started", "timed_items", "timed_s")
 
     def __init__(self) -> None:
         self.items = 0  # items given downstream
-        self.warm_s = 0.0  # the time of the items timed one by one (and of the calls that found the end)
-        self.timed_items = 0  # how many of the items that was
-        self.sampled_s = 0.0  # the time of the sampled items after those
-        self.sampled_items = 0
+        self.timed_s = 0.0  # the time of the items timed (and of the calls that found the end)
+        self.timed_items = 0
+        self.head_s = 0.0  # of those, the items that head an untimed run: they stand for the rest
+        self.heads = 0
         self.started = 0.0  # perf_counter at the first next(); 0: never asked
         self.ended = 0.0  # perf_counter when the last opening ended or closed; 0: open
         self.open = 0  # openings not yet ended
 
     def seconds(self) -> float:
         """The estimated time spent inside this stage's ``next()``, its upstream's included."""
-        rest = self.items - self.timed_items
-        if not self.sampled_items or rest <= 0:
-            return self.warm_s
-        return self.warm_s + self.sampled_s / self.sampled_items * rest
+        untimed = self.items - self.timed_items
+        if not self.heads or untimed <= 0:
+            return self.timed_s
+        return self.timed_s + self.head_s / self.heads * untimed
 
 
 def counted(items: Iterator[T], counts: StageCounts) -> Generator[T, None, None]:
-    """``items``, counted into ``counts``: a generator that also closes ``items`` when closed."""
+    """``items``, counted into ``counts``: a generator that also closes ``items`` when closed.
+
+    Every item is timed while items take more than ``_EXACT_ABOVE_S`` on average
+    (the clock then costs under 3 %); otherwise one item is timed and the next
+    ones (a run of varying length, so that the sample never locks onto a
+    period of the stream, such as workers taken in turn) pass at C speed.
+    """
     perf = time.perf_counter
+    runs = itertools.cycle(_RUNS)
     counts.open += 1
     try:
         if not counts.started:
             counts.started = perf()
-        for _ in range(_WARM_ITEMS):
+        while True:
             start = perf()
             x = next(items, _NOTHING)
-            counts.warm_s += perf() - start
+            took = perf() - start
+            counts.timed_s += took
             if x is _NOTHING:
                 return
             counts.items += 1
             counts.timed_items += 1
-            yield x
-        chunk = _SAMPLE_EVERY - 1
-        while True:
-            start = perf()
-            x = next(items, _NOTHING)
-            if x is _NOTHING:
-                counts.warm_s += perf() - start
-                return
-            counts.sampled_s += perf() - start
-            counts.sampled_items += 1
-            counts.items += 1
-            yield x
-            # The rest of the chunk untimed, at C speed; ``left`` says how many came.
-            left = iter(range(chunk))
-            try:
-                yield from map(_first, zip(islice(items, chunk), left))
-            finally:
-                counts.items += chunk - length_hint(left)
+            if counts.timed_s < _EXACT_ABOVE_S * counts.timed_items:
+                counts.head_s += took
+                counts.heads += 1
+                yield x
+                run = next(runs)
+                left = iter(range(run))  # what is left of it says how many items came
+                try:
+                    yield from map(_first, zip(islice(items, run), left))
+                finally:
+                    counts.items += run - length_hint(left)
+            else:
+                yield x
     finally:
         counts.open -= 1
         if not counts.open:
@@ -130,15 +135,15 @@ def stage_counts(run: Any, stream: object) -> StageCounts | None:
 class ChannelCounts:
     """(``_merge.Channel``) One worker's items, the consumer's wait on it, and its ring's fill (sampled)."""
 
-    __slots__ = ("fill", "fill_samples", "items", "last", "started", "waited_s")
+    __slots__ = ("ended", "fill", "fill_samples", "items", "started", "waited_s")
 
     def __init__(self) -> None:
         self.items = 0
         self.waited_s = 0.0
         self.fill = 0.0  # the sum of the sampled fill fractions
         self.fill_samples = 0
-        self.started = 0.0  # perf_counter when the consumer first asked
-        self.last = 0.0  # perf_counter at the last item
+        self.started = 0.0  # perf_counter when the consumer first waited on it (it starts empty)
+        self.ended = 0.0  # perf_counter at its end
 
 
 def register_channels(run: Any, upstream: object, counts: list[ChannelCounts]) -> None:
@@ -316,7 +321,7 @@ def stats_of(stream: Any, run: Any, taken: int) -> Stats:
 
 
 def _worker_row(stage: str, index: int, channel: ChannelCounts, now: float) -> dict[str, Any]:
-    span = (channel.last or now) - channel.started if channel.started else 0.0
+    span = (channel.ended or now) - channel.started if channel.started else 0.0
     return {
         "stage": stage,
         "worker": index,

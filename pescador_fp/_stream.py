@@ -20,6 +20,7 @@ from typing import Any, Generic, TypeVar, overload
 import toolz
 
 from ._seed import WORKER_BRANCH, SeedContext
+from ._stats import Stats, counted, stage_counts
 
 __all__ = [
     "NOTHING",
@@ -307,6 +308,27 @@ class Pass(Iterator[T]):
         """End the pass: workers stop and every open source is closed; closing again does nothing."""
         self._items.close()
 
+    def stats(self) -> Stats:
+        """Where the pass spends its time so far: a dict of numbers that prints as a table.
+
+        Per stage that runs in this process: items out, the time inside its
+        ``next()`` and, of that, its own; per ``background`` worker: items/s,
+        how full its ring was and how long the consumer waited on it; per
+        multiplexer source: items given and activations (docs/observing.md).
+
+        >>> import pescador_fp as pf
+        >>> it = (pf.from_iterable(range(100)) | pf.map(abs)).iterate()
+        >>> total = sum(it)
+        >>> stats = it.stats()
+        >>> stats["taken"], [(row["stage"], row["items"]) for row in stats["stages"]]
+        (100, [('map(abs)', 100)])
+        >>> print(stats)  # doctest: +ELLIPSIS
+        pass: 100 items taken in ...
+        """
+        from ._stats import stats_of
+
+        return stats_of(self.stream, self.ctx.run, self.taken)
+
     def state(self) -> dict[str, Any]:
         """Where the consumer stands in this pass, as a small JSON-serialisable dict (docs/resume.md).
 
@@ -440,7 +462,9 @@ class Applied(Stream[U], Generic[T, U]):
         return (self.upstream,)
 
     def _open(self, ctx: SeedContext) -> Iterator[U]:
-        return self.op._open(self.upstream, ctx, self.depth)
+        items = self.op._open(self.upstream, ctx, self.depth)
+        counts = stage_counts(ctx.run, self)
+        return items if counts is None else counted(items, counts)
 
     def _open_at(self, ctx: SeedContext, start: int) -> Iterator[U]:
         return self.op._open_at(self.upstream, ctx, self.depth, start)

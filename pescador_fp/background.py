@@ -30,6 +30,7 @@ from ._ipc.ring import (
 from ._ipc.workers import Workers, default_start_method
 from ._merge import Channel, Tally, merge, merge_groups
 from ._seed import MERGE_SEED, SeedContext
+from ._stats import register_channels
 from ._stream import Operator, Stream, drop, stage_key
 from ._worker import feed, work
 from .errors import PescadorError, WorkerError
@@ -168,6 +169,7 @@ def _background_items(
             )
             for i in range(count)
         ]
+        register_channels(ctx.run, upstream, [channel.counts for channel in channels])  # for it.stats()
         if plan.grouped:
             yield from merge_groups(channels)
         else:
