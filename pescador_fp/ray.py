@@ -215,18 +215,21 @@ class _Channel:
         """The part's next ``(group, item)``; ``None`` at its end."""
         ray = self.ray
         while True:
+            failed = None
             try:
                 ref = next(self.items)
                 place, group, item = ray.get(ref)
             except StopIteration:
                 return None
             except ray.exceptions.RayTaskError as error:
-                raise _user_error(error, self.index) from None
+                failed = _user_error(error, self.index)
             except ray.exceptions.RayError as error:
                 raise WorkerError(
                     f"{_WHERE}: the Ray task of part {self.index} failed after its retries: "
                     f"{type(error).__name__}: {error}"
                 ) from error
+            if failed is not None:  # raised here, not in the except clause: its __cause__ is the traceback
+                raise failed
             del ref
             if place < self.received:  # a retry's replay of an item the consumer has: skip it
                 continue
@@ -386,10 +389,12 @@ def _remote_items(op: _Remote, upstream: Stream[Any], ctx: SeedContext, depth: i
             weights = [part.weight for part in plan.parts]
             yield from _merge(channels, weights, ctx.generator(MERGE_SEED, depth))
     finally:
-        for items in generators:
-            ray.cancel(items, force=True)
-        if group is not None:
-            ray.util.remove_placement_group(group)
+        # Not after ray.shutdown(), which ended the tasks (and a call would start Ray again).
+        if ray.is_initialized():
+            for items in generators:
+                ray.cancel(items, force=True)
+            if group is not None:
+                ray.util.remove_placement_group(group)
 
 
 def _refuse_nested(upstream: Stream[Any], where: str) -> None:

@@ -1,0 +1,248 @@
+"""pescador_fp.ray.remote on a real Ray cluster: the same output as background, exactly once when a
+part's process is killed, errors as themselves, nothing left running after a break, parts on two nodes.
+
+Run by tests/test_ray.py in a pytest process of its own (it says why). One local cluster
+(``num_cpus=2``) serves the whole session; the last test replaces it with two simulated nodes.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import cloudpickle
+import numpy as np
+import pytest
+from helpers import same_items
+
+import pescador_fp as pf
+from pescador_fp._ipc.codec import RemoteTraceback
+
+ray = pytest.importorskip("ray")
+pfr = pytest.importorskip("pescador_fp.ray")
+
+pytestmark = pytest.mark.timeout(180)
+
+# Ray's worker processes cannot import this test module: its functions travel by value.
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+_STORE_BYTES = 200 * 2**20
+_DEADLINE_S = 30.0
+
+
+@pytest.fixture(scope="session")
+def cluster():
+    """One local Ray cluster for the session: two CPUs, a small object store."""
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, object_store_memory=_STORE_BYTES, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def _sources():
+    return [pf.from_arrays({"x": np.arange(i * 100, i * 100 + 24).reshape(12, 2)}) for i in range(6)]
+
+
+def _gen(n):
+    yield from range(n)
+
+
+PIPELINES = {
+    # divided at the mux's sources; shuffle, map and batch run in each part
+    "mux_shuffle_map_batch": lambda: (
+        pf.mux(_sources(), n_active=4, rate=None, mode="exhaustive", seed=0)
+        | pf.shuffle(8)
+        | pf.map(lambda d: d["x"] * 2)
+        | pf.batch(4, partial=True)
+    ),
+    # a collection dealt in turn, one output per item
+    "from_iterable_map": lambda: pf.from_iterable(range(60)) | pf.map(lambda x: x * 3),
+    # dealt in turn, several or no outputs per item: merged group by group
+    "from_iterable_filter_mapcat": lambda: (
+        pf.from_iterable(range(60)) | pf.filter(lambda x: x % 3) | pf.mapcat(lambda x: [x] * (x % 4))
+    ),
+    # nothing divides: background feeds the head's items; here each part runs the head itself
+    "fed_stream_map_filter": lambda: (
+        pf.stream(_gen, 80) | pf.map(lambda x: x + 1) | pf.filter(lambda x: x % 5)
+    ),
+    "fed_stream_batch": lambda: pf.stream(_gen, 50) | pf.map(lambda x: x + 1) | pf.batch(3, partial=True),
+    # a weighted mux: parts merged in proportion to their weights
+    "weighted_mux": lambda: (
+        pf.mux(_sources(), n_active=4, rate=2, weights=[1, 2, 3, 1, 2, 3], mode="exhaustive", seed=1)
+        | pf.map(lambda d: d["x"])
+    ),
+    # a shard of a rank, run over Ray
+    "shard_of_collection": lambda: pf.from_iterable(range(40)) | pf.shard(1, 2) | pf.map(lambda x: -x),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PIPELINES))
+@pytest.mark.parametrize("workers", [2, 3])
+def test_remote_yields_what_background_yields(cluster, name, workers):
+    stream = PIPELINES[name]()
+    expected = list((stream | pf.background(workers=workers)).iterate(seed=7))
+    # 3 parts on 2 CPUs: each asks for half a CPU, so that all of them run at once
+    op = pfr.remote(workers=workers, prefetch=2, resources={"CPU": 0.5})
+    got = list((stream | op).iterate(seed=7))
+    assert len(got) == len(expected) > 0
+    assert same_items(got, expected)
+
+
+def test_a_pure_pipeline_is_pure_without_a_pass_seed(cluster):
+    stream = pf.from_iterable(range(40)) | pf.shuffle(8, seed=3) | pf.map(lambda x: x * 2)
+    op = pfr.remote(workers=2)
+    assert list(stream | op) == list(stream | op) == list(stream | pf.background(workers=2))
+
+
+class _Slow:
+    """A map that takes a moment per item and notes, once per process, the pid of the process it runs in."""
+
+    def __init__(self, folder: str, pause_s: float = 0.005) -> None:
+        self.folder = folder
+        self.pause_s = pause_s
+
+    def __call__(self, x):
+        mark = Path(self.folder, str(os.getpid()))
+        if not mark.exists():
+            mark.touch()
+        time.sleep(self.pause_s)
+        return x
+
+
+def _pids(folder: Path) -> set[int]:
+    return {int(p.name) for p in folder.iterdir()}
+
+
+def _wait_for_pids(folder: Path, count: int) -> set[int]:
+    end = time.monotonic() + _DEADLINE_S
+    while len(_pids(folder)) < count and time.monotonic() < end:
+        time.sleep(0.01)
+    return _pids(folder)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return not Path(f"/proc/{pid}/stat").exists() or Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+
+
+def _run_killing_one_part(stream, seed, folder: Path, after: int) -> list:
+    items = (stream | pfr.remote(workers=2, prefetch=2)).iterate(seed=seed)
+    got = [next(items) for _ in range(after)]
+    pids = _wait_for_pids(folder, 2)
+    victim = min(pids)
+    os.kill(victim, signal.SIGKILL)
+    got += list(items)
+    assert len(_pids(folder) - pids) >= 1, "the killed part ran again in a new process"
+    assert not _alive(victim)
+    return got
+
+
+def test_killing_a_part_mid_pass_changes_nothing(cluster, tmp_path):
+    stream = pf.from_iterable(range(300)) | pf.shuffle(16) | pf.map(_Slow(str(tmp_path)))
+    expected = list((stream | pfr.remote(workers=2)).iterate(seed=11))
+    for p in tmp_path.iterdir():
+        p.unlink()
+    got = _run_killing_one_part(stream, 11, tmp_path, after=20)
+    assert got == expected
+
+
+def test_an_unseeded_pass_replays_identically_after_a_kill(cluster, tmp_path):
+    # No seed anywhere: the retried part must shuffle as its first try did, or items repeat and go missing.
+    stream = pf.from_iterable(range(300)) | pf.shuffle(64) | pf.map(_Slow(str(tmp_path)))
+    got = _run_killing_one_part(stream, None, tmp_path, after=20)
+    assert sorted(got) == list(range(300))
+    assert got != list(range(300))
+
+
+def _fail_at_7(x):
+    if x == 7:
+        raise ValueError(f"bad item {x}")
+    return x
+
+
+def test_an_error_in_a_part_arrives_as_itself_with_the_remote_traceback(cluster):
+    stream = pf.from_iterable(range(20)) | pf.map(_fail_at_7) | pfr.remote(workers=2)
+    with pytest.raises(ValueError, match="bad item 7") as caught:
+        list(stream)
+    cause = caught.value.__cause__
+    assert isinstance(cause, RemoteTraceback)
+    assert "raised in Ray part 1" in str(cause) and "_fail_at_7" in str(cause)
+
+
+def test_a_cluster_too_small_for_the_parts_is_a_clear_error(cluster):
+    stream = pf.from_iterable(range(20)) | pfr.remote(workers=3)
+    with pytest.raises(pf.WorkerError, match=r"workers=3 .*'CPU': 1\.0.*'CPU': 2\.0"):
+        list(stream)
+
+
+def _our_groups():
+    return [g for g in ray.util.placement_group_table().values() if g["state"] != "REMOVED"]
+
+
+def _interrupt_at_5(x):
+    if x == 5:
+        raise KeyboardInterrupt  # as Ctrl-C in the training loop
+    return x
+
+
+@pytest.mark.parametrize("how", ["break", "close", "gc", "interrupt"])
+def test_leaving_the_loop_cancels_every_task(cluster, tmp_path, how):
+    stream = pf.from_iterable(range(10**9)) | pf.map(_Slow(str(tmp_path), 0.001)) | pfr.remote(workers=2)
+    if how == "break":
+        for i, _ in enumerate(stream.iterate(seed=0)):
+            if i == 10:
+                break
+    elif how == "interrupt":
+        with pytest.raises(KeyboardInterrupt):
+            for _ in stream | pf.map(_interrupt_at_5):
+                pass
+    else:
+        items = stream.iterate(seed=0)
+        for _ in range(10):
+            next(items)
+        if how == "close":
+            items.close()
+        else:
+            del items
+            gc.collect()
+    pids = _wait_for_pids(tmp_path, 2)
+    end = time.monotonic() + _DEADLINE_S
+    while any(map(_alive, pids)) and time.monotonic() < end:
+        time.sleep(0.05)
+    assert not any(map(_alive, pids)), "a part's process still runs"
+    assert _our_groups() == []
+
+
+class _Where:
+    def __call__(self, x):
+        return x, ray.get_runtime_context().get_node_id()
+
+
+def test_parts_run_on_both_nodes_of_a_two_node_cluster():
+    from ray.cluster_utils import Cluster
+
+    ray.shutdown()  # the session's local cluster: this test makes its own
+    nodes = Cluster(
+        initialize_head=True,
+        head_node_args={"num_cpus": 1, "object_store_memory": _STORE_BYTES // 2, "include_dashboard": False},
+    )
+    try:
+        nodes.add_node(num_cpus=1, object_store_memory=_STORE_BYTES // 2)
+        ray.init(address=nodes.address, log_to_driver=False)
+        nodes.wait_for_nodes()
+        stream = pf.from_iterable(range(40)) | pf.map(_Where()) | pfr.remote(workers=2)
+        got = list(stream.iterate(seed=0))
+        assert [x for x, _ in got] == list(range(40))
+        alive = {node["NodeID"] for node in ray.nodes() if node["Alive"]}
+        assert len(alive) == 2
+        assert {node for _, node in got} == alive
+    finally:
+        ray.shutdown()
+        nodes.shutdown()

@@ -1,0 +1,80 @@
+"""pescador_fp.ray: build-time checks here; the cases that need a Ray cluster are in tests/ray_cases.py,
+run here in a pytest process of their own.
+
+Ray starts threads of its own in the process that joins a cluster (``ray.init``), and
+those threads stay; a fork after that (a background worker with ``start_method="fork"``)
+is unsafe and, from Python 3.12, warns, which ``filterwarnings = error`` turns into
+failures of tests that have nothing to do with Ray. So the main test process never
+imports Ray.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+import pescador_fp as pf
+import pescador_fp.ray as pfr
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_importing_pescador_fp_ray_does_not_import_ray():
+    code = "import sys, pescador_fp, pescador_fp.ray as r; r.remote(2); print('ray' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"
+
+
+def test_remote_repr_shows_its_options():
+    s = pf.from_iterable(range(3)) | pfr.remote(workers=2, prefetch=8, resources={"CPU": 2, "GPU": 0.5})
+    options = "workers=2, prefetch=8, resources={'CPU': 2.0, 'GPU': 0.5}"
+    assert repr(s) == f"from_iterable(range(0, 3)) | ray.remote({options})"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"workers": 0}, ValueError, "workers must be an integer >= 1, got 0"),
+        ({"workers": 2.0}, TypeError, r"workers must be an integer >= 1, got 2\.0 \(float\)"),
+        ({"workers": 2, "prefetch": 1.5}, TypeError, r"prefetch must be an integer >= 1, got 1\.5"),
+        ({"workers": 2, "prefetch": 0}, ValueError, "prefetch must be an integer >= 1, got 0"),
+        ({"workers": 2, "max_retries": -1}, ValueError, "max_retries must be an integer >= 0, got -1"),
+        ({"workers": 2, "resources": 4}, TypeError, "resources must be a dict .* got 4"),
+        ({"workers": 2, "resources": {"CPU": -1}}, ValueError, r"resources\['CPU'\] .* got -1"),
+        ({"workers": 2, "resources": {1: 1}}, TypeError, "resources keys must be resource names"),
+    ],
+)
+def test_bad_arguments_are_refused_when_the_operator_is_built(kwargs, error, message):
+    with pytest.raises(error, match=f"pescador_fp.ray.remote: {message}"):
+        pfr.remote(**kwargs)
+
+
+@pytest.mark.parametrize("inner", [pf.background(workers=2), pfr.remote(workers=2)])
+def test_workers_inside_a_remote_pipeline_are_refused(inner):
+    with pytest.raises(ValueError, match=r"already holds (background|ray\.remote)\(workers=2\)"):
+        pf.from_iterable(range(4)) | inner | pf.map(abs) | pfr.remote(workers=2)
+
+
+def test_a_pipeline_that_cannot_be_pickled_names_the_piece():
+    lock = threading.Lock()
+    stream = pf.from_iterable(range(4)) | pf.map(lambda x: (lock, x)) | pf.batch(2) | pfr.remote(workers=2)
+    with pytest.raises(TypeError, match=r"cannot send the pipeline to Ray tasks: map\(<lambda>\) could not"):
+        list(stream)
+    assert "ray" not in sys.modules  # refused before Ray is imported
+
+
+@pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="ray is not installed")
+@pytest.mark.timeout(600)
+def test_ray_cases_pass_in_a_process_of_their_own():
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/ray_cases.py"]
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # a local cluster of its own
+    env["RAY_USAGE_STATS_ENABLED"] = "0"
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=540)
+    print(result.stdout)
+    assert result.returncode == 0, result.stdout[-10_000:] + result.stderr[-3_000:]
