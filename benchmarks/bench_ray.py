@@ -1,0 +1,167 @@
+"""``pescador_fp.ray.remote`` against ``pf.background`` on the same machine.
+
+Run:  python benchmarks/bench_ray.py            (pip install -e ".[ray]" first)
+
+One local Ray cluster (``ray.init(num_cpus=2)``) and the same pipeline,
+``pf.from_iterable(range(...)) | pf.map(fresh_array)``, divided into 2 parts,
+through ``background(workers=2)`` and ``ray.remote(workers=2)`` in turn:
+
+A. Throughput at 64 KiB, 1 MiB and 8 MiB float32 items (each a fresh array):
+   a measurement opens a fresh iterator, takes one item (start-up is not
+   counted), then times the next N items (N from a pilot run, about half a
+   second). Medians of 5 rounds with min and max, items/s and MiB/s.
+   A bare Ray streaming generator (one task yielding the same arrays, no
+   pescador_fp) shows what Ray's per-object cost allows on this machine.
+B. Time to the first item of a fresh iterator (median of 5), and to close it.
+
+BLAS/OpenMP thread pools are pinned to one thread before numpy is imported.
+"""
+
+from __future__ import annotations
+
+import os
+
+for _variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ[_variable] = "1"
+
+import argparse  # noqa: E402
+import statistics  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+from typing import Any  # noqa: E402
+
+import numpy as np  # noqa: E402
+from _timing import spread, write_json  # noqa: E402
+
+import pescador_fp as pf  # noqa: E402
+
+SIZES = {"64 KiB": 64 * 2**10, "1 MiB": 2**20, "8 MiB": 8 * 2**20}
+WORKERS = 2
+ROUNDS = 5
+TARGET_S = 0.5
+
+
+class Fresh:
+    """A fresh float32 array of ``nbytes`` per item (the worker's cost of making a batch)."""
+
+    def __init__(self, nbytes: int) -> None:
+        self.n = nbytes // 4
+
+    def __call__(self, i: int) -> np.ndarray:
+        return np.full(self.n, i, dtype=np.float32)
+
+
+def pipeline(nbytes: int) -> pf.Stream[Any]:
+    return pf.from_iterable(range(10**12)) | pf.map(Fresh(nbytes))
+
+
+def raw_ray_items(nbytes: int) -> Any:
+    """A bare Ray streaming generator (one task, no pescador_fp): what Ray's own per-object cost allows."""
+    import ray
+
+    task = ray.remote(_raw_task).options(num_returns="streaming", _generator_backpressure_num_objects=4)
+    items = task.remote(nbytes)
+    try:
+        for ref in items:
+            yield ray.get(ref)
+    finally:
+        ray.cancel(items, force=True)
+
+
+def _raw_task(nbytes: int) -> Any:
+    make = Fresh(nbytes)
+    for i in range(10**12):
+        yield make(i)
+
+
+def timed(stream: pf.Stream[Any], n: int) -> float:
+    """Seconds for ``n`` items after the first one of a fresh iterator."""
+    items = iter(stream)
+    try:
+        next(items)
+        start = time.perf_counter()
+        for _ in range(n):
+            next(items)
+        return time.perf_counter() - start
+    finally:
+        items.close()
+
+
+def throughput(contenders: dict[str, Callable[[int], pf.Stream[Any]]]) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    for label, nbytes in SIZES.items():
+        counts = {}
+        for name, make in contenders.items():
+            pilot = max(8, int(64 * 2**20 / nbytes))
+            seconds = timed(make(nbytes), pilot)
+            counts[name] = max(8, int(pilot * TARGET_S / seconds))
+        rates: dict[str, list[float]] = {name: [] for name in contenders}
+        for _ in range(ROUNDS):
+            for name, make in contenders.items():
+                rates[name].append(counts[name] / timed(make(nbytes), counts[name]))
+        results[label] = {}
+        for name, values in rates.items():
+            s = spread(values)
+            mib = nbytes / 2**20
+            results[label][name] = {**s, "MiB/s": s["median"] * mib}
+            print(
+                f"{label:>7}  {name:<22} {s['median']:9.0f} items/s  {s['median'] * mib:8.0f} MiB/s  "
+                f"(min {s['min']:.0f}, max {s['max']:.0f})"
+            )
+        ratio = results[label]["ray.remote"]["median"] / results[label]["background"]["median"]
+        results[label]["ratio"] = ratio
+        print(f"{label:>7}  ray.remote / background: {ratio:.2f}")
+    return results
+
+
+def first_item(contenders: dict[str, Callable[[int], pf.Stream[Any]]]) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    for name, make in contenders.items():
+        if name == "bare Ray generator":
+            continue
+        firsts, closes = [], []
+        for _ in range(ROUNDS):
+            items = iter(make(2**20))
+            start = time.perf_counter()
+            next(items)
+            firsts.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            items.close()
+            closes.append(time.perf_counter() - start)
+        results[name] = {"first_s": statistics.median(firsts), "close_s": statistics.median(closes)}
+        print(
+            f"first item  {name:<22} {1e3 * statistics.median(firsts):7.1f} ms   "
+            f"close {1e3 * statistics.median(closes):7.1f} ms   (median of {ROUNDS}, 1 MiB items)"
+        )
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", help="write the results here")
+    parser.add_argument("--store-mib", type=int, default=2048, help="Ray's object store (MiB)")
+    args = parser.parse_args()
+
+    import ray
+
+    import pescador_fp.ray as pfr
+
+    ray.init(
+        num_cpus=WORKERS,
+        include_dashboard=False,
+        object_store_memory=args.store_mib * 2**20,
+        log_to_driver=False,
+    )
+    contenders: dict[str, Callable[[int], pf.Stream[Any]]] = {
+        "background": lambda nbytes: pipeline(nbytes) | pf.background(workers=WORKERS),
+        "ray.remote": lambda nbytes: pipeline(nbytes) | pfr.remote(workers=WORKERS),
+        "bare Ray generator": lambda nbytes: pf.stream(raw_ray_items, nbytes),
+    }
+    print(f"Ray {ray.__version__}, {os.cpu_count()} CPUs, workers={WORKERS}")
+    results = {"throughput": throughput(contenders), "first_item": first_item(contenders)}
+    write_json(args.json, results)
+    ray.shutdown()
+
+
+if __name__ == "__main__":
+    main()
