@@ -26,6 +26,11 @@ D. Scaling: a CPU-bound pure-Python ``pf.map`` (~1.5 ms per item) over
    ``pf.from_iterable(range(N))`` through ``background(workers=1)`` and
    ``workers=2``. Target: >= 1.7x on a 2-core machine.
 
+H. (``--stats-overhead``) What ``it.stats()`` costs, at 64 KiB items: the same
+   runs with ``pescador_fp._stats.ENABLED`` on and off, in turn. Off stops the
+   per-stage counting; background's per-worker counters (a few integer
+   operations per item) stay on in both. Target: <= 3 %.
+
 BLAS/OpenMP thread pools are pinned to one thread before numpy is imported.
 """
 
@@ -713,6 +718,57 @@ def print_goal_case(case: str, entry: dict[str, Any]) -> None:
 # ---------------------------------------------------------------- main
 
 
+# ---------------------------------------------------------------- H. what stats cost
+
+
+def identity(x: Any) -> Any:
+    return x
+
+
+def bench_stats_overhead(target_s: float, repeats: int) -> dict[str, Any]:
+    """Items/s at 64 KiB with the per-stage counting on and off, rounds in turn."""
+    from pescador_fp import _stats
+
+    def switched(measure: Measure, on: bool) -> Measure:
+        def run(n: int) -> float:
+            _stats.ENABLED = on
+            try:
+                return measure(n)
+            finally:
+                _stats.ENABLED = True
+
+        return run
+
+    n_floats = 64 * KIB // FLOAT
+
+    def mapped(count: int) -> Iterator[Any]:
+        return iter(pf.stream(fresh_items, n_floats, count) | pf.background() | pf.map(identity))
+
+    cases = {
+        "one array again (A)": background_items(same_items, n_floats),
+        "fresh arrays (B)": background_items(fresh_items, n_floats),
+        "fresh arrays | background | map": mapped,
+    }
+    results = {}
+    for case, open_items in cases.items():
+        measure = iterator_measure(open_items)
+        count = pick_items(measure, 64 * KIB, target_s)
+        runs = {"on": switched(measure, True), "off": switched(measure, False)}
+        rates = round_rates(runs, dict.fromkeys(runs, count), repeats)
+        on, off = statistics.median(rates["on"]), statistics.median(rates["off"])
+        results[case] = {"on": spread(rates["on"]), "off": spread(rates["off"]), "overhead": 1 - on / off}
+    return results
+
+
+def print_stats_overhead(results: dict[str, Any], repeats: int) -> None:
+    print(f"H. it.stats() overhead at 64 KiB: items/s, median of {repeats} rounds (on / off, in turn)")
+    for case, r in results.items():
+        print(
+            f"  {case:<34} on {r['on']['median']:9.0f}   off {r['off']['median']:9.0f}   "
+            f"overhead {100 * r['overhead']:5.1f} %   {verdict(-r['overhead'], -0.03)} (<= 3 %)"
+        )
+
+
 def leftovers() -> dict[str, Any]:
     """Shared memory and processes this run left behind (rings are named after the consumer's pid)."""
     ours = f"{NAME_PREFIX}{os.getpid()}_"
@@ -738,8 +794,19 @@ def main() -> None:
         action="store_true",
         help="only G: the issue's goals, items/s as min/median/max over --repeats rounds",
     )
-    parser.add_argument("--repeats", type=int, default=7, help="rounds for --goals (default 7)")
+    parser.add_argument(
+        "--stats-overhead", action="store_true", help="only H: what it.stats() costs at 64 KiB"
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=7, help="rounds for --goals and --stats-overhead (default 7)"
+    )
     args = parser.parse_args()
+    if args.stats_overhead:
+        print(f"load average {os.getloadavg()[0]:.2f}, CPUs {os.cpu_count()}")
+        overhead = bench_stats_overhead(0.3, args.repeats)
+        print_stats_overhead(overhead, args.repeats)
+        write_json(args.json, overhead)
+        return
     if args.goals:
         print(
             f"G. Goals: {args.repeats} rounds, contenders in turn, ~0.3 s per measurement; "

@@ -13,6 +13,10 @@ pulling from the source generators, and the ratios the mux issue asks for:
   - pf.mux adds at most ~0.5 us/sample and is at least 30x StochasticMux;
   - pf.shuffled_mux is at least 20x ShuffledMux;
   - pf.round_robin is at least as fast as RoundRobinMux.
+
+``--stats-overhead``: the same multiplexers with ``it.stats()``'s counting
+(``pescador_fp._stats.ENABLED``) on and off, in turn, each alone and under a
+``pf.map``. Target: <= 3 %.
 """
 
 from __future__ import annotations
@@ -117,6 +121,37 @@ def bench(samples: int, pescador_samples: int, n_sources: int, repeats: int) -> 
     return result
 
 
+def stats_overhead(samples: int, n_sources: int, repeats: int) -> dict[str, Any]:
+    """Microseconds per sample with the stats counting on and off, rounds in turn."""
+    from pescador_fp import _stats
+
+    def switched(stream: pf.Stream[int], on: bool) -> Callable[[], None]:
+        def run() -> None:
+            _stats.ENABLED = on
+            try:
+                consume(itertools.islice(stream.iterate(), samples))
+            finally:
+                _stats.ENABLED = True
+
+        return run
+
+    streams = ours(n_sources)
+    streams.update({f"{name} | map": stream | pf.map(abs) for name, stream in list(streams.items())})
+    runs = {}
+    for name, stream in streams.items():
+        runs[f"{name} on"] = switched(stream, True)
+        runs[f"{name} off"] = switched(stream, False)
+    times = best_times(runs, repeats)
+    return {
+        name: {
+            "on_us_per_sample": times[f"{name} on"] / samples * 1e6,
+            "off_us_per_sample": times[f"{name} off"] / samples * 1e6,
+            "overhead": times[f"{name} on"] / times[f"{name} off"] - 1,
+        }
+        for name in streams
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -128,7 +163,18 @@ def main() -> None:
     parser.add_argument("--sources", type=int, default=N_SOURCES)
     parser.add_argument("--repeats", type=int, default=REPEATS)
     parser.add_argument("--json", help="also write the results to this file")
+    parser.add_argument("--stats-overhead", action="store_true", help="only what it.stats() costs")
     args = parser.parse_args()
+    if args.stats_overhead:
+        overhead = stats_overhead(args.samples, args.sources, args.repeats)
+        print(f"it.stats() overhead: best of {args.repeats}, {args.samples:,} samples per run")
+        for name, e in overhead.items():
+            print(
+                f"  pf.{name:<20} on {e['on_us_per_sample']:7.3f}  "
+                f"off {e['off_us_per_sample']:7.3f} us/sample   overhead {100 * e['overhead']:5.1f} %"
+            )
+        write_json(args.json, overhead)
+        return
 
     r = bench(args.samples, args.pescador_samples, args.sources, args.repeats)
     print(

@@ -175,7 +175,6 @@ def merge_groups(channels: list[Channel]) -> Iterator[Any]:
 
 
 _MARK = object()
-_FILL_EVERY = 16  # (stats) the ring's fill is looked at once in this many items
 
 
 class Channel:
@@ -240,10 +239,10 @@ class Channel:
             # (stats) A read-only look at the ring's positions: the bytes published past the
             # record being read. None: get() will wait (or skip a wrap marker), and is timed.
             ahead = ring._control[0] - ring._tail - ring._pending_release
-            if not counts.items % _FILL_EVERY:
-                counts.started = counts.started or time.perf_counter()
-                counts.fill += ahead / ring.capacity
-                counts.fill_samples += 1
+            if not counts.fill_samples:
+                counts.started = time.perf_counter()
+            counts.fill += ahead / ring.capacity
+            counts.fill_samples += 1
             try:
                 if ahead:
                     record = ring.get(self.alive)  # answers a request for a larger ring itself

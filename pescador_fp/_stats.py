@@ -23,11 +23,9 @@ from __future__ import annotations
 
 import itertools
 import os
-import reprlib
 import time
 from collections.abc import Generator, Iterator
 from itertools import islice
-from operator import itemgetter, length_hint
 from typing import Any, TypeVar
 
 __all__ = ["ENABLED", "ChannelCounts", "Stats", "Tally", "counted", "stats_of", "tally"]
@@ -36,11 +34,10 @@ T = TypeVar("T")
 
 #: Whether stages count at all (benchmarks only: ``PESCADOR_FP_STATS=0``).
 ENABLED = os.environ.get("PESCADOR_FP_STATS", "1") != "0"
-# Items slower than this on average are all timed (a pair of clock reads costs ~0.1 us).
-_EXACT_ABOVE_S = 5e-6
+# Items slower than this on average are all timed (timing one costs ~0.3 us: 1.5 %).
+_EXACT_ABOVE_S = 20e-6
 # Faster ones: one item in about 32 is timed; the untimed runs between vary in length.
 _RUNS = (23, 41, 30, 37, 26, 34, 19, 45, 28, 33, 21, 39, 31, 24, 43, 27)
-_first = itemgetter(0)
 _NOTHING: Any = object()
 _NAME_CHARS = 60
 
@@ -76,10 +73,14 @@ class StageCounts:
 def counted(items: Iterator[T], counts: StageCounts) -> Generator[T, None, None]:
     """``items``, counted into ``counts``: a generator that also closes ``items`` when closed.
 
-    Every item is timed while items take more than ``_EXACT_ABOVE_S`` on average
-    (the clock then costs under 3 %); otherwise one item is timed and the next
-    ones (a run of varying length, so that the sample never locks onto a
-    period of the stream, such as workers taken in turn) pass at C speed.
+    The first item (a slow start, such as workers starting) is timed on its
+    own. Then every item is timed while recent items took more than
+    ``_EXACT_ABOVE_S`` (the clock costs little next to them); otherwise one
+    item is timed and a run of the next ones passes untimed, for about 0.05 us
+    each. The runs vary in length, so that the sample never locks onto a
+    period of the stream (workers read in turn), and whether an item is timed
+    alone or stands for a run is decided before it comes, so the estimate is
+    unbiased.
     """
     perf = time.perf_counter
     runs = itertools.cycle(_RUNS)
@@ -87,6 +88,7 @@ def counted(items: Iterator[T], counts: StageCounts) -> Generator[T, None, None]
     try:
         if not counts.started:
             counts.started = perf()
+        recent = _EXACT_ABOVE_S + 1.0  # a mean of the recent items' times; the first one is timed alone
         while True:
             start = perf()
             x = next(items, _NOTHING)
@@ -96,18 +98,21 @@ def counted(items: Iterator[T], counts: StageCounts) -> Generator[T, None, None]
                 return
             counts.items += 1
             counts.timed_items += 1
-            if counts.timed_s < _EXACT_ABOVE_S * counts.timed_items:
-                counts.head_s += took
-                counts.heads += 1
+            if recent > _EXACT_ABOVE_S:
+                recent = took if recent > 1.0 else recent + (took - recent) * 0.125
                 yield x
-                run = next(runs)
-                left = iter(range(run))  # what is left of it says how many items came
-                try:
-                    yield from map(_first, zip(islice(items, run), left))
-                finally:
-                    counts.items += run - length_hint(left)
-            else:
-                yield x
+                continue
+            recent += (took - recent) * 0.125
+            counts.head_s += took
+            counts.heads += 1
+            yield x
+            n = 0  # a plain loop: ``yield from`` costs more per item
+            try:
+                for x in islice(items, next(runs)):
+                    n += 1
+                    yield x
+            finally:
+                counts.items += n
     finally:
         counts.open -= 1
         if not counts.open:
@@ -249,8 +254,10 @@ class Stats(dict[str, Any]):
       ``"waiting_s"``: of that, the time the consumer waited for items;
       ``"consumer_s"``: the rest, spent in the consumer's own loop;
     - ``"stages"``: a list, the consumer's end first, of ``{"stage", "items",
-      "seconds", "self_s"}``: the time inside the stage's ``next()``
-      (everything below it included) and of that, the stage's own;
+      "seconds", "self_s", "source"}``: the time inside the stage's
+      ``next()`` (everything below it included) and of that, the stage's own;
+      ``"source"`` is true where that own time includes the source (or
+      multiplexer) the stage reads, which is not timed on its own;
     - ``"workers"``: per ``background``, a list of ``{"stage", "worker",
       "items", "items_per_s", "ring_fill", "waited_s"}``;
     - ``"sources"``: per multiplexer, a list of ``{"stage", "source",
@@ -280,14 +287,10 @@ def stats_of(stream: Any, run: Any, taken: int) -> Stats:
             listed.add(("stage", id(node)))
             counts: StageCounts = entry[1]
             seconds = counts.seconds()
-            below = sum(c.seconds() for c in _counted_below(node, stats))
+            below = _counted_below(node, stats)
+            own = max(0.0, seconds - sum(c.seconds() for c in below))
             stages.append(
-                {
-                    "stage": name,
-                    "items": counts.items,
-                    "seconds": seconds,
-                    "self_s": max(0.0, seconds - below),
-                }
+                {"stage": name, "items": counts.items, "seconds": seconds, "self_s": own, "source": not below}
             )
         if isinstance(node, Applied):
             entry = stats.get(("workers", id(node.upstream)))
@@ -346,11 +349,21 @@ def _rows(header: list[str], rows: list[list[str]]) -> list[str]:
 
 
 def _s(seconds: float) -> str:
-    return f"{seconds:.3f} s"
+    if seconds >= 1.0:
+        return f"{seconds:.2f} s"
+    if seconds >= 1e-3:
+        return f"{1e3 * seconds:.1f} ms"
+    return f"{1e6 * seconds:.0f} us"
 
 
 def _share(part: float, whole: float) -> str:
     return f"{100 * part / whole:.0f} %" if whole > 0 else "-"
+
+
+def _grouped(rows: list[dict[str, Any]]) -> Iterator[tuple[str, list[dict[str, Any]]]]:
+    """``rows`` in groups of the same ``"stage"``, in order."""
+    for stage, group in itertools.groupby(rows, key=lambda row: row["stage"]):
+        yield stage, list(group)
 
 
 def _table(stats: Stats) -> str:
@@ -365,7 +378,9 @@ def _table(stats: Stats) -> str:
         lines += ["", "stages (the consumer's end first):"]
         rows = [
             [
-                ("* " if row is heaviest and row["self_s"] > 0 else "  ") + row["stage"],
+                ("* " if row is heaviest and row["self_s"] > 0 else "  ")
+                + row["stage"]
+                + (" [+ source]" if row["source"] else ""),
                 str(row["items"]),
                 _s(row["seconds"]),
                 _s(row["self_s"]),
@@ -376,24 +391,23 @@ def _table(stats: Stats) -> str:
         lines += _rows(["  stage", "items", "time in next()", "own time", "of pass"], rows)
         if heaviest["self_s"] > 0:
             lines.append(f"  * where the time goes: {heaviest['stage']}")
-    if stats["workers"]:
-        lines += ["", "background workers:"]
+        if any(row["source"] for row in stages):
+            lines.append("  [+ source]: that own time includes the source (or multiplexer) the stage reads")
+    for stage, group in _grouped(stats["workers"]):
+        lines += ["", f"workers of {stage}:"]
         rows = [
             [
-                f"{row['stage']} #{row['worker']}",
+                f"#{row['worker']}",
                 str(row["items"]),
                 f"{row['items_per_s']:.1f}",
                 f"{100 * row['ring_fill']:.0f} %",
                 _s(row["waited_s"]),
             ]
-            for row in stats["workers"]
+            for row in group
         ]
         lines += _rows(["worker", "items", "items/s", "ring fill", "consumer waited"], rows)
-    if stats["sources"]:
-        lines += ["", "multiplexer sources:"]
-        rows = [
-            [f"{row['stage']}: {reprlib.repr(row['source'])}", str(row["items"]), str(row["activations"])]
-            for row in stats["sources"]
-        ]
+    for stage, group in _grouped(stats["sources"]):
+        lines += ["", f"sources of {stage}:"]
+        rows = [[row["source"], str(row["items"]), str(row["activations"])] for row in group]
         lines += _rows(["source", "items", "activations"], rows)
     return "\n".join(lines)

@@ -314,7 +314,11 @@ class Pass(Iterator[T]):
         Per stage that runs in this process: items out, the time inside its
         ``next()`` and, of that, its own; per ``background`` worker: items/s,
         how full its ring was and how long the consumer waited on it; per
-        multiplexer source: items given and activations (docs/observing.md).
+        multiplexer source: items given and activations. ``print`` shows a
+        table; the dict's keys are ``taken``, ``seconds``, ``waiting_s``,
+        ``consumer_s``, ``stages``, ``workers`` and ``sources`` (lists of
+        dicts), explained in docs/observing.md. Counting is always on and
+        costs a few percent at most; worker processes count nothing.
 
         >>> import pescador_fp as pf
         >>> it = (pf.from_iterable(range(100)) | pf.map(abs)).iterate()
