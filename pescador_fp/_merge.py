@@ -199,7 +199,7 @@ class Channel:
         self.deadline = 0.0
         self.started = False  # the worker has loaded its pipeline: the timeout counts from then
         self.stacks = stacks  # per process (the feeder's last): where its stack comes, on a signal
-        self.counts = ChannelCounts()  # (stats) items, the consumer's wait, the ring's fill
+        self.counts = ChannelCounts(rings[index].capacity)  # (stats) items, waits, ring fill
 
     def alive(self) -> bool:
         """Whether the worker (and the feeder, where there is one) may still send something."""
@@ -239,10 +239,8 @@ class Channel:
             # (stats) A read-only look at the ring's positions: the bytes published past the
             # record being read. None: get() will wait (or skip a wrap marker), and is timed.
             ahead = ring._control[0] - ring._tail - ring._pending_release
-            if not counts.fill_samples:
-                counts.started = time.perf_counter()
-            counts.fill += ahead / ring.capacity
-            counts.fill_samples += 1
+            counts.ahead += ahead
+            counts.reads += 1
             try:
                 if ahead:
                     record = ring.get(self.alive)  # answers a request for a larger ring itself
@@ -250,6 +248,7 @@ class Channel:
                     start = time.perf_counter()
                     record = ring.get(self.alive)
                     counts.waited_s += time.perf_counter() - start
+                    counts.capacity = ring.capacity  # (a ring grows in get)
             except OSError as error:
                 raise WorkerError(
                     f"background worker {self.index} has a sample larger than its ring, and the ring "

@@ -138,22 +138,26 @@ def stage_counts(run: Any, stream: object) -> StageCounts | None:
 
 
 class ChannelCounts:
-    """(``_merge.Channel``) One worker's items, the consumer's wait on it, and its ring's fill (sampled)."""
+    """(``_merge.Channel``) One worker's items, the consumer's wait on it, and its ring's fill."""
 
-    __slots__ = ("ended", "fill", "fill_samples", "items", "started", "waited_s")
+    __slots__ = ("ahead", "capacity", "ended", "items", "reads", "started", "waited_s")
 
-    def __init__(self) -> None:
+    def __init__(self, capacity: int = 0) -> None:
         self.items = 0
         self.waited_s = 0.0
-        self.fill = 0.0  # the sum of the sampled fill fractions
-        self.fill_samples = 0
-        self.started = 0.0  # perf_counter when the consumer first waited on it (it starts empty)
+        self.ahead = 0  # the sum, over the consumer's reads, of the bytes the worker had published ahead
+        self.reads = 0
+        self.capacity = capacity  # the ring's size
+        self.started = 0.0  # perf_counter when the worker was started (register_channels)
         self.ended = 0.0  # perf_counter at its end
 
 
 def register_channels(run: Any, upstream: object, counts: list[ChannelCounts]) -> None:
     """(``background``) Register its workers' counters, under the stream that runs in them."""
     if run is not None and ENABLED:
+        now = time.perf_counter()
+        for channel in counts:
+            channel.started = now
         run.stats["workers", id(upstream)] = (upstream, counts)
 
 
@@ -289,8 +293,16 @@ def stats_of(stream: Any, run: Any, taken: int) -> Stats:
             seconds = counts.seconds()
             below = _counted_below(node, stats)
             own = max(0.0, seconds - sum(c.seconds() for c in below))
+            # What is below runs here untimed (a source), unless it runs in background's workers.
+            untimed_source = not below and ("workers", id(getattr(node, "upstream", None))) not in stats
             stages.append(
-                {"stage": name, "items": counts.items, "seconds": seconds, "self_s": own, "source": not below}
+                {
+                    "stage": name,
+                    "items": counts.items,
+                    "seconds": seconds,
+                    "self_s": own,
+                    "source": untimed_source,
+                }
             )
         if isinstance(node, Applied):
             entry = stats.get(("workers", id(node.upstream)))
@@ -325,12 +337,13 @@ def stats_of(stream: Any, run: Any, taken: int) -> Stats:
 
 def _worker_row(stage: str, index: int, channel: ChannelCounts, now: float) -> dict[str, Any]:
     span = (channel.ended or now) - channel.started if channel.started else 0.0
+    fill = channel.ahead / channel.reads / channel.capacity if channel.reads and channel.capacity else 0.0
     return {
         "stage": stage,
         "worker": index,
         "items": channel.items,
         "items_per_s": channel.items / span if span > 0 else 0.0,
-        "ring_fill": channel.fill / channel.fill_samples if channel.fill_samples else 0.0,
+        "ring_fill": min(1.0, fill),
         "waited_s": channel.waited_s,
     }
 
