@@ -56,6 +56,8 @@ __all__ = ["remote"]
 _WHERE = "pescador_fp.ray.remote"
 # Ray's names for the resources it schedules by keyword rather than in ``resources``.
 _KEYWORD_RESOURCES = {"CPU": "num_cpus", "GPU": "num_gpus", "memory": "memory"}
+# How long cancelled tasks may take to stop before their processes are killed.
+_CANCEL_GRACE_S = 1.0
 # What each part task asks for when ``resources`` is not given.
 _DEFAULT_RESOURCES = (("CPU", 1.0),)
 
@@ -391,10 +393,25 @@ def _remote_items(op: _Remote, upstream: Stream[Any], ctx: SeedContext, depth: i
     finally:
         # Not after ray.shutdown(), which ended the tasks (and a call would start Ray again).
         if ray.is_initialized():
-            for items in generators:
-                ray.cancel(items, force=True)
+            _cancel(ray, generators)
             if group is not None:
                 ray.util.remove_placement_group(group)
+
+
+def _cancel(ray: Any, generators: list[Any]) -> None:
+    """Stop every task: interrupt them, and kill the processes of those still running after a grace.
+
+    An interrupted task stops at its next Python instruction (at once where it
+    waits for the consumer) and its worker process stays for the next pass; a
+    task stuck in a long call is killed with its process.
+    """
+    for items in generators:
+        ray.cancel(items, force=False)
+    done = [items.completed() for items in generators]
+    _, running = ray.wait(done, num_returns=len(done), timeout=_CANCEL_GRACE_S)
+    for items, ref in zip(generators, done):
+        if ref in running:
+            ray.cancel(items, force=True)
 
 
 def _refuse_nested(upstream: Stream[Any], where: str) -> None:

@@ -186,6 +186,23 @@ def _our_groups():
     return [g for g in ray.util.placement_group_table().values() if g["state"] != "REMOVED"]
 
 
+class _Counting:
+    """A map that adds a byte per item to a file named after the process it runs in."""
+
+    def __init__(self, folder: str) -> None:
+        self.folder = folder
+
+    def __call__(self, x):
+        with open(Path(self.folder, str(os.getpid())), "ab") as out:
+            out.write(b".")
+        time.sleep(0.001)
+        return x
+
+
+def _progress(folder: Path) -> dict[str, int]:
+    return {p.name: p.stat().st_size for p in folder.iterdir()}
+
+
 def _interrupt_at_5(x):
     if x == 5:
         raise KeyboardInterrupt  # as Ctrl-C in the training loop
@@ -193,8 +210,8 @@ def _interrupt_at_5(x):
 
 
 @pytest.mark.parametrize("how", ["break", "close", "gc", "interrupt"])
-def test_leaving_the_loop_cancels_every_task(cluster, tmp_path, how):
-    stream = pf.from_iterable(range(10**9)) | pf.map(_Slow(str(tmp_path), 0.001)) | pfr.remote(workers=2)
+def test_leaving_the_loop_stops_every_task(cluster, tmp_path, how):
+    stream = pf.from_iterable(range(10**9)) | pf.map(_Counting(str(tmp_path))) | pfr.remote(workers=2)
     if how == "break":
         for i, _ in enumerate(stream.iterate(seed=0)):
             if i == 10:
@@ -212,11 +229,37 @@ def test_leaving_the_loop_cancels_every_task(cluster, tmp_path, how):
         else:
             del items
             gc.collect()
-    pids = _wait_for_pids(tmp_path, 2)
+    assert len(_progress(tmp_path)) == 2
+    before = _progress(tmp_path)
+    time.sleep(0.5)  # a task still running would add hundreds of items meanwhile
+    assert _progress(tmp_path) == before, "a part still runs"
+    assert _our_groups() == []
+
+
+class _StuckAt:
+    """A map that, at item ``at``, stays in a call for ``seconds`` and then leaves a file behind."""
+
+    def __init__(self, at: int, seconds: float, folder: str) -> None:
+        self.at, self.seconds, self.folder = at, seconds, folder
+
+    def __call__(self, x):
+        if x == self.at:
+            Path(self.folder, "pid").write_text(str(os.getpid()))
+            time.sleep(self.seconds)
+            Path(self.folder, "went on").touch()
+        return x
+
+
+def test_a_part_stuck_in_a_call_is_stopped_on_close(cluster, tmp_path):
+    stream = pf.from_iterable(range(100)) | pf.map(_StuckAt(3, 3.0, str(tmp_path))) | pfr.remote(workers=2)
+    items = stream.iterate(seed=0)
+    assert [next(items) for _ in range(3)] == [0, 1, 2]
     end = time.monotonic() + _DEADLINE_S
-    while any(map(_alive, pids)) and time.monotonic() < end:
-        time.sleep(0.05)
-    assert not any(map(_alive, pids)), "a part's process still runs"
+    while not Path(tmp_path, "pid").exists() and time.monotonic() < end:
+        time.sleep(0.01)
+    items.close()  # part 1 is inside the call: interrupted, or killed after a grace
+    time.sleep(4.0)  # past the end of the call, had it gone on
+    assert not Path(tmp_path, "went on").exists()
     assert _our_groups() == []
 
 
