@@ -7,12 +7,15 @@ One local Ray cluster (``ray.init(num_cpus=2)``) and the same pipeline,
 through ``background(workers=2)`` and ``ray.remote(workers=2)`` in turn:
 
 A. Throughput at 64 KiB, 1 MiB and 8 MiB float32 items (each a fresh array):
-   a measurement opens a fresh iterator, takes one item (start-up is not
-   counted), then times the next N items (N from a pilot run, about half a
+   a measurement opens a fresh iterator, takes 8 items (start-up, every part's
+   included, is not counted), then times the next N items (N from a pilot run, about half a
    second). Medians of 5 rounds with min and max, items/s and MiB/s.
    A bare Ray streaming generator (one task yielding the same arrays, no
    pescador_fp) shows what Ray's per-object cost allows on this machine.
-B. Time to the first item of a fresh iterator (median of 5), and to close it.
+B. Time to the first item of a fresh iterator (median of 5): after a pass that
+   ran to its end, and after a pass left with ``close()`` (which kills its
+   tasks' processes); and the time ``close()`` takes. Also ``remote`` with
+   ``resources={"CPU": 0}``, which reserves no placement group.
 
 BLAS/OpenMP thread pools are pinned to one thread before numpy is imported.
 """
@@ -39,6 +42,7 @@ SIZES = {"64 KiB": 64 * 2**10, "1 MiB": 2**20, "8 MiB": 8 * 2**20}
 WORKERS = 2
 ROUNDS = 5
 TARGET_S = 0.5
+WARM = 4 * WORKERS  # items taken before timing: each part has started and sent some
 
 
 class Fresh:
@@ -75,10 +79,11 @@ def _raw_task(nbytes: int) -> Any:
 
 
 def timed(stream: pf.Stream[Any], n: int) -> float:
-    """Seconds for ``n`` items after the first one of a fresh iterator."""
+    """Seconds for ``n`` items after the first ``WARM`` of a fresh iterator (every part has started)."""
     items = iter(stream)
     try:
-        next(items)
+        for _ in range(WARM):
+            next(items)
         start = time.perf_counter()
         for _ in range(n):
             next(items)
@@ -114,24 +119,36 @@ def throughput(contenders: dict[str, Callable[[int], pf.Stream[Any]]]) -> dict[s
     return results
 
 
-def first_item(contenders: dict[str, Callable[[int], pf.Stream[Any]]]) -> dict[str, Any]:
+def first_item(ops: dict[str, pf.Operator[Any, Any]]) -> dict[str, Any]:
+    """Time to the first item of a pass that follows a pass run to its end, and of one after a break."""
     results: dict[str, Any] = {}
-    for name, make in contenders.items():
-        if name == "bare Ray generator":
-            continue
-        firsts, closes = [], []
+    short = pf.from_iterable(range(8)) | pf.map(Fresh(2**20))
+    for name, op in ops.items():
+        ended, broken, closes = [], [], []
         for _ in range(ROUNDS):
-            items = iter(make(2**20))
+            items = iter(short | op)
             start = time.perf_counter()
             next(items)
-            firsts.append(time.perf_counter() - start)
+            ended.append(time.perf_counter() - start)
+            for _ in items:
+                pass
+        for _ in range(ROUNDS):
+            items = iter(pipeline(2**20) | op)
+            start = time.perf_counter()
+            next(items)
+            broken.append(time.perf_counter() - start)
             start = time.perf_counter()
             items.close()
             closes.append(time.perf_counter() - start)
-        results[name] = {"first_s": statistics.median(firsts), "close_s": statistics.median(closes)}
+        results[name] = {
+            "first_after_end_s": statistics.median(ended),
+            "first_after_break_s": statistics.median(broken),
+            "close_s": statistics.median(closes),
+        }
         print(
-            f"first item  {name:<22} {1e3 * statistics.median(firsts):7.1f} ms   "
-            f"close {1e3 * statistics.median(closes):7.1f} ms   (median of {ROUNDS}, 1 MiB items)"
+            f"first item  {name:<34} after a pass that ended {1e3 * statistics.median(ended):7.1f} ms, "
+            f"after a break {1e3 * statistics.median(broken):7.1f} ms; "
+            f"close {1e3 * statistics.median(closes):5.1f} ms  (medians of {ROUNDS}, 1 MiB items)"
         )
     return results
 
@@ -158,7 +175,14 @@ def main() -> None:
         "bare Ray generator": lambda nbytes: pf.stream(raw_ray_items, nbytes),
     }
     print(f"Ray {ray.__version__}, {os.cpu_count()} CPUs, workers={WORKERS}")
-    results = {"throughput": throughput(contenders), "first_item": first_item(contenders)}
+    firsts = first_item(
+        {
+            "background": pf.background(workers=WORKERS),
+            "ray.remote": pfr.remote(workers=WORKERS),
+            "ray.remote, resources={'CPU': 0}": pfr.remote(workers=WORKERS, resources={"CPU": 0}),
+        }
+    )
+    results = {"first_item": firsts, "throughput": throughput(contenders)}
     write_json(args.json, results)
     ray.shutdown()
 
