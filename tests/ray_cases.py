@@ -98,6 +98,17 @@ def test_a_pure_pipeline_is_pure_without_a_pass_seed(cluster):
     assert list(stream | op) == list(stream | op) == list(stream | pf.background(workers=2))
 
 
+def test_one_worker_yields_the_foreground_pass(cluster):
+    stream = pf.from_iterable(range(30)) | pf.shuffle(8) | pf.map(lambda x: x * 2)
+    assert list((stream | pfr.remote(workers=1)).iterate(seed=4)) == list(stream.iterate(seed=4))
+
+
+def test_parts_that_reserve_nothing_run_without_a_placement_group(cluster):
+    stream = pf.from_iterable(range(40)) | pf.map(lambda x: x + 1)
+    op = pfr.remote(workers=3, resources={"CPU": 0})
+    assert list(stream | op) == list(range(1, 41))
+
+
 class _Slow:
     """A map that takes a moment per item and notes, once per process, the pid of the process it runs in."""
 
@@ -159,6 +170,15 @@ def test_an_unseeded_pass_replays_identically_after_a_kill(cluster, tmp_path):
     got = _run_killing_one_part(stream, None, tmp_path, after=20)
     assert sorted(got) == list(range(300))
     assert got != list(range(300))
+
+
+def test_a_part_killed_with_no_retries_left_is_a_worker_error(cluster, tmp_path):
+    stream = pf.from_iterable(range(300)) | pf.map(_Slow(str(tmp_path)))
+    items = (stream | pfr.remote(workers=2, prefetch=2, max_retries=0)).iterate(seed=0)
+    [next(items) for _ in range(10)]
+    os.kill(min(_wait_for_pids(tmp_path, 2)), signal.SIGKILL)
+    with pytest.raises(pf.WorkerError, match=r"the Ray task of part \d failed after its retries"):
+        list(items)
 
 
 def _fail_at_7(x):

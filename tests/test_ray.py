@@ -31,6 +31,13 @@ def test_importing_pescador_fp_ray_does_not_import_ray():
     assert result.stdout.strip() == "False"
 
 
+def test_without_ray_iterating_says_how_to_install_it(monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if not installed
+    stream = pf.from_iterable(range(4)) | pfr.remote(workers=2)
+    with pytest.raises(ImportError, match=r"needs Ray: pip install 'pescador_fp\[ray\]'"):
+        list(stream)
+
+
 def test_remote_repr_shows_its_options():
     s = pf.from_iterable(range(3)) | pfr.remote(workers=2, prefetch=8, resources={"CPU": 2, "GPU": 0.5})
     options = "workers=2, prefetch=8, resources={'CPU': 2.0, 'GPU': 0.5}"
