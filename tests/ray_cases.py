@@ -98,6 +98,16 @@ def test_a_pure_pipeline_is_pure_without_a_pass_seed(cluster):
     assert list(stream | op) == list(stream | op) == list(stream | pf.background(workers=2))
 
 
+@pytest.mark.parametrize("seed", [5, None])
+def test_a_saved_state_resumes_with_the_rest_of_the_pass(cluster, seed):
+    stream = pf.from_iterable(range(40)) | pf.shuffle(8) | pf.map(lambda x: x * 2) | pfr.remote(workers=2)
+    items = stream.iterate(seed=seed)
+    [next(items) for _ in range(7)]
+    state = items.state()
+    rest = list(items)
+    assert list(stream.iterate(seed=seed, state=state)) == rest
+
+
 def test_one_worker_yields_the_foreground_pass(cluster):
     stream = pf.from_iterable(range(30)) | pf.shuffle(8) | pf.map(lambda x: x * 2)
     assert list((stream | pfr.remote(workers=1)).iterate(seed=4)) == list(stream.iterate(seed=4))
