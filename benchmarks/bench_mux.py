@@ -16,7 +16,9 @@ pulling from the source generators, and the ratios the mux issue asks for:
 
 ``--stats-overhead``: the same multiplexers with ``it.stats()``'s counting
 (``pescador_fp._stats.ENABLED``) on and off, in turn, each alone and under a
-``pf.map``. Target: <= 3 %.
+``pf.map``. Target: <= 3 %. Then what counting a stage costs per item, in
+process (best of many short runs, steady even on a busy machine): a cheap
+stage (one item in ~32 timed) and a slow one (every item timed).
 """
 
 from __future__ import annotations
@@ -161,6 +163,40 @@ def stats_overhead(samples: int, n_sources: int, repeats: int) -> dict[str, Any]
     }
 
 
+def counting_cost(samples: int, repeats: int) -> dict[str, float]:
+    """Microseconds per item that counting adds to a stage: sampled (cheap items) and every item timed."""
+    from pescador_fp import _stats
+
+    def items() -> Iterator[int]:
+        return iter(range(samples))
+
+    def counted(exact: bool) -> Callable[[], None]:
+        def run() -> None:
+            above = _stats._EXACT_ABOVE_S
+            _stats._EXACT_ABOVE_S = -1.0 if exact else above
+            try:
+                consume(_stats.counted(items(), _stats.StageCounts()))
+            finally:
+                _stats._EXACT_ABOVE_S = above
+
+        return run
+
+    def plain() -> None:
+        consume(items())
+
+    times = best_times({"plain": plain, "sampled": counted(False), "exact": counted(True)}, repeats)
+    return {
+        "sampled_us_per_item": (times["sampled"] - times["plain"]) / samples * 1e6,
+        "exact_us_per_item": (times["exact"] - times["plain"]) / samples * 1e6,
+    }
+
+
+def _stats_threshold_us() -> float:
+    from pescador_fp import _stats
+
+    return _stats._EXACT_ABOVE_S * 1e6
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -183,7 +219,13 @@ def main() -> None:
                 f"off {e['off_us_per_sample']:7.3f} us/sample   overhead {100 * e['overhead']:5.1f} %"
                 f" (CPU time: {100 * e['cpu_overhead']:5.1f} %)"
             )
-        write_json(args.json, overhead)
+        cost = counting_cost(100_000, 3 * args.repeats)
+        print(
+            f"  counting one stage, per item: {cost['sampled_us_per_item']:.3f} us for cheap items "
+            f"(sampled), {cost['exact_us_per_item']:.3f} us timing every item (items over "
+            f"{_stats_threshold_us():.0f} us)"
+        )
+        write_json(args.json, {**overhead, "counting": cost})
         return
 
     r = bench(args.samples, args.pescador_samples, args.sources, args.repeats)

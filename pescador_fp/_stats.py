@@ -34,10 +34,13 @@ T = TypeVar("T")
 
 #: Whether stages count at all (benchmarks only: ``PESCADOR_FP_STATS=0``).
 ENABLED = os.environ.get("PESCADOR_FP_STATS", "1") != "0"
-# Items slower than this on average are all timed (timing one costs ~0.3 us: 1.5 %).
-_EXACT_ABOVE_S = 20e-6
-# Faster ones: one item in about 32 is timed; the untimed runs between vary in length.
-_RUNS = (23, 41, 30, 37, 26, 34, 19, 45, 28, 33, 21, 39, 31, 24, 43, 27)
+# Items slower than this on average are all timed (timing one costs ~0.4 us: under 1 %).
+_EXACT_ABOVE_S = 50e-6
+# Faster ones: one item in about 32 is timed; the untimed runs between are of random length
+# (16 to 47, from a linear congruential generator), so that no period of the stream (the
+# decoder's runs of records, workers read in turn) can line up with the timed items.
+_RUN_MIN, _RUN_SPREAD = 16, 32
+_LCG_A, _LCG_C, _LCG_MASK = 1103515245, 12345, 2**31 - 1
 _NOTHING: Any = object()
 _NAME_CHARS = 60
 
@@ -65,7 +68,7 @@ class StageCounts:
     def seconds(self) -> float:
         """The estimated time spent inside this stage's ``next()``, its upstream's included."""
         untimed = self.items - self.timed_items
-        if not self.heads or untimed <= 0:
+        if untimed <= 0:
             return self.timed_s
         return self.timed_s + self.head_s / self.heads * untimed
 
@@ -73,23 +76,22 @@ class StageCounts:
 def counted(items: Iterator[T], counts: StageCounts) -> Generator[T, None, None]:
     """``items``, counted into ``counts``: a generator that also closes ``items`` when closed.
 
-    The first item (a slow start, such as workers starting) is timed on its
-    own. Then every item is timed while recent items took more than
-    ``_EXACT_ABOVE_S`` (the clock costs little next to them); otherwise one
-    item is timed and a run of the next ones passes untimed, for about 0.05 us
-    each. The runs vary in length, so that the sample never locks onto a
-    period of the stream (workers read in turn), and whether an item is timed
-    alone or stands for a run is decided before it comes, so the estimate is
-    unbiased.
+    While the stage's items take more than ``_EXACT_ABOVE_S`` on average (over
+    the pass so far: a slow start, such as workers starting, counts too), every
+    item is timed: the clock costs little next to them. Otherwise one item is
+    timed and stands for the run of untimed ones after it (about 0.05 us
+    each). The runs are of random length, so that the sample never locks onto
+    a period of the stream (workers read in turn), and the choice never depends
+    on the time of the items around it, so the estimate is unbiased.
     """
     perf = time.perf_counter
-    runs = itertools.cycle(_RUNS)
+    state = id(counts) & _LCG_MASK  # run lengths from a private generator: no global state is read
     counts.open += 1
     try:
         if not counts.started:
             counts.started = perf()
-        recent = _EXACT_ABOVE_S + 1.0  # a mean of the recent items' times; the first one is timed alone
         while True:
+            exact = counts.seconds() >= _EXACT_ABOVE_S * counts.items  # the first item: timed alone
             start = perf()
             x = next(items, _NOTHING)
             took = perf() - start
@@ -98,17 +100,16 @@ def counted(items: Iterator[T], counts: StageCounts) -> Generator[T, None, None]
                 return
             counts.items += 1
             counts.timed_items += 1
-            if recent > _EXACT_ABOVE_S:
-                recent = took if recent > 1.0 else recent + (took - recent) * 0.125
+            if exact:
                 yield x
                 continue
-            recent += (took - recent) * 0.125
             counts.head_s += took
             counts.heads += 1
             yield x
+            state = (state * _LCG_A + _LCG_C) & _LCG_MASK
             n = 0  # a plain loop: ``yield from`` costs more per item
             try:
-                for x in islice(items, next(runs)):
+                for x in islice(items, _RUN_MIN + (state >> 16) % _RUN_SPREAD):
                     n += 1
                     yield x
             finally:
@@ -230,9 +231,23 @@ def _walk(stream: Any) -> Iterator[Any]:
         todo.extend(reversed(node.children))
 
 
-def _counted_below(node: Any, stats: dict[Any, Any]) -> list[StageCounts]:
-    """The counted stages that ``node``'s stage reads from directly (looking through sources and muxes)."""
-    found: list[StageCounts] = []
+def _seconds(node: Any, counts: StageCounts, stats: dict[Any, Any]) -> float:
+    """The time inside ``node``'s ``next()``: at least, for ``background``, the consumer's waits on
+    its workers, which are timed exactly (a sampled estimate misses rare long waits)."""
+    seconds = counts.seconds()
+    channels = stats.get(("workers", id(getattr(node, "upstream", None))))
+    if channels is not None:
+        seconds = max(seconds, sum(channel.waited_s for channel in channels[1]))
+    # A sampled estimate can overshoot (an item that stood for a run was preempted): never more
+    # than the time since the stage first ran.
+    span = (counts.ended or time.perf_counter()) - counts.started if counts.started else 0.0
+    return min(seconds, span)
+
+
+def _counted_below(node: Any, stats: dict[Any, Any]) -> list[float]:
+    """The times of the counted stages that ``node``'s stage reads from directly (looking through
+    sources and muxes)."""
+    found: list[float] = []
     todo = list(node.children)
     seen: set[int] = set()
     while todo:
@@ -242,7 +257,7 @@ def _counted_below(node: Any, stats: dict[Any, Any]) -> list[StageCounts]:
         seen.add(id(child))
         entry = stats.get(("stage", id(child)))
         if entry is not None:
-            found.append(entry[1])
+            found.append(_seconds(child, entry[1], stats))
         else:
             todo.extend(child.children)
     return found
@@ -290,9 +305,9 @@ def stats_of(stream: Any, run: Any, taken: int) -> Stats:
         if entry is not None and ("stage", id(node)) not in listed:
             listed.add(("stage", id(node)))
             counts: StageCounts = entry[1]
-            seconds = counts.seconds()
+            seconds = _seconds(node, counts, stats)
             below = _counted_below(node, stats)
-            own = max(0.0, seconds - sum(c.seconds() for c in below))
+            own = max(0.0, seconds - sum(below))
             # What is below runs here untimed (a source), unless it runs in background's workers.
             untimed_source = not below and ("workers", id(getattr(node, "upstream", None))) not in stats
             stages.append(
@@ -323,7 +338,7 @@ def stats_of(stream: Any, run: Any, taken: int) -> Stats:
     if top is not None and top[1].started:
         counts = top[1]
         seconds = (counts.ended or now) - counts.started
-        waiting = min(seconds, counts.seconds())
+        waiting = min(seconds, _seconds(stream, counts, stats))
     return Stats(
         taken=taken,
         seconds=seconds,
