@@ -81,7 +81,7 @@ def _replayable(ctx: SeedContext) -> SeedContext:
     Every part task and every retry of one then makes the same draws: the
     retried task replays exactly what the first try yielded.
     """
-    if ctx.root is None and getattr(ctx, "fallback", 0) is None:  # passes draw it in for_pass
+    if ctx.root is None and ctx.fallback is None:  # SeedContext.for_pass draws it; a bare context may not
         return dataclasses.replace(ctx, fallback=secrets.randbits(128))
     return ctx
 
@@ -115,11 +115,12 @@ class _Dealt(Stream[Any]):
 
 
 class _Groups:
-    """(task) The number of input items the operators above the source have asked for after the first.
+    """(task) How many times the operators above the source have asked it for its next item.
 
-    An output yielded while it is ``g`` comes from input item ``g`` of this part
-    (or, after a gathering operator, where ``background``'s worker marks it), so
-    the consumer can merge group by group as ``background`` does.
+    ``background``'s worker writes a mark at each of those moments; here an
+    output yielded while the count is ``g`` belongs to group ``g`` (for per-item
+    operators: the outputs of the part's input item ``g``), and the consumer
+    merges group by group as ``background`` merges mark to mark.
     """
 
     __slots__ = ("count",)
