@@ -24,7 +24,7 @@ from __future__ import annotations
 import itertools
 import os
 import time
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from itertools import islice
 from typing import Any, TypeVar
 
@@ -53,7 +53,18 @@ def _name(x: object) -> str:
 class StageCounts:
     """One stage's counters: items out, the time its ``next()`` took (partly sampled), first and last use."""
 
-    __slots__ = ("ended", "head_s", "heads", "items", "open", "started", "timed_items", "timed_s")
+    __slots__ = (
+        "ended",
+        "exact",
+        "exact_untimed_s",
+        "head_s",
+        "heads",
+        "items",
+        "open",
+        "started",
+        "timed_items",
+        "timed_s",
+    )
 
     def __init__(self) -> None:
         self.items = 0  # items given downstream
@@ -64,13 +75,18 @@ class StageCounts:
         self.started = 0.0  # perf_counter at the first next(); 0: never asked
         self.ended = 0.0  # perf_counter when the last opening ended or closed; 0: open
         self.open = 0  # openings not yet ended
+        #: Where part of the stage's time is timed exactly elsewhere (background's waits on its
+        #: workers): that time so far. Only the rest is sampled, which keeps rare long waits out
+        #: of the estimate's extrapolation.
+        self.exact: Callable[[], float] | None = None
+        self.exact_untimed_s = 0.0  # of that exact time, what fell in untimed runs
 
     def seconds(self) -> float:
         """The estimated time spent inside this stage's ``next()``, its upstream's included."""
         untimed = self.items - self.timed_items
         if untimed <= 0:
             return self.timed_s
-        return self.timed_s + self.head_s / self.heads * untimed
+        return self.timed_s + self.head_s / self.heads * untimed + self.exact_untimed_s
 
 
 def counted(items: Iterator[T], counts: StageCounts) -> Generator[T, None, None]:
@@ -90,8 +106,10 @@ def counted(items: Iterator[T], counts: StageCounts) -> Generator[T, None, None]
     try:
         if not counts.started:
             counts.started = perf()
+        exact: Callable[[], float] | None = None
+        exact_before = 0.0
         while True:
-            exact = counts.seconds() >= _EXACT_ABOVE_S * counts.items  # the first item: timed alone
+            alone = counts.seconds() >= _EXACT_ABOVE_S * counts.items  # the first item: timed alone
             start = perf()
             x = next(items, _NOTHING)
             took = perf() - start
@@ -100,13 +118,17 @@ def counted(items: Iterator[T], counts: StageCounts) -> Generator[T, None, None]
                 return
             counts.items += 1
             counts.timed_items += 1
-            if exact:
+            if alone:
                 yield x
+                exact = counts.exact
+                exact_before = exact() if exact else 0.0
                 continue
-            counts.head_s += took
+            counts.head_s += took - (exact() - exact_before if exact else 0.0)
             counts.heads += 1
             yield x
             state = (state * _LCG_A + _LCG_C) & _LCG_MASK
+            exact = counts.exact
+            exact_before = exact() if exact else 0.0
             n = 0  # a plain loop: ``yield from`` costs more per item
             try:
                 for x in islice(items, _RUN_MIN + (state >> 16) % _RUN_SPREAD):
@@ -114,6 +136,9 @@ def counted(items: Iterator[T], counts: StageCounts) -> Generator[T, None, None]
                     yield x
             finally:
                 counts.items += n
+                if exact:
+                    counts.exact_untimed_s += exact() - exact_before
+                    exact_before = exact()
     finally:
         counts.open -= 1
         if not counts.open:
@@ -160,6 +185,13 @@ def register_channels(run: Any, upstream: object, counts: list[ChannelCounts]) -
         for channel in counts:
             channel.started = now
         run.stats["workers", id(upstream)] = (upstream, counts)
+
+        def waited() -> float:
+            return sum(channel.waited_s for channel in counts)
+
+        for key, (stream, stage) in list(run.stats.items()):
+            if key[0] == "stage" and getattr(stream, "upstream", None) is upstream:
+                stage.exact = waited  # background's own stage: its waits are timed exactly
 
 
 # ---------------------------------------------------------------- multiplexers
@@ -244,10 +276,9 @@ def _seconds(node: Any, counts: StageCounts, stats: dict[Any, Any]) -> float:
     return min(seconds, span)
 
 
-def _counted_below(node: Any, stats: dict[Any, Any]) -> list[float]:
-    """The times of the counted stages that ``node``'s stage reads from directly (looking through
-    sources and muxes)."""
-    found: list[float] = []
+def _counted_below(node: Any, stats: dict[Any, Any]) -> list[Any]:
+    """The counted stages that ``node``'s stage reads from directly (looking through sources and muxes)."""
+    found: list[Any] = []
     todo = list(node.children)
     seen: set[int] = set()
     while todo:
@@ -257,7 +288,7 @@ def _counted_below(node: Any, stats: dict[Any, Any]) -> list[float]:
         seen.add(id(child))
         entry = stats.get(("stage", id(child)))
         if entry is not None:
-            found.append(_seconds(child, entry[1], stats))
+            found.append(child)
         else:
             todo.extend(child.children)
     return found
@@ -297,6 +328,7 @@ def stats_of(stream: Any, run: Any, taken: int) -> Stats:
     workers: list[dict[str, Any]] = []
     sources: list[dict[str, Any]] = []
     listed: set[Any] = set()
+    limits: dict[int, float] = {}
     nodes = list(_walk(stream))
     nodes += [entry[0] for key, entry in stats.items() if key[1] not in {id(n) for n in nodes}]
     for node in nodes:
@@ -305,9 +337,13 @@ def stats_of(stream: Any, run: Any, taken: int) -> Stats:
         if entry is not None and ("stage", id(node)) not in listed:
             listed.add(("stage", id(node)))
             counts: StageCounts = entry[1]
-            seconds = _seconds(node, counts, stats)
+            # No more than the stage above it spent waiting on it (estimates can overshoot).
+            seconds = min(_seconds(node, counts, stats), limits.get(id(node), float("inf")))
             below = _counted_below(node, stats)
-            own = max(0.0, seconds - sum(below))
+            times = [_seconds(child, stats["stage", id(child)][1], stats) for child in below]
+            for child in below:
+                limits[id(child)] = min(seconds, limits.get(id(child), float("inf")))
+            own = max(0.0, seconds - sum(min(t, seconds) for t in times))
             # What is below runs here untimed (a source), unless it runs in background's workers.
             untimed_source = not below and ("workers", id(getattr(node, "upstream", None))) not in stats
             stages.append(
