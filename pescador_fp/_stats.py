@@ -6,8 +6,10 @@ items are slow, one item in about 32 where they are cheap (a pair of clock
 reads costs about 0.1 us, too much for every item of a cheap stage). The
 time of a stage *itself* is that time less the time of the stages it reads
 from. ``background`` counts per worker the items it sent, how full its ring
-was when the consumer came to read (sampled), and how long the consumer waited
-on it; a multiplexer counts per source the items it gave and its activations.
+was when the consumer came to read, and how long the consumer waited on it
+(timed exactly: only reads that find the ring empty are timed); a
+multiplexer counts per source the items it gave and its activations, when
+an activation closes (nothing per item).
 
 Nothing is counted in worker processes (their passes have no ``Run``). The
 counters live in ``SeedContext.run.stats``, keyed by the stage's stream object,
@@ -28,7 +30,18 @@ from collections.abc import Callable, Generator, Iterator
 from itertools import islice
 from typing import Any, TypeVar
 
-__all__ = ["ENABLED", "ChannelCounts", "Stats", "Tally", "counted", "stats_of", "tally"]
+__all__ = [
+    "ENABLED",
+    "ChannelCounts",
+    "StageCounts",
+    "Stats",
+    "Tally",
+    "counted",
+    "register_channels",
+    "stage_counts",
+    "stats_of",
+    "tally",
+]
 
 T = TypeVar("T")
 
