@@ -58,7 +58,7 @@ from collections.abc import Callable, Iterator  # noqa: E402
 from typing import Any  # noqa: E402
 
 import numpy as np  # noqa: E402
-from _timing import round_rates, spread, write_json  # noqa: E402
+from _timing import consume, round_rates, spread, write_json  # noqa: E402
 
 import pescador_fp as pf  # noqa: E402
 from pescador_fp._ipc.ring import NAME_PREFIX, SHM_DIR  # noqa: E402
@@ -615,6 +615,89 @@ def bench_transports_and_starts(tries: int) -> dict[str, Any]:
     return results
 
 
+# ---------------------------------------------------------------- F. where the time goes, per item
+
+# Counters of a process, from getrusage: CPU seconds (user, system), minor page faults,
+# voluntary context switches (it went to sleep) and involuntary ones (it was preempted).
+COUNTERS = ("user_s", "system_s", "page_faults", "sleeps", "preempted")
+
+
+def _counters(who: str) -> list[float]:
+    import resource  # POSIX only
+
+    r = resource.getrusage(getattr(resource, who))
+    return [r.ru_utime, r.ru_stime, r.ru_minflt, r.ru_nvcsw, r.ru_nivcsw]
+
+
+def _pass_counters(open_items: Callable[[int], Iterator[Any]], count: int) -> list[float]:
+    """Wall seconds, then the consumer's counters and the workers' (ended and joined), for one pass."""
+    self_before = _counters("RUSAGE_SELF")
+    children_before = _counters("RUSAGE_CHILDREN")
+    start = time.perf_counter()
+    consume(open_items(count))
+    wall = time.perf_counter() - start
+    consumer = [a - b for a, b in zip(_counters("RUSAGE_SELF"), self_before)]
+    workers = [a - b for a, b in zip(_counters("RUSAGE_CHILDREN"), children_before)]
+    return [wall, *consumer, *workers]
+
+
+def breakdown_cases() -> dict[str, tuple[Callable[[int], Iterator[Any]], int]]:
+    """The three cases of issue 13, and the producer alone: (open items, items per pass)."""
+    return {
+        "reused 1 MiB": (background_items(same_items, MIB // FLOAT), 1600),
+        "fresh 1 MiB: producer alone": (inline_items(MIB // FLOAT), 1600),
+        "fresh 1 MiB": (background_items(fresh_items, MIB // FLOAT), 1600),
+        "fresh 1 KiB: producer alone": (inline_items(KIB // FLOAT), 200_000),
+        "fresh 1 KiB": (background_items(fresh_items, KIB // FLOAT), 200_000),
+    }
+
+
+def bench_breakdown(repeats: int) -> dict[str, Any]:
+    """Per item, for each case: wall time, and each side's CPU time, page faults and context switches.
+
+    Counted with getrusage over a pass of N items and one of N/4 (medians of
+    ``repeats`` each); the difference over 3N/4 items leaves out start-up and
+    shutdown. CPU time and page faults say what each side does per item and
+    hardly change with other work on the machine; wall time does.
+    """
+    results: dict[str, Any] = {}
+    for case, (open_items, count) in breakdown_cases().items():
+        consume(open_items(count // 10))  # warm up: imports, the first pages of the rings
+        short, full = [], []
+        for _ in range(repeats):
+            short.append(_pass_counters(open_items, count // 4))
+            full.append(_pass_counters(open_items, count))
+        per_item = [
+            (statistics.median(f) - statistics.median(s)) / (count - count // 4)
+            for f, s in zip(zip(*full), zip(*short))
+        ]
+        wall, consumer, workers = per_item[0], per_item[1:6], per_item[6:]
+        results[case] = {
+            "wall_us": wall * 1e6,
+            "consumer": {k: v * 1e6 if k.endswith("_s") else v for k, v in zip(COUNTERS, consumer)},
+            "worker": {k: v * 1e6 if k.endswith("_s") else v for k, v in zip(COUNTERS, workers)},
+        }
+        for side in ("consumer", "worker"):
+            entry = results[case][side]
+            entry["cpu_us"] = entry.pop("user_s") + entry.pop("system_s")
+    return results
+
+
+def print_breakdown(results: dict[str, Any]) -> None:
+    print("F. Per item: wall time; each side's CPU time, page faults, sleeps and preemptions (getrusage)")
+    print(
+        f"  {'case':<28} {'wall us':>8} | {'consumer cpu us':>15} {'faults':>6} {'sleeps':>6} {'preempt':>7}"
+        f" | {'worker cpu us':>13} {'faults':>6} {'sleeps':>6} {'preempt':>7}"
+    )
+    for case, r in results.items():
+        c, w = r["consumer"], r["worker"]
+        print(
+            f"  {case:<28} {r['wall_us']:8.2f} | {c['cpu_us']:15.2f} {c['page_faults']:6.2f} "
+            f"{c['sleeps']:6.2f} {c['preempted']:7.2f} | {w['cpu_us']:13.2f} {w['page_faults']:6.2f} "
+            f"{w['sleeps']:6.2f} {w['preempted']:7.2f}"
+        )
+
+
 # ---------------------------------------------------------------- G. the goals, min/median/max
 
 
@@ -822,6 +905,11 @@ def main() -> None:
         "--transports", action="store_true", help="only E: each transport's throughput and first-item time"
     )
     parser.add_argument(
+        "--breakdown",
+        action="store_true",
+        help="only F: per item, each side's CPU time, page faults and context switches",
+    )
+    parser.add_argument(
         "--goals",
         action="store_true",
         help="only G: the issue's goals, items/s as min/median/max over --repeats rounds",
@@ -838,6 +926,16 @@ def main() -> None:
         overhead = bench_stats_overhead(0.3, args.repeats)
         print_stats_overhead(overhead, args.repeats)
         write_json(args.json, overhead)
+        return
+    if args.breakdown:
+        print(
+            f"load average {os.getloadavg()[0]:.2f}, CPUs {os.cpu_count()}, "
+            f"start method {default_start_method()}"
+        )
+        breakdown = bench_breakdown(args.repeats)
+        print_breakdown(breakdown)
+        print(f"load average now {os.getloadavg()[0]:.2f}")
+        write_json(args.json, breakdown)
         return
     if args.goals:
         print(

@@ -102,8 +102,7 @@ def _write_all(
     """
     batching = new_axis_batch(stream.op) if isinstance(stream, Applied) else None
     if batching is None:
-        for item in _run(stream, ctx, start):
-            encoder.write(ring, item, alive)
+        encoder.write_all(ring, stream._open_at(ctx, start) if start else stream._open(ctx), alive)
         return
     assert isinstance(stream, Applied)
     size, partial = batching

@@ -27,6 +27,7 @@ import sys
 import traceback
 import types
 import weakref
+from collections.abc import Iterable
 from typing import Any
 
 import cloudpickle
@@ -111,18 +112,57 @@ class Encoder:
     """(worker) Writes items into a ring; remembers what the other side already has."""
 
     def __init__(self) -> None:
-        self.sent: Any = None  # the last array layout
+        self._sent: Any = None  # the last array layout
+        # Its dtype and shape where it is one non-empty array: the quick path's check.
+        self._dtype: Any = None
+        self._shape: Any = None
         self.classes: dict[type, int | None] = {}  # classes sent by name (their number), or known plain
         self.picklers: dict[type, int] = {}  # item type -> the first of _PICKLERS that could send one
 
+    @property
+    def sent(self) -> Any:
+        """The last array layout, which the other side has."""
+        return self._sent
+
+    @sent.setter
+    def sent(self, layout: Any) -> None:
+        self._sent = layout
+        if layout is not None and not layout[0] and _nbytes(layout[1], layout[2]):
+            self._dtype, self._shape = layout[1], layout[2]
+        else:
+            self._dtype = self._shape = None
+
+    def write_all(self, ring: Ring, items: Iterable[Any], alive: Any) -> None:
+        """Write every item of ``items`` in turn, each as one record, waiting for space.
+
+        The loop checks for the quick case itself (an array laid out like the
+        last one, and room for it without waiting or wrapping): for small items
+        each Python call it saves is a few per cent of the worker's time.
+        """
+        put_again, write = ring.put_again, self.write
+        for item in items:
+            if type(item) is np.ndarray and item.dtype is self._dtype and item.shape == self._shape:
+                try:  # the cast fails unless it is C-contiguous (and for datetime64, timedelta64)
+                    data = item.data.cast("B")
+                except (TypeError, ValueError):
+                    pass
+                else:
+                    if put_again(RECORD_ARRAYS, data):
+                        continue
+            write(ring, item, alive)
+
     def write(self, ring: Ring, item: Any, alive: Any) -> None:
         """Write ``item`` as one record, waiting for space."""
-        if (
-            type(item) is np.ndarray
-            and self._repeats(item)
-            and ring.put_again(RECORD_ARRAYS, _bytes_of(item))
-        ):
-            return
+        # The quick path: an array laid out like the last one (the cast fails unless it is
+        # C-contiguous, and for dtypes the buffer protocol cannot describe).
+        if type(item) is np.ndarray and item.dtype is self._dtype and item.shape == self._shape:
+            try:
+                data = item.data.cast("B")
+            except (TypeError, ValueError):
+                pass
+            else:
+                if ring.put_again(RECORD_ARRAYS, data):
+                    return
         encoded = self._encode(item)
         if encoded is not None:
             ring.put(RECORD_ARRAYS, encoded[0], encoded[1], alive)
@@ -190,18 +230,6 @@ class Encoder:
         views.clear()
         ring.commit()
         self.sent = layout
-
-    def _repeats(self, array: np.ndarray) -> bool:
-        """Whether ``array`` has the layout the other side already has (a quick check)."""
-        sent = self.sent
-        return (
-            sent is not None
-            and not sent[0]
-            and array.dtype is sent[1]
-            and array.shape == sent[2]
-            and array.flags.c_contiguous
-            and array.size > 0
-        )
 
     def _encode(self, item: Any) -> tuple[bytes, list[memoryview]] | None:
         kind = type(item)

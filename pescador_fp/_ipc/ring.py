@@ -14,7 +14,10 @@ consumer never sees half a record. A record that does not fit before the end
 of the ring is preceded by a wrap marker over the rest, written as soon as the
 consumer has left that rest, so any record up to the ring's capacity fits.
 Waiting uses two semaphores with short timeouts, so a lost wake-up costs at
-most one timeout, and every wait checks a liveness callback.
+most one timeout (the first sleep of a wait is the shortest), and every wait
+checks a liveness callback. A producer that finds the ring full asks to be
+woken once half of it is free, so that it sleeps once per half ring rather
+than once per record.
 
 Two quick paths serve streams of like items: ``put_again`` writes a record
 laid out like the previous one with a cached header, and ``run_after`` lets
@@ -120,8 +123,15 @@ _HEADER_1 = _header(1)
 
 # How long one wait sleeps before it checks its peer is alive and looks again.
 _WAIT_SLICE_S = 0.05
+# The first sleep of a wait is shorter: the "I am waiting" flag and the peer's position are
+# plain stores and loads, which the CPU may reorder, so a wake-up call can be missed (rarely:
+# 2 in 9 673 sleeps once); it then costs this much, not a whole slice.
+_FIRST_WAIT_S = 0.002
 # How many times a waiting side looks at its peer's position before it sleeps (~10 µs).
 _SPINS = 200
+# A consumer waiting for a record looks this many times _SPINS (~50 µs) before it sleeps.
+_DATA_SPIN_ROUNDS = 5
+_yield_cpu: Callable[[], None] = getattr(os, "sched_yield", lambda: None)
 SHM_DIR = "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
 # Portable segments are named f"{NAME_PREFIX}{creator pid}_{random}" (25 characters at most, as macOS needs).
 NAME_PREFIX = "pfp_"
@@ -390,7 +400,8 @@ class Ring:
         self._head = self._control[_HEAD]
         self._tail = self._control[_TAIL]
         self._pending_release = 0
-        self._repeat: tuple[int, int, int, bytes] | None = None  # (producer) the last record's layout
+        # (producer) The last single-buffer record's layout: kind, buffer bytes, record bytes, header.
+        self._repeat: tuple[int, int, int, bytes, int] | None = None
         self._reserved = 0  # (producer) the size of the record reserve() made room for, not yet committed
         self._named = bool(segment.name)  # (consumer) the segment may still have a name to remove
 
@@ -485,7 +496,7 @@ class Ring:
             at += (nbytes + _MASK) & ~_MASK
         self._publish(self._head + size)
         if n == 1 and not metadata:  # remember the layout: the next record may repeat it
-            self._repeat = (kind, sizes[0], size, bytes(data[position : position + body]))
+            self._repeat = (kind, sizes[0], size, bytes(data[position : position + body]), body)
 
     def reserve(
         self,
@@ -574,17 +585,17 @@ class Ring:
         repeat = self._repeat
         if repeat is None or repeat[0] != kind or repeat[1] != buffer.nbytes:
             return False
-        _, nbytes, size, header = repeat
-        control, head, capacity = self._control, self._head, self.capacity
+        head, capacity = self._head, self.capacity
+        size = repeat[2]
         position = head % capacity
+        control = self._control
         if position + size > capacity or capacity - (head - control[_TAIL]) < size or control[_STOP]:
             return False
-        data = self._data
-        body = len(header)
-        data[position : position + body] = header
-        data[position + body : position + body + nbytes] = buffer
-        self._head = head + size
-        control[_HEAD] = self._head  # publish
+        data, body = self._data, repeat[4]
+        data[position : position + body] = repeat[3]
+        data[position + body : position + body + repeat[1]] = buffer
+        self._head = head = head + size
+        control[_HEAD] = head  # publish
         if control[_CONSUMER_WAITING]:
             control[_CONSUMER_WAITING] = 0
             self.handle.data_ready.release()
@@ -612,21 +623,33 @@ class Ring:
         self.__dict__.update(larger.__dict__)
 
     def _wait_for_space(self, size: int, alive: Callable[[], bool] | None) -> None:
+        """Wait until ``size`` bytes are free; ``Stopped`` if asked to stop or the consumer is gone.
+
+        Before it sleeps, the producer asks to be woken once half the ring
+        (or ``size``, if more) is free rather than as soon as ``size`` is:
+        a producer ahead of its consumer then sleeps once per half ring, not
+        once per record, and the consumer makes one wake-up call for many
+        records it frees.
+        """
+        capacity, control = self.capacity, self._control
+        wake_at = max(size, capacity // 2)
+        wait_s = _FIRST_WAIT_S
         while True:
-            if self._control[_STOP]:
+            if control[_STOP]:
                 raise Stopped
             for _ in range(_SPINS):
-                if self.capacity - (self._head - self._control[_TAIL]) >= size:
+                if capacity - (self._head - control[_TAIL]) >= size:
                     return
-            self._control[_PRODUCER_WAITING] = 1
-            if self.capacity - (self._head - self._control[_TAIL]) < size:  # not freed meanwhile
-                self._doze(alive)
+            control[_PRODUCER_WAITING] = wake_at
+            if capacity - (self._head - control[_TAIL]) < size:  # not freed meanwhile
+                self._doze(alive, wait_s)
+                wait_s = _WAIT_SLICE_S
 
-    def _doze(self, alive: Callable[[], bool] | None) -> None:
-        """(producer) Sleep one slice or until the consumer signals; ``Stopped`` if asked or it is gone."""
+    def _doze(self, alive: Callable[[], bool] | None, wait_s: float = _WAIT_SLICE_S) -> None:
+        """(producer) Sleep ``wait_s`` or until the consumer signals; ``Stopped`` if asked or it is gone."""
         if self._control[_STOP]:
             raise Stopped
-        if not self.handle.space_ready.acquire(timeout=_WAIT_SLICE_S) and alive is not None and not alive():
+        if not self.handle.space_ready.acquire(timeout=wait_s) and alive is not None and not alive():
             raise Stopped
 
     # ------------------------------------------------------------ consumer
@@ -641,10 +664,12 @@ class Ring:
         """
         if self._pending_release:
             self.release()
+        wait_s = _FIRST_WAIT_S
         while True:
             if self._tail == self._control[_HEAD]:
-                if not self._wait_for_data(alive):
+                if not self._wait_for_data(alive, wait_s):
                     return None
+                wait_s = _WAIT_SLICE_S
                 continue
             data = self._data
             position = self._tail % self.capacity
@@ -730,23 +755,30 @@ class Ring:
             self._advance(size)
 
     def _advance(self, size: int) -> None:
-        self._tail += size
-        self._control[_TAIL] = self._tail
-        if self._control[_PRODUCER_WAITING]:
-            self._control[_PRODUCER_WAITING] = 0
+        self._tail = tail = self._tail + size
+        control = self._control
+        control[_TAIL] = tail
+        wake_at = control[_PRODUCER_WAITING]  # the free bytes the producer waits for, if it waits
+        if wake_at and self.capacity - (control[_HEAD] - tail) >= wake_at:
+            control[_PRODUCER_WAITING] = 0
             self.handle.space_ready.release()
 
-    def _wait_for_data(self, alive: Callable[[], bool]) -> bool:
-        # Look again for a little while before sleeping: a wake-up through the
-        # semaphore costs more than a small item's whole journey.
+    def _wait_for_data(self, alive: Callable[[], bool], wait_s: float) -> bool:
+        # Look again for a while before sleeping (only on the first wait for a record): waking a
+        # consumer costs the producer a system call, and in a virtual machine an interrupt to the
+        # other CPU, several times a small item's whole journey. A consumer only slightly faster
+        # than its producer then catches the next record without sleeping; between rounds it lets
+        # another process have this CPU (its producer, on a busy machine).
         control, tail = self._control, self._tail
-        for _ in range(_SPINS):
-            if tail != control[_HEAD]:
-                return True
-        self._control[_CONSUMER_WAITING] = 1
-        if self._tail != self._control[_HEAD]:
+        for _ in range(_DATA_SPIN_ROUNDS if wait_s == _FIRST_WAIT_S else 1):
+            for _ in range(_SPINS):
+                if tail != control[_HEAD]:
+                    return True
+            _yield_cpu()
+        control[_CONSUMER_WAITING] = 1
+        if tail != control[_HEAD]:
             return True
-        if self.handle.data_ready.acquire(timeout=_WAIT_SLICE_S):
+        if self.handle.data_ready.acquire(timeout=wait_s):
             return True
         # Nothing for a while: is the producer still there? Look once more after asking.
-        return alive() or self._tail != self._control[_HEAD]
+        return alive() or tail != control[_HEAD]
