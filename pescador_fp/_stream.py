@@ -9,6 +9,7 @@ in the iterators that ``iterate`` returns.
 
 from __future__ import annotations
 
+import functools
 import html
 import itertools
 import numbers
@@ -205,10 +206,12 @@ class Stream(Generic[T]):
         >>> sorted(s.iterate(seed=2))
         [0, 1, 2, 3, 4, 5]
         """
+        from ._resume import digest, resumed_context  # the state's checks live with the state's format
+
         if state is None:
             ctx = SeedContext.for_pass(seed, run=Run())
+            digest(self)  # once per stream: a first state() then costs no more than the next ones
             return Pass(self, ctx, _run(self, ctx, 0), 0)
-        from ._resume import resumed_context  # the state's checks live with the state's format
 
         ctx, taken = resumed_context(self, seed, state)
         return Pass(self, ctx, _run(self, ctx, taken), taken)
@@ -471,7 +474,9 @@ class Applied(Stream[U], Generic[T, U]):
         return items if counts is None else counted(items, counts)
 
     def _open_at(self, ctx: SeedContext, start: int) -> Iterator[U]:
-        return self.op._open_at(self.upstream, ctx, self.depth, start)
+        items = self.op._open_at(self.upstream, ctx, self.depth, start)
+        counts = stage_counts(ctx.run, self)
+        return items if counts is None else counted(items, counts)
 
     def _length(self) -> int | None:
         return self.op._length_after(self.upstream)
@@ -623,9 +628,13 @@ def describe_callable(fn: object) -> str:
     >>> describe_callable(len), describe_callable(lambda x: x)
     ('len', '<lambda>')
     """
+    if isinstance(fn, functools.partial):
+        return f"partial({describe_callable(fn.func)}, ...)"
     name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None)
     if isinstance(name, str):
         return name.rsplit("<locals>.", 1)[-1]
+    if type(fn).__repr__ is object.__repr__:  # a callable object that does not say what it is
+        return f"<{type(fn).__qualname__.rsplit('<locals>.', 1)[-1]} object>"
     return reprlib.repr(fn)
 
 

@@ -13,6 +13,7 @@ memmap reaches ``background`` workers without being copied into each.
 from __future__ import annotations
 
 import functools
+import itertools
 import mmap
 import os
 import reprlib
@@ -38,6 +39,8 @@ _ARRAY_CHUNK_ROWS = 1024
 
 # Collections longer than this are summarised in a pipeline's repr.
 _REPR_ITEMS = 4
+# Items (rows) of a collection (array) that a pass's state compares with the pipeline it resumes.
+_SAMPLED = 16
 
 # Bytes at each end of a mapped array that are compared with its file when the
 # array is pickled: a file replaced since it was mapped differs there.
@@ -310,11 +313,17 @@ class _IterableStream(Stream[T]):
     def _fingerprint(self) -> str:
         items = self.items
         if isinstance(items, np.ndarray):
-            return f"{self!r} {_array_sample(items)}"
-        if isinstance(items, Sequence) and not isinstance(items, range):
-            ends = [*items[:_REPR_ITEMS], *items[-_REPR_ITEMS:]]
-            return f"{self!r} {self.numbering} {reprlib.repr(ends)}"
-        return f"{self!r} {self.numbering}"
+            return f"{self!r} {self.numbering} {_array_sample(items)}"
+        if isinstance(items, range):
+            return f"{self!r} {self.numbering}"
+        if isinstance(items, Sequence):
+            n = len(items)
+            picked = (
+                [items[i] for i in sorted({int(i) for i in np.linspace(0, n - 1, _SAMPLED)})] if n else []
+            )
+            return f"{self!r} {self.numbering} {n} {' '.join(map(reprlib.repr, picked))}"
+        # A set or a mapping: the first items in the order it iterates (a set's depends on the process).
+        return f"{self!r} {self.numbering} {reprlib.repr(list(itertools.islice(items, _REPR_ITEMS)))}"
 
     def _divide(self, index: int, count: int) -> tuple[Stream[T], float | None] | None:
         if isinstance(self.items, (Sequence, np.ndarray)):
@@ -422,9 +431,11 @@ class _ArrayStream(Stream[Any]):
 
 
 def _array_sample(array: np.ndarray) -> str:
-    """A few bytes from each end of ``array``: enough to tell it from another of the same shape."""
-    flat = array.reshape(-1) if array.flags.c_contiguous else np.ravel(array[:2])
-    return f"{array.dtype.str}{array.shape}:{flat[:8].tobytes().hex()}:{flat[-8:].tobytes().hex()}"
+    """Bytes from a few rows spread over ``array``: enough to tell it from another of the same shape."""
+    n = len(array) if array.ndim else 1
+    rows = sorted({int(i) for i in np.linspace(0, n - 1, _SAMPLED)}) if n else []
+    sample = b"".join(np.ascontiguousarray(array[i] if array.ndim else array).tobytes()[:16] for i in rows)
+    return f"{array.dtype.str}{array.shape}:{sample.hex()}"
 
 
 def _array_rows(

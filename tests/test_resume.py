@@ -178,7 +178,10 @@ def test_another_pipeline_or_seed_is_refused() -> None:
     state = it.state()
     with pytest.raises(ValueError, match=r"another pipeline \(stage 1: the state has 'shuffle\(4\)'"):
         (pf.from_iterable(list(range(10))) | pf.shuffle(5) | pf.batch(2)).iterate(seed=1, state=state)
-    with pytest.raises(ValueError, match="print the same, but their sources or arguments differ"):
+    with pytest.raises(
+        ValueError,
+        match=r"print the same, but their sources' data, their functions or their arguments differ",
+    ):
         (pf.from_iterable([0] * 10) | pf.shuffle(4) | pf.batch(2)).iterate(seed=1, state=state)
     with pytest.raises(ValueError, match="seed=1, not seed=2"):
         s.iterate(seed=2, state=state)
