@@ -21,3 +21,7 @@ if "--xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "
     os.environ["XLA_FLAGS"] = (
         os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
     ).strip()
+# The Ray cases run in a child pytest of their own (tests/test_ray.py says why): the main test process
+# never imports Ray, not even to collect doctests from tests/ray_cases.py.
+if os.environ.get("PESCADOR_FP_RAY_CHILD") != "1":
+    collect_ignore += ["tests/ray_cases.py"]

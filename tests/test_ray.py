@@ -82,6 +82,7 @@ def test_ray_cases_pass_in_a_process_of_their_own():
     command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/ray_cases.py"]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # a local cluster of its own
     env["RAY_USAGE_STATS_ENABLED"] = "0"
+    env["PESCADOR_FP_RAY_CHILD"] = "1"  # conftest.py collects ray_cases.py only then
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=540)
     print(result.stdout)
     assert result.returncode == 0, result.stdout[-10_000:] + result.stderr[-3_000:]
