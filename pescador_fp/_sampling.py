@@ -66,6 +66,24 @@ class BulkDraws(Generic[T]):
             self.buffer = list(self.draw(self.size))[::-1]
         return self.buffer.pop()
 
+    def take(self, n: int) -> list[T]:
+        """The next ``n`` values, as ``n`` calls of :meth:`pop` would give them.
+
+        >>> rng = np.random.default_rng(0)
+        >>> draws = BulkDraws(lambda n: rng.integers(0, 10, n).tolist(), size=4)
+        >>> first = draws.take(6)
+        >>> first + [draws.pop()] == np.random.default_rng(0).integers(0, 10, 8).tolist()[:7]
+        True
+        """
+        taken: list[T] = []
+        while len(taken) < n:
+            if not self.buffer:
+                self.buffer = list(self.draw(self.size))[::-1]
+            cut = max(0, len(self.buffer) - (n - len(taken)))
+            taken += self.buffer[cut:][::-1]
+            del self.buffer[cut:]
+        return taken
+
     def clear(self) -> None:
         """Forget the values not yet handed out (what they were drawn for has changed)."""
         self.buffer = []

@@ -14,6 +14,7 @@ See ``docs/mux.md`` for the analysis.
 from __future__ import annotations
 
 import itertools
+import operator
 import reprlib
 from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass
@@ -73,59 +74,49 @@ def _open_at(stream: Stream[Any], ctx: SeedContext, start: int) -> Generator[Any
 # ---------------------------------------------------------------- mux
 
 
-class _Cursor(Iterator[Any]):
-    """(a resumed mux) Where one activation of a source stands: counted, or run where its length is unknown.
+class _Cursor:
+    """(a resumed mux) One activation of a source on the way to the pass's place.
 
-    Iterating yields ``None`` for each item (or the item itself, where the
-    source must run to say when it ends); :meth:`opened` then opens the source
-    at that place.
+    ``items`` is what the mux reads meanwhile: ``None`` for each item where
+    the source knows its length (counted in C, nothing made), else the
+    source's own items (it runs to say where it ends). :meth:`opened` then
+    opens the source at the place reached.
     """
 
-    __slots__ = ("ctx", "first", "items", "left", "stream", "taken")
+    __slots__ = ("ctx", "gen", "items", "length", "stream")
 
     def __init__(self, stream: Stream[Any], ctx: SeedContext) -> None:
-        self.stream, self.ctx, self.taken = stream, ctx, 0
-        length = stream._length()
-        #: Items left where the length is known; else the source runs (``items``).
-        self.left = length if length is not None else -1
-        self.items: Generator[Any, None, None] | None = _open(stream, ctx) if length is None else None
-        self.first: Any = NOTHING  # (a running source) its first item, peeked and not yet taken
-
-    def __next__(self) -> Any:
-        if self.items is None:
-            if not self.left:
-                raise StopIteration
-            self.left -= 1
-            item = None
-        elif self.first is not NOTHING:
-            item, self.first = self.first, NOTHING
+        self.stream, self.ctx = stream, ctx
+        self.length = length = stream._length()
+        self.gen: Generator[Any, None, None] | None = None
+        self.items: Iterator[Any]
+        if length is None:
+            self.gen = self.items = _open(stream, ctx)
         else:
-            item = next(self.items)
-        self.taken += 1
-        return item
+            self.items = itertools.repeat(None, length)
 
-    def peeked(self) -> tuple[Any, Iterator[Any], Any] | None:
-        """What ``peek`` gives for a real source (``None``: it is empty), with this cursor as both."""
-        if self.items is None:
-            return (None, self, self) if self.left else None
-        self.first = next(self.items, NOTHING)
-        if self.first is NOTHING:
-            self.items.close()
+    def peeked(self) -> tuple[Any, Iterator[Any], _Cursor] | None:
+        """What :func:`_peeked` gives for a source opened for real, this cursor standing for the generator."""
+        if self.gen is None:
+            return (None, self.items, self) if self.length else None
+        peeked = peek(self.gen)
+        if peeked is None:
+            self.gen.close()
             return None
-        return (self.first, self, self)
+        self.items = peeked[1]
+        return peeked[0], self.items, self
 
     def opened(self) -> tuple[Iterator[Any], Generator[Any, None, None]]:
         """The source opened at this place: the iterator to read and the generator to close."""
-        if self.items is None:
-            gen = _open_at(self.stream, self.ctx, self.taken)
+        if self.gen is None:
+            assert self.length is not None
+            gen = _open_at(self.stream, self.ctx, self.length - operator.length_hint(self.items))
             return gen, gen
-        if self.first is NOTHING:
-            return self.items, self.items
-        return itertools.chain((self.first,), self.items), self.items
+        return self.items, self.gen
 
     def close(self) -> None:
-        if self.items is not None:
-            self.items.close()
+        if self.gen is not None:
+            self.gen.close()
 
 
 @dataclass(frozen=True, repr=False, eq=False)

@@ -71,10 +71,10 @@ class _ShuffleIterator(PassIterator):
         ``lo`` on), and the pass goes on from there. ``False``: the upstream
         ended before (its last ``size`` items are the caller's to replay).
         """
-        size, draws = self.size, self.draws
-        inputs = list(range(size))  # the input that each slot holds
-        for t in range(size, size + start):
-            inputs[draws.pop()] = t
+        size = self.size
+        inputs = list(range(size))  # the input that each slot holds: the last one drawn into it
+        for t, slot in enumerate(self.draws.take(start), size):
+            inputs[slot] = t
         lo, stop = min(inputs), size + start
         slot_of = {t: k for k, t in enumerate(inputs)}
         items = upstream._open_at(ctx, lo)
