@@ -72,6 +72,14 @@ def _ray() -> Any:
         ) from error
 
 
+def _joined(ray: Any) -> Any:
+    """``ray``, with this process in a cluster: as Ray's own calls do, ``ray.init()`` if it is in none
+    (which joins ``RAY_ADDRESS`` where that is set, else starts a local cluster)."""
+    if not ray.is_initialized():
+        ray.init()
+    return ray
+
+
 # ---------------------------------------------------------------- seeds
 
 
@@ -377,7 +385,7 @@ def _remote_items(op: _Remote, upstream: Stream[Any], ctx: SeedContext, depth: i
         _recipe((part, plan.grouped, plan.context(i, parts_ctx), plan.head, parts_ctx), upstream)
         for i, part in enumerate(plan.parts)
     ]
-    ray = _ray()
+    ray = _joined(_ray())
     importlib.import_module("ray.util.scheduling_strategies")
     demand = _demand(op)
     group = _reserve(ray, demand, len(recipes))

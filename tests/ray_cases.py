@@ -34,11 +34,15 @@ _STORE_BYTES = 200 * 2**20
 _DEADLINE_S = 30.0
 
 
+def _start_local_cluster():
+    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=_STORE_BYTES, log_to_driver=False)
+
+
 @pytest.fixture(scope="session")
 def cluster():
     """One local Ray cluster for the session: two CPUs, a small object store."""
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, object_store_memory=_STORE_BYTES, log_to_driver=False)
+        _start_local_cluster()
     yield
     ray.shutdown()
 
@@ -291,6 +295,17 @@ def test_a_part_stuck_in_a_call_is_stopped_on_close(cluster, tmp_path):
     time.sleep(4.0)  # past the end of the call, had it gone on
     assert not Path(tmp_path, "went on").exists()
     assert _our_groups() == []
+
+
+def test_a_process_in_no_cluster_starts_a_local_one(cluster, monkeypatch):
+    ray.shutdown()
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    try:
+        assert list(pf.from_iterable(range(6)) | pf.map(abs) | pfr.remote(workers=2)) == list(range(6))
+        assert ray.is_initialized()
+    finally:
+        ray.shutdown()
+        _start_local_cluster()  # the session's cluster again, for the tests that follow
 
 
 class _Where:
