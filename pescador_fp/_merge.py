@@ -13,8 +13,8 @@ import collections
 import functools
 import os
 import time
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Iterator, Sequence
+from typing import Any, Protocol
 
 from ._ipc.codec import Decoder, RemoteTraceback, load_error
 from ._ipc.ring import RECORD_ARRAYS, RECORD_DATA, RECORD_END, RECORD_ERROR, Ring
@@ -25,7 +25,7 @@ from ._stream import NOTHING
 from ._worker import RECORD_MARK
 from .errors import WorkerError
 
-__all__ = ["RECENT_PICKS", "Channel", "Tally", "merge", "merge_groups"]
+__all__ = ["MARK", "RECENT_PICKS", "Channel", "Reader", "Tally", "merge", "merge_groups"]
 
 
 def _raise_remote(metadata: memoryview, index: int) -> None:
@@ -87,8 +87,14 @@ RECENT_PICKS = 1024
 _DIGITS = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 
+class Reader(Protocol):
+    """What the merges read: a worker's (or a Ray part's) items, then ``NOTHING``; ``MARK`` between groups."""
+
+    def next_item(self) -> Any: ...
+
+
 def merge(
-    channels: list[Channel],
+    channels: Sequence[Reader],
     weights: list[float | None],
     rng: Any,
     tally: Tally,
@@ -156,7 +162,7 @@ class _Counted:
         )
 
 
-def merge_groups(channels: list[Channel]) -> Iterator[Any]:
+def merge_groups(channels: Sequence[Reader]) -> Iterator[Any]:
     """Yield the workers' outputs group by group in turn: the order of the undivided stream."""
     live = list(range(len(channels)))
     turn = 0
@@ -165,7 +171,7 @@ def merge_groups(channels: list[Channel]) -> Iterator[Any]:
         channel = channels[live[turn]]
         while True:
             item = channel.next_item()
-            if item is _MARK:
+            if item is MARK:
                 turn += 1
                 break
             if item is NOTHING:
@@ -174,7 +180,8 @@ def merge_groups(channels: list[Channel]) -> Iterator[Any]:
             yield item
 
 
-_MARK = object()
+#: What a channel's ``next_item`` returns where one input item's outputs end (grouped merges).
+MARK = object()
 
 
 class Channel:
@@ -227,7 +234,7 @@ class Channel:
         )
 
     def next_item(self) -> Any:
-        """The worker's next item, ``_MARK`` or ``NOTHING``; handles the records that carry no item."""
+        """The worker's next item, ``MARK`` or ``NOTHING``; handles the records that carry no item."""
         pending, counts = self.decoder.pending, self.counts
         if pending:
             counts.items += 1
@@ -262,7 +269,7 @@ class Channel:
                 return self.decoder.read(ring, kind, metadata, buffers)
             if kind == RECORD_MARK:
                 ring.release()
-                return _MARK
+                return MARK
             if kind == RECORD_END:
                 ring.release()
                 counts.ended = time.perf_counter()

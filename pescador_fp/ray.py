@@ -45,9 +45,9 @@ import numpy as np
 from ._check import check_int
 from ._divide import components, divide, rebuild
 from ._ipc.codec import RemoteTraceback, dumps_recipe, loads_recipe
-from ._sampling import Picker
+from ._merge import MARK, Tally, merge, merge_groups
 from ._seed import MERGE_SEED, SeedContext
-from ._stream import Applied, Operator, Stream, _run
+from ._stream import NOTHING, Applied, Operator, Stream, _run
 from .background import _Background
 from .errors import PescadorError, WorkerError
 
@@ -220,7 +220,7 @@ class _Channel:
         self.ray = ray
         self.received = 0  # items of this part that the consumer has
         self.pending: tuple[int, Any] | None = None  # (group, item) read ahead by the group merge
-        self.finished = False  # the group merge has seen the part's end
+        self.group = 0  # the input group whose outputs come next
 
     def next_entry(self) -> tuple[int, Any] | None:
         """The part's next ``(group, item)``; ``None`` at its end."""
@@ -251,18 +251,18 @@ class _Channel:
             self.received += 1
             return group, item
 
-    def group(self, group: int) -> Iterator[Any]:
-        """The part's items of input group ``group``; ``self.pending`` keeps the first of a later one."""
-        while True:
-            entry = self.pending or self.next_entry()
-            self.pending = None
-            if entry is None:
-                self.finished = True
-                return
-            if entry[0] != group:
-                self.pending = entry
-                return
-            yield entry[1]
+    def next_item(self) -> Any:
+        """The part's next item, ``NOTHING`` at its end, or (grouped) ``MARK`` where an input group ends:
+        what ``_merge.merge`` and ``merge_groups`` read from a ``background`` channel."""
+        entry = self.pending or self.next_entry()
+        self.pending = None
+        if entry is None:
+            return NOTHING
+        if entry[0] > self.group:  # the outputs of the input groups before it are all out
+            self.pending = entry
+            self.group += 1
+            return MARK
+        return entry[1]
 
 
 def _user_error(error: Any, index: int) -> BaseException:
@@ -273,50 +273,6 @@ def _user_error(error: Any, index: int) -> BaseException:
         return WorkerError(f"{_WHERE}: part {index} raised an error that cannot be sent back: {text}")
     cause.__cause__ = RemoteTraceback(f"\n\nraised in Ray part {index}:\n\n{text}")
     return cause
-
-
-def _merge(channels: list[_Channel], weights: list[float | None], rng: Any) -> Iterator[Any]:
-    """Yield the parts' items in turn, or (divided weighted muxes) picked in proportion to their weights.
-
-    The same picks from the same generator as ``background``'s merge (``_merge.merge``).
-    """
-    live = list(range(len(channels)))
-    picker = Picker([w or 0.0 for w in weights], rng) if any(w is not None for w in weights) else None
-    turn = 0
-    while live:
-        if picker is None:
-            turn %= len(live)
-            index = live[turn]
-            turn += 1
-        elif picker.any_left:
-            index = picker.pick()
-        else:
-            return
-        entry = channels[index].next_entry()
-        if entry is not None:
-            yield entry[1]
-            continue
-        live.remove(index)
-        turn -= 1
-        if picker is not None and live:
-            picker.drop(index)
-
-
-def _merge_groups(channels: list[_Channel]) -> Iterator[Any]:
-    """Yield the parts' items input group by input group, in turn: the order of the undivided stream."""
-    live = list(range(len(channels)))
-    turns = [0] * len(channels)  # the next group of each part
-    turn = 0
-    while live:
-        turn %= len(live)
-        index = live[turn]
-        channel = channels[index]
-        yield from channel.group(turns[index])
-        turns[index] += 1
-        if channel.finished:
-            del live[turn]
-        else:
-            turn += 1
 
 
 def _demand(op: _Remote) -> dict[str, float]:
@@ -394,11 +350,13 @@ def _remote_items(op: _Remote, upstream: Stream[Any], ctx: SeedContext, depth: i
         for i, recipe in enumerate(recipes):
             generators.append(_task().options(**_task_options(op, demand, group, i, ray)).remote(recipe))
         channels = [_Channel(i, items, ray) for i, items in enumerate(generators)]
+        # The channels read like background's, so the parts merge exactly as background merges them.
         if plan.grouped:
-            yield from _merge_groups(channels)
+            yield from merge_groups(channels)
         else:
             weights = [part.weight for part in plan.parts]
-            yield from _merge(channels, weights, ctx.generator(MERGE_SEED, depth))
+            rng = ctx.generator(MERGE_SEED, depth)
+            yield from merge(channels, weights, rng, Tally(len(channels)))
     finally:
         # Not after ray.shutdown(), which ended the tasks (and a call would start Ray again).
         if ray.is_initialized():
