@@ -12,7 +12,12 @@ collect_ignore = [
 # JAX (under keras too) runs in a child pytest of its own (tests/test_jax.py says why): the main test
 # process never imports it.
 if os.environ.get("PESCADOR_FP_FRAMEWORK_CHILD") != "1":
-    collect_ignore += ["pescador_fp/jax.py", "pescador_fp/keras.py"]
+    collect_ignore += [
+        "pescador_fp/jax.py",
+        "pescador_fp/keras.py",
+        "tests/jax_cases.py",
+        "tests/keras_cases.py",
+    ]
 
 # Keras 3 runs its tests on JAX (CPU), and JAX sees 4 CPU devices for the sharding tests; set before
 # anything imports keras or jax.
