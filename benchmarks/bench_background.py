@@ -26,6 +26,15 @@ D. Scaling: a CPU-bound pure-Python ``pf.map`` (~1.5 ms per item) over
    ``pf.from_iterable(range(N))`` through ``background(workers=1)`` and
    ``workers=2``. Target: >= 1.7x on a 2-core machine.
 
+F. (``--breakdown``) Where the time goes, per item, for a reused 1 MiB array,
+   fresh 1 MiB and fresh 1 KiB arrays (and the producer alone): each side's
+   CPU time, page faults, sleeps and preemptions, from getrusage, over a pass
+   of N items less one of N/4.
+
+G. (``--goals``) The goals of issue 13: items/s of each contender as
+   min/median/max over ``--repeats`` rounds, contenders in turn, and ratios
+   of medians.
+
 H. (``--stats-overhead``) What ``it.stats()`` costs, at 64 KiB items: the same
    runs with ``pescador_fp._stats.ENABLED`` on and off, in turn. Off stops the
    per-stage counting; background's per-worker counters (a few integer

@@ -54,6 +54,7 @@ import shutil
 import struct
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from multiprocessing import reduction
@@ -129,8 +130,10 @@ _WAIT_SLICE_S = 0.05
 _FIRST_WAIT_S = 0.002
 # How many times a waiting side looks at its peer's position before it sleeps (~10 µs).
 _SPINS = 200
-# A consumer waiting for a record looks this many times _SPINS (~50 µs) before it sleeps.
+# A consumer waiting for a record looks this many times _SPINS (~50 µs) before it sleeps, as
+# long as its sleeps are short (records come a little slower than it reads them).
 _DATA_SPIN_ROUNDS = 5
+_SHORT_SLEEP_S = 100e-6
 _yield_cpu: Callable[[], None] = getattr(os, "sched_yield", lambda: None)
 SHM_DIR = "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
 # Portable segments are named f"{NAME_PREFIX}{creator pid}_{random}" (25 characters at most, as macOS needs).
@@ -404,6 +407,7 @@ class Ring:
         self._repeat: tuple[int, int, int, bytes, int] | None = None
         self._reserved = 0  # (producer) the size of the record reserve() made room for, not yet committed
         self._named = bool(segment.name)  # (consumer) the segment may still have a name to remove
+        self._spin_rounds = _DATA_SPIN_ROUNDS  # (consumer) how long it looks before it sleeps
 
     # ------------------------------------------------------------ lifetime
 
@@ -764,21 +768,29 @@ class Ring:
             self.handle.space_ready.release()
 
     def _wait_for_data(self, alive: Callable[[], bool], wait_s: float) -> bool:
-        # Look again for a while before sleeping (only on the first wait for a record): waking a
+        # Look again for a while before sleeping (on the first wait for a record): waking a
         # consumer costs the producer a system call, and in a virtual machine an interrupt to the
         # other CPU, several times a small item's whole journey. A consumer only slightly faster
         # than its producer then catches the next record without sleeping; between rounds it lets
-        # another process have this CPU (its producer, on a busy machine).
+        # another process have this CPU. Where records come far apart, looking longer only burns
+        # a CPU that the workers may need: after a long sleep the next wait looks one round.
         control, tail = self._control, self._tail
-        for _ in range(_DATA_SPIN_ROUNDS if wait_s == _FIRST_WAIT_S else 1):
+        first = wait_s == _FIRST_WAIT_S
+        for round_ in range(self._spin_rounds if first else 1):
+            if round_:
+                _yield_cpu()
             for _ in range(_SPINS):
                 if tail != control[_HEAD]:
                     return True
-            _yield_cpu()
         control[_CONSUMER_WAITING] = 1
         if tail != control[_HEAD]:
             return True
+        asleep = time.perf_counter() if first else 0.0
         if self.handle.data_ready.acquire(timeout=wait_s):
+            if first:  # a short sleep: a longer look would have done without it
+                short = time.perf_counter() - asleep < _SHORT_SLEEP_S
+                self._spin_rounds = _DATA_SPIN_ROUNDS if short else 1
             return True
+        self._spin_rounds = 1
         # Nothing for a while: is the producer still there? Look once more after asking.
         return alive() or tail != control[_HEAD]
