@@ -197,10 +197,13 @@ def register_channels(run: Any, upstream: object, counts: list[ChannelCounts]) -
         now = time.perf_counter()
         for channel in counts:
             channel.started = now
-        run.stats["workers", id(upstream)] = (upstream, counts)
+        # One list of channels per opening (a cycle, a mux source may open it again).
+        entry = run.stats.setdefault(("workers", id(upstream)), (upstream, []))
+        openings: list[list[ChannelCounts]] = entry[1]
+        openings.append(counts)
 
         def waited() -> float:
-            return sum(channel.waited_s for channel in counts)
+            return sum(channel.waited_s for opened in openings for channel in opened)
 
         for key, (stream, stage) in list(run.stats.items()):
             if key[0] == "stage" and getattr(stream, "upstream", None) is upstream:
@@ -282,7 +285,7 @@ def _seconds(node: Any, counts: StageCounts, stats: dict[Any, Any]) -> float:
     seconds = counts.seconds()
     channels = stats.get(("workers", id(getattr(node, "upstream", None))))
     if channels is not None:
-        seconds = max(seconds, sum(channel.waited_s for channel in channels[1]))
+        seconds = max(seconds, sum(channel.waited_s for opened in channels[1] for channel in opened))
     # A sampled estimate can overshoot (an item that stood for a run was preempted): never more
     # than the time since the stage first ran.
     span = (counts.ended or time.perf_counter()) - counts.started if counts.started else 0.0
@@ -344,8 +347,14 @@ def stats_of(stream: Any, run: Any, taken: int) -> Stats:
     limits: dict[int, float] = {}
     nodes = list(_walk(stream))
     nodes += [entry[0] for key, entry in stats.items() if key[1] not in {id(n) for n in nodes}]
+    named: dict[str, list[int]] = {}  # the nodes shown under each name: a second one gets a number
     for node in nodes:
         name = _name(node.op) if isinstance(node, Applied) else _name(node)
+        same = named.setdefault(name, [])
+        if id(node) not in same:
+            same.append(id(node))
+        if same.index(id(node)):
+            name = f"{name} [{same.index(id(node)) + 1}]"
         entry = stats.get(("stage", id(node)))
         if entry is not None and ("stage", id(node)) not in listed:
             listed.add(("stage", id(node)))
@@ -372,8 +381,10 @@ def stats_of(stream: Any, run: Any, taken: int) -> Stats:
             entry = stats.get(("workers", id(node.upstream)))
             if entry is not None and ("workers", id(node.upstream)) not in listed:
                 listed.add(("workers", id(node.upstream)))
-                for i, channel in enumerate(entry[1]):
-                    workers.append(_worker_row(name, i, channel, now))
+                openings = entry[1]
+                for i in range(max(map(len, openings), default=0)):
+                    opened = [channels[i] for channels in openings if i < len(channels)]
+                    workers.append(_worker_row(name, i, opened, now))
         entry = stats.get(("sources", id(node)))
         if entry is not None and ("sources", id(node)) not in listed:
             listed.add(("sources", id(node)))
@@ -399,16 +410,18 @@ def stats_of(stream: Any, run: Any, taken: int) -> Stats:
     )
 
 
-def _worker_row(stage: str, index: int, channel: ChannelCounts, now: float) -> dict[str, Any]:
-    span = (channel.ended or now) - channel.started if channel.started else 0.0
-    fill = channel.ahead / channel.reads / channel.capacity if channel.reads and channel.capacity else 0.0
+def _worker_row(stage: str, index: int, opened: list[ChannelCounts], now: float) -> dict[str, Any]:
+    """Worker ``index`` of a ``background``, over every opening of it in the pass."""
+    items = sum(channel.items for channel in opened)
+    span = sum((channel.ended or now) - channel.started for channel in opened if channel.started)
+    ahead, reads = sum(c.ahead / c.capacity for c in opened if c.capacity), sum(c.reads for c in opened)
     return {
         "stage": stage,
         "worker": index,
-        "items": channel.items,
-        "items_per_s": channel.items / span if span > 0 else 0.0,
-        "ring_fill": min(1.0, fill),
-        "waited_s": channel.waited_s,
+        "items": items,
+        "items_per_s": items / span if span > 0 else 0.0,
+        "ring_fill": min(1.0, ahead / reads) if reads else 0.0,
+        "waited_s": sum(channel.waited_s for channel in opened),
     }
 
 

@@ -18,6 +18,7 @@ from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar, overload
 
+import numpy as np
 import toolz
 
 from ._seed import WORKER_BRANCH, SeedContext
@@ -162,6 +163,16 @@ class Stream(Generic[T]):
         """
         return f'<div class="pescador-fp-stream"><b>Stream</b>{_stages_html(self)}</div>'
 
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        """The pipeline as a list of stages, source first (what IPython prints).
+
+        >>> import pescador_fp as pf
+        >>> print("\\n".join(_stages_text(pf.from_iterable(range(3)) | pf.map(str))))
+        from_iterable(range(0, 3))
+        | map(str)
+        """
+        printer.text("\n".join(_stages_text(self)))
+
     def head(self, n: int = 5, *, seed: object = None) -> list[T]:
         """Return the first ``n`` items of a pass as a list; the pass is closed after (workers stop).
 
@@ -178,7 +189,8 @@ class Stream(Generic[T]):
             raise ValueError(f"head: n must be an integer >= 0, got {n!r}")
         items = _run(self, SeedContext.for_pass(seed), 0)
         try:
-            return list(itertools.islice(items, int(n)))
+            # Copied: a zero-copy background's views are valid only until its next item.
+            return [_owned(item) for item in itertools.islice(items, int(n))]
         finally:
             items.close()
 
@@ -238,6 +250,17 @@ def _run(stream: Stream[T], ctx: SeedContext, start: int = 0) -> Generator[T, No
     # A generator, so that nothing is opened before the first next() and the
     # caller always gets an iterator with close().
     yield from (stream._open_at(ctx, start) if start else stream._open(ctx))
+
+
+def _owned(item: Any) -> Any:
+    """``item`` with read-only views (a zero-copy ``background``'s, into its ring) copied."""
+    if isinstance(item, np.ndarray):
+        return item.copy() if item.base is not None and not item.flags.writeable else item
+    if isinstance(item, dict):
+        return {key: _owned(value) for key, value in item.items()}
+    if isinstance(item, (list, tuple)) and type(item) in (list, tuple):
+        return type(item)(map(_owned, item))
+    return item
 
 
 def drop(items: Iterator[T], n: int) -> Iterator[T]:
@@ -409,6 +432,10 @@ class Operator(Generic[T, U]):
     def __call__(self, upstream: Stream[T] | Iterable[T]) -> Stream[U]:
         return self._apply(as_stream(upstream))
 
+    def _display(self) -> str:
+        """The operator in a pipeline's notebook display: its repr, and what it does by default."""
+        return repr(self)
+
     def __ror__(self, left: object) -> Stream[U]:
         if isinstance(left, Stream) or (isinstance(left, Iterable) and not isinstance(left, Iterator)):
             return self(left)
@@ -545,8 +572,35 @@ def _stages_html(stream: Stream[Any]) -> str:
         ops.append(stream.op)
         stream = stream.upstream
     items = [f"<li><code>{html.escape(repr(stream))}</code>{_children_html(stream)}</li>"]
-    items += [f"<li><code>| {html.escape(repr(op))}</code></li>" for op in reversed(ops)]
+    items += [f"<li><code>| {html.escape(op._display())}</code></li>" for op in reversed(ops)]
     return f"<ol>{''.join(items)}</ol>"
+
+
+def _stages_text(stream: Stream[Any], indent: str = "") -> list[str]:
+    """``stream``'s stages as lines of text, source first; a multiplexer's sources indented below it."""
+    ops: list[Operator[Any, Any]] = []
+    while isinstance(stream, Applied):
+        ops.append(stream.op)
+        stream = stream.upstream
+    lines = [f"{indent}{stream!r}"]
+    children = stream.children
+    if children:
+        lines.append(f"{indent}  {_sources_summary(stream)}:")
+        for child in children[:_HTML_CHILDREN]:
+            lines += _stages_text(child, indent + "    ")
+        if len(children) > _HTML_CHILDREN:
+            lines.append(f"{indent}    … and {len(children) - _HTML_CHILDREN} more")
+    return lines + [f"{indent}| {op._display()}" for op in reversed(ops)]
+
+
+def _sources_summary(stream: Stream[Any]) -> str:
+    """ "3 sources", with a multiplexer's weights summed up where they are not all equal."""
+    n = len(stream.children)
+    text = f"{n} {'source' if n == 1 else 'sources'}"
+    weights = getattr(stream, "weights", None)
+    if isinstance(weights, tuple) and weights and len(set(weights)) > 1:
+        text += f", weights {min(weights):g} to {max(weights):g} (sum {sum(weights):g})"
+    return text
 
 
 def _children_html(stream: Stream[Any]) -> str:
@@ -556,8 +610,8 @@ def _children_html(stream: Stream[Any]) -> str:
     shown = "".join(f"<li>{_stages_html(child)}</li>" for child in children[:_HTML_CHILDREN])
     more = len(children) - _HTML_CHILDREN
     rest = f"<li>… and {more} more</li>" if more > 0 else ""
-    noun = "source" if len(children) == 1 else "sources"
-    return f"<details><summary>{len(children)} {noun}</summary><ul>{shown}{rest}</ul></details>"
+    summary = html.escape(_sources_summary(stream))
+    return f"<details><summary>{summary}</summary><ul>{shown}{rest}</ul></details>"
 
 
 def undivided_path(path: tuple[int, ...]) -> tuple[int, ...]:

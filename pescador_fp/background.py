@@ -12,6 +12,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import reprlib
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from multiprocessing import resource_tracker
@@ -125,6 +126,7 @@ def _background_items(
     rings: list[Ring] = []
     inboxes: list[Ring] = []
     stacks: list[tuple[Any, Any]] = []
+    channels: list[Channel] = []
     try:
         capacity = _ring_bytes(op.ring_bytes, count)
         for _ in range(count):
@@ -179,6 +181,9 @@ def _background_items(
                 ctx.run.states[stage_key(ctx, depth)] = tally.state
             yield from merge(channels, weights, ctx.generator(MERGE_SEED, depth), tally, resume)
     finally:
+        ended = time.perf_counter()
+        for channel in channels:  # (stats) a closed or failed pass's rates stay as they were
+            channel.counts.ended = channel.counts.ended or ended
         for ring in rings + inboxes:
             ring.request_stop()
         workers.stop()
@@ -202,6 +207,11 @@ class _Background(Operator[Any, Any]):
 
     def _open_at(self, upstream: Stream[Any], ctx: SeedContext, depth: int, start: int) -> Iterator[Any]:
         return _resumable(self, upstream, ctx, depth, start) if start else self._open(upstream, ctx, depth)
+
+    def _display(self) -> str:
+        if self.start_method is not None:
+            return repr(self)
+        return f"{self!r}: {default_start_method()} processes"
 
     def __repr__(self) -> str:
         options = [f"workers={self.workers}"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import re
 
 import cloudpickle
 import numpy as np
@@ -268,7 +269,8 @@ def _parse_stages(markup):
 def test_repr_html_lists_the_stages_source_first_and_repr_stays_one_line():
     s = pf.from_iterable(range(3)) | pf.map(str) | pf.batch(2) | pf.background(workers=2)
     stages, _ = _parse_stages(s._repr_html_())
-    assert stages == ["from_iterable(range(0, 3))", "| map(str)", "| batch(2)", "| background(workers=2)"]
+    assert stages[:3] == ["from_iterable(range(0, 3))", "| map(str)", "| batch(2)"]
+    assert re.fullmatch(r"\| background\(workers=2\): (fork|forkserver|spawn) processes", stages[3])
     assert "\n" not in repr(s)
 
 
@@ -278,7 +280,37 @@ def test_repr_html_shows_a_mux_with_its_sources_and_weights_escaped():
     markup = s._repr_html_()
     stages, lists = _parse_stages(markup)
     assert stages[0].startswith("mux(<12 streams>, n_active=3") and "weights=[1.0, 2.0" in stages[0]
-    assert stages[0].endswith("12 sources") and "<li>… and 4 more</li>" in markup
+    assert stages[0].endswith("12 sources, weights 1 to 12 (sum 78)") and "<li>… and 4 more</li>" in markup
     assert stages[-1] == "| take(2)"
     assert lists == 1 + 1 + 8  # the pipeline, the sources, and the 8 sources shown
     assert "&lt;12 streams&gt;" in markup  # repr text is escaped
+
+
+def test_repr_pretty_lists_the_stages_and_a_mux_sums_up_its_weights():
+    class Printer:
+        def __init__(self):
+            self.out = ""
+
+        def text(self, text):
+            self.out += text
+
+    sources = [pf.from_iterable(range(i)) for i in range(10)]
+    s = pf.mux(sources, 2, 3, weights=range(1, 11)) | pf.batch(2)
+    printer = Printer()
+    s._repr_pretty_(printer, False)
+    lines = printer.out.splitlines()
+    assert lines[0].startswith("mux(") and lines[-1] == "| batch(2)"
+    assert lines[1] == "  10 sources, weights 1 to 10 (sum 55):"
+    assert lines[2] == "    from_iterable(range(0, 0))" and "… and 2 more" in lines[-2]
+    assert "weights 1 to 10 (sum 55)" in s._repr_html_()
+
+
+def test_head_copies_the_views_of_a_zero_copy_background():
+    s = (
+        pf.from_iterable(range(60))
+        | pf.map(lambda i: np.full(4096, i, np.float32))
+        | pf.background(workers=1, zero_copy=True, ring_bytes=2**18)
+    )
+    first = s.head(20)
+    assert [int(a[0]) for a in first] == list(range(20))
+    assert all((a == a[0]).all() for a in first)
