@@ -402,6 +402,8 @@ class Operator(Generic[T, U]):
     _reopens_upstream = False
     #: Yields exactly as many items as a finite upstream gives it (a permutation: shuffle).
     _keeps_length = False
+    #: Runs its upstream in other processes (``background``, ``pescador_fp.ray.remote``).
+    _starts_workers = False
 
     def _length_after(self, upstream: Stream[T]) -> int | None:
         """How many items this operator yields over ``upstream`` in a pass (``None``: unknown)."""

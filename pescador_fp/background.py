@@ -196,11 +196,21 @@ def _background_items(
 
 @dataclass(frozen=True, repr=False)
 class _Background(Operator[Any, Any]):
+    _starts_workers = True
     workers: int
     ring_bytes: int | None
     zero_copy: bool
     start_method: str | None
     timeout: float | None = None
+
+    def _apply(self, upstream: Stream[Any]) -> Stream[Any]:
+        for piece in components(upstream):
+            if getattr(piece, "_starts_workers", False) and not isinstance(piece, _Background):
+                raise ValueError(
+                    f"background: the pipeline already holds {piece!r}, which would start its own workers "
+                    f"from background's worker processes; keep only {piece!r}, at the end"
+                )
+        return super()._apply(upstream)
 
     def _open(self, upstream: Stream[Any], ctx: SeedContext, depth: int) -> Iterator[Any]:
         return _background_items(self, upstream, ctx, depth)

@@ -48,7 +48,6 @@ from ._ipc.codec import RemoteTraceback, dumps_recipe, loads_recipe
 from ._merge import MARK, Tally, merge, merge_groups
 from ._seed import MERGE_SEED, SeedContext
 from ._stream import NOTHING, Applied, Operator, Stream, _run
-from .background import _Background
 from .errors import PescadorError, WorkerError
 
 __all__ = ["remote"]
@@ -58,6 +57,11 @@ _WHERE = "pescador_fp.ray.remote"
 _KEYWORD_RESOURCES = {"CPU": "num_cpus", "GPU": "num_gpus", "memory": "memory"}
 # How long cancelled tasks may take to stop before their processes are killed.
 _CANCEL_GRACE_S = 1.0
+# Ray's smallest unit of a resource, and the most items a task may run ahead (a C int in Ray).
+_RESOURCE_STEP = 1e-4
+_MAX_PREFETCH = 2**31 - 1
+# How long a pass waits for the cluster to hold all its parts at once before it says what holds it.
+_RESERVE_TIMEOUT_S = 60.0
 # What each part task asks for when ``resources`` is not given.
 _DEFAULT_RESOURCES = (("CPU", 1.0),)
 
@@ -299,9 +303,22 @@ def _reserve(ray: Any, demand: dict[str, float], count: int) -> Any:
             f"{_WHERE}: workers={count} parts each asking {demand} need {count}x that, and the Ray "
             f"cluster has {have}; pass fewer workers, smaller resources, or add nodes"
         )
+    nodes = [node.get("Resources", {}) for node in ray.nodes() if node.get("Alive")]
+    if nodes and not any(all(node.get(k, 0.0) >= v for k, v in demand.items()) for node in nodes):
+        raise WorkerError(
+            f"{_WHERE}: each part asks {demand}, and no node of the Ray cluster has that much "
+            f"(the largest: {max(nodes, key=lambda node: node.get('CPU', 0.0))}); ask for less per part"
+        )
     group = ray.util.placement_group([demand] * count, strategy="SPREAD")
     try:
-        ray.get(group.ready())
+        try:
+            ray.get(group.ready(), timeout=_RESERVE_TIMEOUT_S)
+        except ray.exceptions.GetTimeoutError:
+            raise WorkerError(
+                f"{_WHERE}: waited {_RESERVE_TIMEOUT_S:g} s for room for {count} parts of {demand} on the "
+                "Ray cluster: other passes (an iterator over a remote still open, in this process or "
+                "another) or other jobs hold it; close open iterators (it.close()), or ask for less"
+            ) from None
     except BaseException:
         ray.util.remove_placement_group(group)
         raise
@@ -360,9 +377,15 @@ def _remote_items(op: _Remote, upstream: Stream[Any], ctx: SeedContext, depth: i
     finally:
         # Not after ray.shutdown(), which ended the tasks (and a call would start Ray again).
         if ray.is_initialized():
-            _cancel(ray, generators)
-            if group is not None:
-                ray.util.remove_placement_group(group)
+            try:
+                _cancel(ray, generators)
+            except BaseException:  # a second Ctrl-C during the grace: kill the tasks at once
+                for items in generators:
+                    ray.cancel(items, force=True)
+                raise
+            finally:  # and free the reservation whatever happened
+                if group is not None:
+                    ray.util.remove_placement_group(group)
 
 
 def _cancel(ray: Any, generators: list[Any]) -> None:
@@ -383,7 +406,7 @@ def _cancel(ray: Any, generators: list[Any]) -> None:
 
 def _refuse_nested(upstream: Stream[Any], where: str) -> None:
     for piece in components(upstream):
-        if isinstance(piece, (_Background, _Remote)):
+        if getattr(piece, "_starts_workers", False):
             raise ValueError(
                 f"{where}: the pipeline already holds {piece!r}; a part task cannot start workers of its "
                 f"own: remove {piece!r} (the Ray tasks run the pipeline in parallel already)"
@@ -392,6 +415,7 @@ def _refuse_nested(upstream: Stream[Any], where: str) -> None:
 
 @dataclass(frozen=True, repr=False)
 class _Remote(Operator[Any, Any]):
+    _starts_workers = True
     workers: int
     prefetch: int
     max_retries: int
@@ -434,9 +458,11 @@ def _check_resources(resources: object) -> tuple[tuple[str, float], ...] | None:
             isinstance(amount, bool)
             or not isinstance(amount, numbers.Real)
             or not 0 <= float(amount) < np.inf
+            or (0 < float(amount) < _RESOURCE_STEP)
         ):
             raise ValueError(
-                f"{_WHERE}: resources[{name!r}] must be a non-negative, finite number, got {amount!r}"
+                f"{_WHERE}: resources[{name!r}] must be 0 or a finite number >= {_RESOURCE_STEP:g} "
+                f"(Ray counts in steps of {_RESOURCE_STEP:g}), got {amount!r}"
             )
         checked.append((name, float(amount)))
     return tuple(checked)
@@ -475,5 +501,7 @@ def remote(
     """
     workers = check_int(_WHERE, "workers", workers, 1)
     prefetch = check_int(_WHERE, "prefetch", prefetch, 1)
+    if prefetch > _MAX_PREFETCH:
+        raise ValueError(f"{_WHERE}: prefetch must be at most {_MAX_PREFETCH}, got {prefetch}")
     max_retries = check_int(_WHERE, "max_retries", max_retries, 0)
     return _Remote(workers, prefetch, max_retries, _check_resources(resources))

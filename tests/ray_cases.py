@@ -216,6 +216,19 @@ def test_a_cluster_too_small_for_the_parts_is_a_clear_error(cluster):
         list(stream)
 
 
+def test_a_pass_that_finds_no_room_says_what_holds_the_cluster(cluster, monkeypatch):
+    monkeypatch.setattr(pfr, "_RESERVE_TIMEOUT_S", 1.0)
+    stream = pf.from_iterable(range(20)) | pfr.remote(workers=2)
+    held = stream.iterate(seed=0)
+    next(held)  # this pass holds both CPUs of the cluster until it is closed
+    try:
+        with pytest.raises(pf.WorkerError, match=r"waited 1 s for room .* close open iterators"):
+            list(stream.iterate(seed=1))
+    finally:
+        held.close()
+    assert list(stream.iterate(seed=1)) == list(range(20))
+
+
 def _our_groups():
     return [g for g in ray.util.placement_group_table().values() if g["state"] != "REMOVED"]
 

@@ -55,6 +55,12 @@ def test_remote_repr_shows_its_options():
         ({"workers": 2, "resources": 4}, TypeError, "resources must be a dict .* got 4"),
         ({"workers": 2, "resources": {"CPU": -1}}, ValueError, r"resources\['CPU'\] .* got -1"),
         ({"workers": 2, "resources": {1: 1}}, TypeError, "resources keys must be resource names"),
+        (
+            {"workers": 2, "resources": {"CPU": 1e-9}},
+            ValueError,
+            r"resources\['CPU'\] must be 0 or .* got 1e-09",
+        ),
+        ({"workers": 2, "prefetch": 10**30}, ValueError, "prefetch must be at most 2147483647"),
     ],
 )
 def test_bad_arguments_are_refused_when_the_operator_is_built(kwargs, error, message):
@@ -66,6 +72,12 @@ def test_bad_arguments_are_refused_when_the_operator_is_built(kwargs, error, mes
 def test_workers_inside_a_remote_pipeline_are_refused(inner):
     with pytest.raises(ValueError, match=r"already holds (background|ray\.remote)\(workers=2\)"):
         pf.from_iterable(range(4)) | inner | pf.map(abs) | pfr.remote(workers=2)
+
+
+def test_a_remote_inside_a_background_pipeline_is_refused():
+    with pytest.raises(ValueError, match=r"background: the pipeline already holds ray\.remote\(workers=2\)"):
+        pf.from_iterable(range(4)) | pfr.remote(workers=2) | pf.map(abs) | pf.background(workers=2)
+    assert "ray" not in sys.modules
 
 
 def test_a_pipeline_that_cannot_be_pickled_names_the_piece():
