@@ -32,7 +32,7 @@ from ._stream import Applied, Stream, _run, from_item
 from .errors import WorkerError
 from .ops.batch import new_axis_batch, sample_groups, stack
 
-__all__ = ["RECORD_MARK", "feed", "work"]
+__all__ = ["RECORD_MARK", "Marked", "feed", "work"]
 
 # (item layer) A worker's outputs of one input item are complete: the merge moves to the next worker.
 RECORD_MARK = 16
@@ -130,7 +130,7 @@ def _worker_stream(part: Part, grouped: bool, ring: Ring, fed: Ring | None, aliv
         assert fed is not None
         source = _Fed(functools.partial(_fed_items, fed, alive), part.depth, part.dealt)
     if grouped:
-        source = _Marked(source, functools.partial(ring.put, RECORD_MARK, b"", alive=alive))
+        source = Marked(source, functools.partial(ring.put, RECORD_MARK, b"", alive=alive))
     return rebuild(source, part.ops)
 
 
@@ -153,7 +153,7 @@ class _Fed(Stream[Any]):
 
 
 @dataclass(frozen=True, repr=False, eq=False)
-class _Marked(Stream[Any]):
+class Marked(Stream[Any]):
     """(worker) ``source``, calling ``mark()`` when the operators above ask for the next item.
 
     They are per-item (or gather items in order), so by then all that the

@@ -36,7 +36,7 @@ from ._stream import Operator, Stream, drop, stage_key
 from ._worker import feed, work
 from .errors import PescadorError, WorkerError
 
-__all__ = ["background"]
+__all__ = ["background", "recipe_bytes"]
 
 START_METHODS = ("fork", "forkserver", "spawn")
 # The default ring per worker (shrunk to fit half of the free shared memory): small, so
@@ -49,8 +49,11 @@ _MAX_RING_BYTES = 2**56  # far more than any shared memory, and far from overflo
 # ---------------------------------------------------------------- recipes
 
 
-def _recipe(recipe: tuple[Any, ...], whole: Stream[Any]) -> bytes:
-    """The bytes a worker needs; a clear error naming the piece of ``whole`` that cannot be pickled."""
+def recipe_bytes(
+    recipe: tuple[Any, ...], whole: Stream[Any], who: str = "background", to: str = "worker processes"
+) -> bytes:
+    """The bytes a worker (or a Ray task) needs; a clear error naming the piece of ``whole`` that
+    cannot be pickled, said as ``{who}: cannot send the pipeline to {to}``."""
     try:
         return dumps_recipe(recipe)
     except (OSError, PescadorError):
@@ -64,7 +67,7 @@ def _recipe(recipe: tuple[Any, ...], whole: Stream[Any]) -> bytes:
                 culprit = piece
                 break
         raise TypeError(
-            f"background: cannot send the pipeline to worker processes: {reprlib.repr(culprit)} "
+            f"{who}: cannot send the pipeline to {to}: {reprlib.repr(culprit)} "
             f"could not be pickled ({type(error).__name__}: {error})"
         ) from error
 
@@ -112,10 +115,10 @@ def _background_items(
     count = len(plan.parts)
     starts = resume[0] if resume is not None else [0] * count
     recipes = [
-        _recipe((part, plan.grouped, plan.context(i, ctx), starts[i]), upstream)
+        recipe_bytes((part, plan.grouped, plan.context(i, ctx), starts[i]), upstream)
         for i, part in enumerate(plan.parts)
     ]
-    feeder_recipe = _recipe((plan.head, ctx), upstream) if plan.head is not None else None
+    feeder_recipe = recipe_bytes((plan.head, ctx), upstream) if plan.head is not None else None
     workers = Workers(op.start_method or default_start_method())
     if os.name == "posix" and (
         workers.context.get_start_method() != "fork" or default_transport() == "portable"

@@ -39,16 +39,17 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import cloudpickle
 import numpy as np
 
 from ._check import check_int
 from ._divide import components, divide, rebuild
-from ._ipc.codec import RemoteTraceback, dumps_recipe, loads_recipe
+from ._ipc.codec import RemoteTraceback, loads_recipe
 from ._merge import MARK, Tally, merge, merge_groups
 from ._seed import MERGE_SEED, SeedContext
 from ._stream import NOTHING, Applied, Operator, Stream, _run
-from .errors import PescadorError, WorkerError
+from ._worker import Marked
+from .background import recipe_bytes
+from .errors import WorkerError
 
 __all__ = ["remote"]
 
@@ -140,36 +141,9 @@ class _Groups:
     def __init__(self) -> None:
         self.count = 0
 
-
-@dataclass(frozen=True, repr=False, eq=False)
-class _Counted(Stream[Any]):
-    """(task) ``source``, counting in ``groups`` each time the operators above ask for the next item."""
-
-    source: Stream[Any]
-    groups: _Groups
-
-    @property
-    def depth(self) -> int:  # type: ignore[override]
-        return self.source.depth
-
-    @property
-    def children(self) -> tuple[Stream[Any], ...]:
-        return (self.source,)
-
-    def _numbering(self) -> tuple[int, int] | None:
-        return self.source._numbering()
-
-    def _open(self, ctx: SeedContext) -> Iterator[Any]:
-        return _counted(self.source._open(ctx), self.groups)
-
-    def _describe(self) -> str:
-        return f"{self.source!r} | <counted>"
-
-
-def _counted(items: Iterator[Any], groups: _Groups) -> Iterator[Any]:
-    for item in items:
-        yield item
-        groups.count += 1  # asked for the next item: everything this one led to has been yielded
+    def next(self) -> None:
+        """The operators above the source ask for its next item: the current group is complete."""
+        self.count += 1
 
 
 def _part_items(recipe: bytes) -> Iterator[tuple[int, int, Any]]:
@@ -181,7 +155,7 @@ def _part_items(recipe: bytes) -> Iterator[tuple[int, int, Any]]:
         source = _Dealt(head, head_ctx, part.dealt, part.depth)
     groups = _Groups()
     if grouped:
-        source = _Counted(source, groups)
+        source = Marked(source, groups.next)
     for place, item in enumerate(_run(rebuild(source, part.ops), ctx)):
         yield place, groups.count, item
 
@@ -193,26 +167,6 @@ def _task() -> Any:
 
 
 # ---------------------------------------------------------------- the consumer
-
-
-def _recipe(recipe: tuple[Any, ...], whole: Stream[Any]) -> bytes:
-    """The bytes a part task needs; a clear error naming the piece of ``whole`` that cannot be pickled."""
-    try:
-        return dumps_recipe(recipe)
-    except (OSError, PescadorError):
-        raise
-    except Exception as error:
-        culprit: object = whole
-        for piece in components(whole):
-            try:
-                cloudpickle.dumps(piece)
-            except Exception:
-                culprit = piece
-                break
-        raise TypeError(
-            f"{_WHERE}: cannot send the pipeline to Ray tasks: {reprlib.repr(culprit)} "
-            f"could not be pickled ({type(error).__name__}: {error})"
-        ) from error
 
 
 class _Channel:
@@ -355,7 +309,12 @@ def _remote_items(op: _Remote, upstream: Stream[Any], ctx: SeedContext, depth: i
     plan = divide(upstream, op.workers)
     parts_ctx = _replayable(ctx)
     recipes = [
-        _recipe((part, plan.grouped, plan.context(i, parts_ctx), plan.head, parts_ctx), upstream)
+        recipe_bytes(
+            (part, plan.grouped, plan.context(i, parts_ctx), plan.head, parts_ctx),
+            upstream,
+            _WHERE,
+            "Ray tasks",
+        )
         for i, part in enumerate(plan.parts)
     ]
     ray = _joined(_ray())
