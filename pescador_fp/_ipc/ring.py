@@ -90,8 +90,11 @@ _ALIGN = 64
 _CONTROL_BYTES = 4 * _ALIGN
 # Control words (u64), each on its own cache line.
 _HEAD, _PRODUCER_WAITING = 0, 1  # line 0: written by the producer
-_TAIL, _CONSUMER_WAITING = 8, 9  # line 1: written by the consumer
+_TAIL = 8  # line 1: written by the consumer as it frees records
 _STOP = 16  # line 2: set by the consumer to ask the producer to stop
+# line 2, not 1: the producer reads it after every record, and line 1 changes with every record
+# the consumer frees; line 2 changes only when the consumer goes to sleep.
+_CONSUMER_WAITING = 19
 _NEXT_CAPACITY = 17  # line 2: the consumer's answer to a grow record: the new ring's size...
 _CREATOR_CONSUMES = 18  # line 2: the creator reads the ring: the first process to attach completes the pair
 _NEXT_AT = 3 * _ALIGN  # line 3: ...and where it is (length byte, then the transport's locator)
@@ -406,6 +409,7 @@ class Ring:
         # (producer) The last single-buffer record's layout: kind, buffer bytes, record bytes, header.
         self._repeat: tuple[int, int, int, bytes, int] | None = None
         self._reserved = 0  # (producer) the size of the record reserve() made room for, not yet committed
+        self._room_until = 0  # (producer) where the free room ended when it last looked at the tail
         self._named = bool(segment.name)  # (consumer) the segment may still have a name to remove
         self._spin_rounds = _DATA_SPIN_ROUNDS  # (consumer) how long it looks before it sleeps
 
@@ -593,7 +597,9 @@ class Ring:
         size = repeat[2]
         position = head % capacity
         control = self._control
-        if position + size > capacity or capacity - (head - control[_TAIL]) < size or control[_STOP]:
+        if head + size > self._room_until:  # look at the consumer's position only when short of room
+            self._room_until = control[_TAIL] + capacity
+        if position + size > capacity or head + size > self._room_until or control[_STOP]:
             return False
         data, body = self._data, repeat[4]
         data[position : position + body] = repeat[3]
