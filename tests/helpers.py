@@ -5,8 +5,11 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import os
+import subprocess
+import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -78,3 +81,15 @@ def nothing_left_behind(deadline_s: float = 3.0) -> Iterator[None]:
         time.sleep(0.02)
     assert multiprocessing.active_children() == []
     assert own_shm_entries() == before
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def pytest_in_child(args: list[str], env: Mapping[str, str], timeout: float) -> None:
+    """Run ``pytest args`` in a child process with ``env`` (a framework that must not be imported in this
+    one) and fail with the end of its output if it fails."""
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *args]
+    result = subprocess.run(command, cwd=ROOT, env=dict(env), capture_output=True, text=True, timeout=timeout)
+    print(result.stdout)
+    assert result.returncode == 0, result.stdout[-10_000:] + result.stderr[-3_000:]

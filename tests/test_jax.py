@@ -13,13 +13,10 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
+from helpers import pytest_in_child
 
-ROOT = Path(__file__).resolve().parent.parent
 CHILD_ENV = "PESCADOR_FP_FRAMEWORK_CHILD"
 
 for _name in ("jax",):
@@ -29,19 +26,6 @@ for _name in ("jax",):
 
 @pytest.mark.timeout(900)
 def test_jax_cases_pass_in_a_process_of_their_own():
-    command = [
-        sys.executable,
-        "-m",
-        "pytest",
-        "-q",
-        "-p",
-        "no:cacheprovider",
-        "-W",
-        "ignore:os.fork() was called:RuntimeWarning",
-        "tests/jax_cases.py",
-        "pescador_fp/jax.py",
-    ]
-    env = {**os.environ, CHILD_ENV: "1"}
-    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=840)
-    print(result.stdout)
-    assert result.returncode == 0, result.stdout[-10_000:] + result.stderr[-3_000:]
+    fork_warning = ["-W", "ignore:os.fork() was called:RuntimeWarning"]
+    args = [*fork_warning, "tests/jax_cases.py", "pescador_fp/jax.py"]
+    pytest_in_child(args, {**os.environ, CHILD_ENV: "1"}, timeout=840)

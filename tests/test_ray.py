@@ -15,14 +15,12 @@ import os
 import subprocess
 import sys
 import threading
-from pathlib import Path
 
 import pytest
+from helpers import pytest_in_child
 
 import pescador_fp as pf
 import pescador_fp.ray as pfr
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_importing_pescador_fp_ray_does_not_import_ray():
@@ -91,10 +89,7 @@ def test_a_pipeline_that_cannot_be_pickled_names_the_piece():
 @pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="ray is not installed")
 @pytest.mark.timeout(600)
 def test_ray_cases_pass_in_a_process_of_their_own():
-    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/ray_cases.py"]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # a local cluster of its own
     env["RAY_USAGE_STATS_ENABLED"] = "0"
     env["PESCADOR_FP_RAY_CHILD"] = "1"  # conftest.py collects ray_cases.py only then
-    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=540)
-    print(result.stdout)
-    assert result.returncode == 0, result.stdout[-10_000:] + result.stderr[-3_000:]
+    pytest_in_child(["tests/ray_cases.py"], env, timeout=540)
