@@ -106,6 +106,23 @@ def test_copies_belong_to_the_consumer():
     assert [int(x[1]) for x in out[1:]] == list(range(1, 20))
 
 
+def refilled(count, shape):
+    """One array, refilled and yielded again for every item (as a loader with one buffer does)."""
+    buffer = np.empty(shape, np.float32)
+    for i in range(count):
+        buffer[...] = i
+        yield buffer
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize(("count", "shape"), [(3000, (4,)), (3000, (256,)), (3000, (16, 16)), (40, (2**18,))])
+def test_a_source_may_refill_and_yield_one_array_again(workers, count, shape):
+    # Each item is sent as it was when yielded: nothing the worker holds refers to the buffer.
+    s = pf.stream(refilled, count, shape) | pf.map(lambda x: x) | pf.background(workers=workers)
+    firsts = [float(x.flat[0]) for x in s if (x == x.flat[0]).all()]
+    assert sorted(firsts) == list(map(float, range(count)))
+
+
 def test_samples_larger_than_the_ring_grow_it():
     sizes = [1, 3, 1, 9, 2]  # MiB, with a 2 MiB ring
     s = (
