@@ -243,9 +243,9 @@ class Channel:
             self.deadline = time.monotonic() + self.timeout
         while True:
             ring = self.rings[self.index]
-            # (stats) A read-only look at the ring's positions: the bytes published past the
-            # record being read. None: get() will wait (or skip a wrap marker), and is timed.
-            ahead = ring._control[0] - ring._tail - ring._pending_release
+            # (stats) The bytes published past the record being read. None: get() will wait
+            # (or skip a wrap marker), and is timed.
+            ahead = ring.ahead()
             counts.ahead += ahead
             counts.reads += 1
             try:

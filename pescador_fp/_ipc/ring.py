@@ -729,6 +729,10 @@ class Ring:
         self.close()
         self.__dict__.update(larger.__dict__)
 
+    def ahead(self) -> int:
+        """(consumer) The bytes published past the record being read: 0 where ``get`` will wait."""
+        return self._control[_HEAD] - self._tail - self._pending_release
+
     def run_after(self, limit: int) -> tuple[int, int, int, memoryview]:
         """(consumer) After ``get``: the run of records that starts with the current one.
 
