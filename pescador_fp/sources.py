@@ -130,9 +130,19 @@ def stream(fn: Callable[..., Iterable[T]], /, *args: Any, **kwargs: Any) -> Stre
     >>> s
     stream(count, 3)
     """
-    if not callable(fn):
-        raise TypeError(f"pf.stream: fn must be callable, got {reprlib.repr(fn)} ({type(fn).__name__})")
+    _check_fn("stream", fn, kwargs)
     return _CallStream(fn, args, tuple(kwargs.items()))
+
+
+def _check_fn(name: str, fn: Any, kwargs: dict[str, Any], passed: str = "", hint: str = "") -> None:
+    """``fn`` is callable, and ``kwargs`` does not hold ``passed``, which the stream passes itself."""
+    if not callable(fn):
+        raise TypeError(f"pf.{name}: fn must be callable, got {reprlib.repr(fn)} ({type(fn).__name__})")
+    if passed in kwargs:
+        raise TypeError(
+            f"pf.{name}: {passed} is passed to {describe_callable(fn)} by the stream, got {passed}="
+            f"{reprlib.repr(kwargs[passed])}{hint}"
+        )
 
 
 @dataclass(frozen=True, repr=False, eq=False)
@@ -170,15 +180,7 @@ def random_stream(fn: Callable[..., Iterable[T]], /, *args: Any, **kwargs: Any) 
     Raises:
         TypeError: when built, if ``fn`` is not callable or ``rng`` is among the keyword arguments.
     """
-    if not callable(fn):
-        raise TypeError(
-            f"pf.random_stream: fn must be callable, got {reprlib.repr(fn)} ({type(fn).__name__})"
-        )
-    if "rng" in kwargs:
-        raise TypeError(
-            f"pf.random_stream: rng is passed to {describe_callable(fn)} by the stream, got rng="
-            f"{reprlib.repr(kwargs['rng'])}; use pf.stream to pass a generator of your own"
-        )
+    _check_fn("random_stream", fn, kwargs, "rng", "; use pf.stream to pass a generator of your own")
     return _RandomCallStream(fn, args, tuple(kwargs.items()))
 
 
@@ -245,15 +247,7 @@ def seekable_stream(
     Raises:
         TypeError: when built, if ``fn`` is not callable or ``start`` is among the keyword arguments.
     """
-    if not callable(fn):
-        raise TypeError(
-            f"pf.seekable_stream: fn must be callable, got {reprlib.repr(fn)} ({type(fn).__name__})"
-        )
-    if "start" in kwargs:
-        raise TypeError(
-            f"pf.seekable_stream: start is passed to {describe_callable(fn)} by the stream, got start="
-            f"{reprlib.repr(kwargs['start'])}"
-        )
+    _check_fn("seekable_stream", fn, kwargs, "start")
     if length is not None:
         length = check_int("seekable_stream", "length", length, 0)
     return _SeekableCallStream(fn, args, tuple(kwargs.items()), length)
