@@ -22,6 +22,16 @@ def test_take_never_pulls_item_n_plus_one(n, size):
         assert rec.closed == 1  # the upstream is closed as soon as take is done
 
 
+@given(n=st.integers(1, 30), size=st.one_of(st.none(), st.integers(0, 30)))
+def test_take_closes_the_upstream_as_the_nth_item_comes_out(n, size):
+    rec = Recorder(size)
+    it = iter(rec.stream() | pf.map(lambda x: x) | pf.take(n))
+    out = [next(it) for _ in range(n if size is None else min(n, size))]
+    if size is None or size >= n:
+        assert rec.closed == 1  # before anyone asks for item n+1
+    assert list(it) == [] and out == list(range(len(out))) and rec.closed == 1
+
+
 @given(n=st.integers(0, 30), size=st.integers(0, 30))
 def test_skip_drops_the_first_n(n, size):
     assert list(range(size) | pf.skip(n)) == list(range(n, size))

@@ -18,11 +18,17 @@ T = TypeVar("T")
 
 def _first(items: Iterator[Any], n: int) -> Iterator[Any]:
     try:
-        yield from itertools.islice(items, n)  # islice stops before pulling item n+1
+        yield from itertools.islice(items, n - 1)  # islice stops before pulling item n+1
+        last = next(items, _END)
     finally:
         close = getattr(items, "close", None)
         if close is not None:
-            close()  # release what the upstream holds as soon as we are done
+            close()  # release what the upstream holds as soon as the nth item is out, or on an early exit
+    if last is not _END:
+        yield last
+
+
+_END = object()
 
 
 @dataclass(frozen=True, repr=False)
