@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import numbers
 import reprlib
+import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -25,8 +26,10 @@ __all__ = [
 ]
 
 
-def check_int(where: str, name: str, value: object, minimum: int) -> int:
-    """Return ``value`` as an int if it is an integer ``>= minimum``, else raise.
+def check_int(where: str, name: str, value: object, minimum: int, maximum: int = sys.maxsize) -> int:
+    """Return ``value`` as an int if it is an integer ``>= minimum`` (and ``<= maximum``), else raise.
+
+    The maximum defaults to the largest count Python's own slicing takes.
 
     >>> check_int("take", "n", -1, 0)
     Traceback (most recent call last):
@@ -40,6 +43,8 @@ def check_int(where: str, name: str, value: object, minimum: int) -> int:
         )
     if value < minimum:
         raise ValueError(f"{where}: {name} must be an integer >= {minimum}, got {value!r}")
+    if value > maximum:
+        raise ValueError(f"{where}: {name} must be an integer <= {maximum}, got {value!r}")
     return int(value)
 
 

@@ -311,6 +311,7 @@ def test_muxes_pickle_and_print():
         (lambda: pf.mux([[1]], 1, mode="sometimes"), "mode must be one of"),
         (lambda: pf.mux([[1]], 1, dist="gamma"), "dist must be one of"),
         (lambda: pf.mux([[1]], 2, mode="exhaustive"), "n_active <= the number of streams"),
+        (lambda: pf.mux([[1]], 10**30), "mux: n_active must be an integer <= 9223372036854775807, got 10000"),
         (lambda: pf.shuffled_mux([[1]], weights=[-1]), "non-negative"),
         (lambda: pf.mux([[1]], 1, rate=1e-300), "rate must be at least 0.001 (or None), got 1e-300"),
         (lambda: pf.mux([[1]], 1, rate=float("nan")), "rate must be a positive number or None, got nan"),

@@ -233,7 +233,7 @@ def batch(size: int, partial: bool = False, axis: int | None = None) -> Operator
     size = check_int("batch", "size", size, 1)
     check_bool("batch", "partial", partial)
     if axis is not None:
-        axis = check_int("batch", "axis", axis, -(2**31))
+        axis = check_int("batch", "axis", axis, -(2**31), 2**31 - 1)
     return _Batch(size, partial, axis)
 
 
