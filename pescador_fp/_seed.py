@@ -45,7 +45,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["MERGE_SEED", "WORKER_BRANCH", "Seed", "SeedContext", "check_seed"]
+__all__ = ["MERGE_SEED", "WORKER_BRANCH", "Seed", "SeedContext", "check_seed", "seed_argument"]
 
 Seed = int | np.integer | np.random.SeedSequence
 
@@ -58,6 +58,20 @@ _STATE_WORDS = 4
 # ranks) hang from, and the seed tag of background's weighted merge of those parts.
 WORKER_BRANCH = 0x6267  # "bg"
 MERGE_SEED = 0x6D65  # "me"
+
+
+def seed_argument(seed: Seed | None) -> str:
+    """``, seed=...`` for an operator's repr (one line, a SeedSequence too), or ``""`` for no seed.
+
+    >>> seed_argument(7), seed_argument(np.random.SeedSequence(1).spawn(2)[1]), seed_argument(None)
+    (', seed=7', ', seed=SeedSequence(entropy=1, spawn_key=(1,))', '')
+    """
+    if seed is None:
+        return ""
+    if isinstance(seed, np.random.SeedSequence):
+        spawn_key = f", spawn_key={seed.spawn_key!r}" if seed.spawn_key else ""
+        return f", seed=SeedSequence(entropy={seed.entropy!r}{spawn_key})"
+    return f", seed={seed!r}"
 
 
 def check_seed(name: str, seed: object) -> Seed | None:

@@ -691,7 +691,7 @@ def describe_callable(fn: object) -> str:
         return name.rsplit("<locals>.", 1)[-1]
     if type(fn).__repr__ is object.__repr__:  # a callable object that does not say what it is
         return f"<{type(fn).__qualname__.rsplit('<locals>.', 1)[-1]} object>"
-    return reprlib.repr(fn)
+    return " ".join(reprlib.repr(fn).split())  # one line, whatever the object's repr
 
 
 def peek(items: Iterator[T]) -> tuple[T, Iterator[T]] | None:

@@ -143,6 +143,32 @@ def test_repr_shows_the_pipeline():
     assert repr(s) == "from_iterable(range(0, 10)) | map(<lambda>) | batch(32)"
 
 
+class Layers:
+    """A callable whose own repr spans lines, as a torch module's does."""
+
+    def __call__(self, x):
+        return x
+
+    def __repr__(self):
+        return "Layers(\n  (0): Linear()\n  (1): ReLU()\n)"
+
+
+def test_repr_stays_one_line_with_seed_sequences_and_multi_line_callables():
+    seed = np.random.SeedSequence(1).spawn(2)[1]
+    s = (
+        pf.from_iterable(range(10))
+        | pf.map(Layers())
+        | pf.shuffle(3, seed=np.random.SeedSequence(5))
+        | pf.cache(2, seed=seed)
+        | pf.map(lambda x, rng: x, rng=True, seed=seed)
+    )
+    assert repr(s) == (
+        "from_iterable(range(0, 10)) | map(Layers( (0)... (1): ReLU() )) | shuffle(3, "
+        "seed=SeedSequence(entropy=5)) | cache(2, prob=0.5, seed=SeedSequence(entropy=1, spawn_key=(1,))) | "
+        "map(<lambda>, rng=True, seed=SeedSequence(entropy=1, spawn_key=(1,)))"
+    )
+
+
 def test_cloudpickle_round_trip_with_lambdas_gives_same_items():
     offset = 7
     s = (

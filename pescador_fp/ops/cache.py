@@ -10,7 +10,7 @@ import numpy as np
 
 from .._check import check_int, check_probability
 from .._sampling import BUFFER_DRAWS_PER_CALL, BulkDraws
-from .._seed import Seed, SeedContext, check_seed
+from .._seed import Seed, SeedContext, check_seed, seed_argument
 from .._stream import Operator, PassIterator, Stream, close_iterator
 
 __all__ = ["cache"]
@@ -79,7 +79,7 @@ class _Cache(Operator[Any, Any]):
         return _CacheIterator(upstream._open(ctx), self.n_cache, self.prob, rng).items()
 
     def __repr__(self) -> str:
-        seed = "" if self.seed is None else f", seed={self.seed!r}"
+        seed = seed_argument(self.seed)
         return f"cache({self.n_cache}, prob={self.prob!r}{seed})"
 
 

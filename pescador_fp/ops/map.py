@@ -24,7 +24,7 @@ import numpy as np
 import toolz
 
 from .._check import check_bool, check_callable
-from .._seed import Seed, SeedContext, check_seed
+from .._seed import Seed, SeedContext, check_seed, seed_argument
 from .._stream import Operator, Stream, describe_callable, items_before, undivided_path
 
 __all__ = ["filter", "map", "mapcat"]
@@ -130,7 +130,7 @@ class _RandomMap(Operator[Any, Any]):
         return _random_map(self.fn, upstream._open(ctx), _ItemRandomness(upstream, ctx, self.seed, depth))
 
     def __repr__(self) -> str:
-        return f"map({describe_callable(self.fn)}, rng=True{_seed_repr(self.seed)})"
+        return f"map({describe_callable(self.fn)}, rng=True{seed_argument(self.seed)})"
 
 
 @dataclass(frozen=True, repr=False)
@@ -143,11 +143,7 @@ class _RandomMapcat(Operator[Any, Any]):
         return _random_mapcat(self.fn, upstream._open(ctx), _ItemRandomness(upstream, ctx, self.seed, depth))
 
     def __repr__(self) -> str:
-        return f"mapcat({describe_callable(self.fn)}, rng=True{_seed_repr(self.seed)})"
-
-
-def _seed_repr(seed: Seed | None) -> str:
-    return "" if seed is None else f", seed={seed!r}"
+        return f"mapcat({describe_callable(self.fn)}, rng=True{seed_argument(self.seed)})"
 
 
 def _check_rng(where: str, rng: object, seed: object) -> tuple[bool, Seed | None]:

@@ -11,7 +11,7 @@ import numpy as np
 
 from .._check import check_int
 from .._sampling import BUFFER_DRAWS_PER_CALL, BulkDraws
-from .._seed import Seed, SeedContext, check_seed
+from .._seed import Seed, SeedContext, check_seed, seed_argument
 from .._stream import Operator, PassIterator, Stream, close_iterator, drop
 
 __all__ = ["shuffle"]
@@ -109,7 +109,7 @@ class _Shuffle(Operator[Any, Any]):
         return drop(self._open(upstream, ctx, depth), start)  # near the end of a finite upstream: replay
 
     def __repr__(self) -> str:
-        seed = "" if self.seed is None else f", seed={self.seed!r}"
+        seed = seed_argument(self.seed)
         return f"shuffle({self.buffer_size}{seed})"
 
 
