@@ -41,11 +41,12 @@ def check_int(where: str, name: str, value: object, minimum: int, maximum: int =
             f"{where}: {name} must be an integer >= {minimum}, "
             f"got {reprlib.repr(value)} ({type(value).__name__})"
         )
-    if value < minimum:
+    number = int(value)
+    if number < minimum:
         raise ValueError(f"{where}: {name} must be an integer >= {minimum}, got {value!r}")
-    if value > maximum:
+    if number > maximum:
         raise ValueError(f"{where}: {name} must be an integer <= {maximum}, got {value!r}")
-    return int(value)
+    return number
 
 
 def check_seconds(where: str, name: str, value: object) -> float | None:
