@@ -17,7 +17,7 @@ import itertools
 import mmap
 import os
 import reprlib
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence, Sized
 from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar
 
@@ -336,7 +336,13 @@ class _IterableStream(Stream[T]):
         )
 
     def __hash__(self) -> int:
-        return hash((_IterableStream, id(self.items)))
+        # Equal streams hash alike: arrays are equal only to themselves, other collections by value.
+        items = self.items
+        if isinstance(items, np.ndarray):
+            return hash((_IterableStream, self.numbering, id(items)))
+        return hash(
+            (_IterableStream, self.numbering, type(items), len(items) if isinstance(items, Sized) else -1)
+        )
 
 
 def from_iterable(items: Iterable[T]) -> Stream[T]:

@@ -106,3 +106,13 @@ def test_from_arrays_reads_a_memmap_lazily(tmp_path):
     assert len(first) == 3 and float(last[0]["x"][0]) == 7.0
     assert type(first[0]) is np.ndarray  # plain views, not memmap rows
     assert grown < 64 * 2**20, f"resident memory grew by {grown / 2**20:.0f} MiB reading a 256 MiB memmap"
+
+
+@pytest.mark.parametrize(
+    "make",
+    [lambda: [1, 2, 3], lambda: (1, 2), lambda: range(4), lambda: "abc", lambda: {1, 2}, lambda: {"a": 1}],
+)
+def test_equal_sources_hash_alike(make):
+    a, b = pf.from_iterable(make()), pf.from_iterable(make())
+    assert a == b and hash(a) == hash(b) and len({a, b}) == 1
+    assert pf.stream(range, 3) == pf.stream(range, 3) and len({pf.stream(range, 3), pf.stream(range, 3)}) == 1
