@@ -128,6 +128,26 @@ def test_mixed_structures_are_data_errors():
         list([(1, 2), (1,)] | pf.batch(2))
 
 
+A = np.zeros(3)
+
+
+@pytest.mark.parametrize(
+    ("samples", "where"),
+    [
+        ([{0: A, 1: A}, [A, A]], "at the sample"),  # a list answers s[0] and s[1] too
+        ([[A, A], {0: A, 1: A}], "at the sample"),
+        ([{"x": np.zeros(2)}, {"x": [0.0, 0.0]}], r"at \['x'\]"),  # numpy would make the list a leaf
+        ([{"x": [0.0, 0.0]}, {"x": np.zeros(2)}], r"at \['x'\]"),
+        ([{"x": {"y": np.zeros(2)}}, {"x": {"y": (0.0, 0.0)}}], r"at \['x'\]\['y'\]"),
+        ([np.zeros(2), [0.0, 0.0]], "at the sample"),
+    ],
+)
+def test_a_container_among_leaves_is_a_data_error_in_either_order(samples, where):
+    for order in (samples, samples[::-1]):
+        with pytest.raises(pf.DataError, match=where):
+            list(order | pf.batch(2))
+
+
 def test_unbatch_rejects_non_batches():
     with pytest.raises(pf.DataError, match="leading axis"):
         list([{"x": 3}] | pf.unbatch())

@@ -45,6 +45,8 @@ def stack(samples: Sequence[Any], axis: int | None = None, path: tuple[Any, ...]
 def _stack_dict(
     samples: Sequence[Any], first: dict[Any, Any], axis: int | None, path: tuple[Any, ...]
 ) -> Any:
+    if not all(isinstance(s, dict) for s in samples):  # a list or tuple also answers s[0]
+        raise _mismatch(samples, path)
     try:
         columns = [[s[k] for s in samples] for k in first]
     except (KeyError, TypeError, IndexError):
@@ -66,12 +68,19 @@ def _stack_flat_dict(samples: Sequence[Any], first: dict[Any, Any]) -> dict[Any,
     # Every sample must hold the first one's keys (else KeyError); equal total size means no extra keys.
     if sum(map(len, samples)) != len(first) * len(samples):
         return None
+    if any(type(key) is int for key in first) and set(map(type, samples)) != {dict}:
+        return None  # a list or tuple answers s[0] too
     out = {}
     try:
         for key, value in first.items():
             if isinstance(value, _CONTAINERS):
                 return None
-            column = np.array([s[key] for s in samples])
+            values = [s[key] for s in samples]
+            # numpy would take a list of the same length for a row of those arrays (where the first
+            # leaf is a scalar, a container is a ValueError or an object array).
+            if type(value) is np.ndarray and value.ndim and _mixed(values):
+                return None
+            column = np.array(values)
             if column.dtype.kind == "O":
                 return None  # may hide a container among the leaves
             out[key] = column
@@ -95,7 +104,15 @@ def _stack_sequence(
     return kind(*columns) if hasattr(kind, "_fields") else kind(columns)
 
 
+def _mixed(values: Sequence[Any]) -> bool:
+    """Whether a container hides among leaves of another type (numpy would make it a leaf)."""
+    types = set(map(type, values))
+    return len(types) > 1 and any(issubclass(t, _CONTAINERS) for t in types)
+
+
 def _stack_leaves(samples: Sequence[Any], axis: int | None, path: tuple[Any, ...], *key: Any) -> Any:
+    if _mixed(samples):
+        raise _mismatch(samples, (*path, *key))
     try:
         out = np.array(samples) if axis is None else np.concatenate(samples, axis=axis)
     except (ValueError, np.exceptions.AxisError) as error:
