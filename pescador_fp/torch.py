@@ -165,8 +165,15 @@ class StreamDataset(torch.utils.data.IterableDataset[Any]):
         self._resume: dict[str, Any] | None = None  # the state the next pass starts from
 
     def set_epoch(self, epoch: int) -> None:
-        """Make the next pass ``iterate(seed=epoch)`` (in every DataLoader worker started after this)."""
-        self.epoch = check_int("set_epoch", "epoch", epoch, 0)
+        """Make the next pass ``iterate(seed=epoch)`` (in every DataLoader worker started after this).
+
+        A new epoch starts afresh: :meth:`state_dict` no longer holds the
+        pass of the epoch before (nor a state loaded for it).
+        """
+        epoch = check_int("set_epoch", "epoch", epoch, 0)
+        if epoch != self.epoch:
+            self._pass = self._resume = None
+        self.epoch = epoch
 
     def state_dict(self) -> dict[str, Any]:
         """The epoch and where the pass running in this process stands (``Pass.state``), as plain data.

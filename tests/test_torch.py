@@ -273,3 +273,16 @@ def test_dataset_state_dict_resumes_the_epoch_where_it_stopped():
         assert first + rest == whole
         with pytest.raises(ValueError, match="expected the dict that state_dict"):
             again.load_state_dict({"pass": None})
+
+
+def test_a_state_dict_taken_after_set_epoch_starts_that_epoch_afresh():
+    stream = pf.from_arrays(np.arange(20)) | pf.shuffle(8) | pf.batch(4)
+    ds = pft.dataset(stream)
+    assert len(list(torch.utils.data.DataLoader(ds, batch_size=None))) == 5  # epoch 0 done
+    ds.set_epoch(1)  # a checkpoint between epochs
+    saved = json.loads(json.dumps(ds.state_dict()))
+    assert saved == {"epoch": 1, "pass": None}
+    again = pft.dataset(stream)
+    again.load_state_dict(saved)
+    got = [t.tolist() for t in torch.utils.data.DataLoader(again, batch_size=None)]
+    assert got == [b.tolist() for b in stream.iterate(seed=1)]
