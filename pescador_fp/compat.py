@@ -18,14 +18,17 @@ differences are listed in ``docs/migrating.md``.
 from __future__ import annotations
 
 import copy
+import functools
 import inspect
 import itertools
 import math
+import reprlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Literal
 
 import numpy as np
 
+from ._check import check_int
 from ._seed import SeedContext
 from ._stream import Stream, as_stream
 from .background import background as _background
@@ -34,11 +37,9 @@ from .mux import chain as _chain
 from .mux import mux as _mux
 from .mux import round_robin as _round_robin
 from .mux import shuffled_mux as _shuffled_mux
-from .ops.batch import batch as _batch
+from .ops.batch import sample_groups
 from .ops.cache import cache as _cache
 from .ops.map import map as _map
-from .ops.tuples import keras_tuples as _keras_tuples
-from .ops.tuples import tuples as _tuples
 from .sources import stream as _stream
 
 __all__ = [
@@ -434,27 +435,148 @@ def _zmq_generator_message(generator: Any) -> str:
 def buffer_stream(
     stream: Any, buffer_size: int, partial: bool = False, axis: int | None = None
 ) -> Iterator[Any]:
-    """Stack ``buffer_size`` dict items into one, as Pescador does, over ``pf.batch``."""
-    op = _pescador_errors(lambda: _batch(buffer_size, partial=partial, axis=axis))
-    yield from _stream_of(stream) | _map(_dict_item) | op
+    """Stack every ``buffer_size`` dict samples into one dict of arrays, as Pescador does.
+
+    Each key of a batch's first sample becomes ``np.array`` of the samples'
+    values (``np.concatenate`` along ``axis`` if given), whatever the values
+    are: a list field becomes one array, not a list of arrays as in
+    ``pf.batch``. A later sample's extra keys are left out and a missing one
+    is a ``KeyError``, as in Pescador.
+
+    >>> [b["x"].tolist() for b in buffer_stream([{"x": [i, -i]} for i in range(3)], 2, partial=True)]
+    [[[0, 0], [1, -1]], [[2, -2]]]
+
+    Raises:
+        PescadorError: at the first ``next()``, if ``buffer_size`` is not an int >= 1.
+        DataError: if a sample is not a dict, or the values at a key cannot be stacked.
+        KeyError: if a sample lacks a key of the first sample of its batch.
+    """
+    size = _pescador_errors(lambda: check_int("buffer_stream", "buffer_size", buffer_size, 1))
+    items = iter(_stream_of(stream))
+    try:
+        for samples in sample_groups(items, size, bool(partial)):
+            yield _stack_fields(samples, axis)
+    finally:
+        _close(items)
 
 
-def _dict_item(data: Any) -> Any:
-    if not isinstance(data, Mapping):
-        raise DataError(f"Malformed data stream: {data}")
-    return data
+def _stack_fields(samples: list[Any], axis: Any) -> dict[Any, Any]:
+    """Pescador's batch of ``samples``: for each key of the first one, its values stacked as one array."""
+    try:
+        keys = list(samples[0].keys())
+    except AttributeError:
+        raise _not_data("buffer_stream", samples[0], 0) from None
+    return {key: _stack_column(key, _column(samples, key), axis) for key in keys}
+
+
+def _column(samples: list[Any], key: Any) -> list[Any]:
+    column = []
+    for i, sample in enumerate(samples):
+        try:
+            column.append(sample[key])
+        except TypeError:
+            raise _not_data("buffer_stream", sample, i) from None
+    return column
+
+
+def _stack_column(key: Any, column: list[Any], axis: Any) -> np.ndarray:
+    try:
+        return np.array(column) if axis is None else np.concatenate(column, axis=axis)
+    except (ValueError, TypeError) as error:  # numpy's AxisError is a ValueError
+        shapes = [_shape(value) for value in column]
+        found = _describe_shape(shapes[0]) + " in sample 0"
+        other = next((i for i, shape in enumerate(shapes) if not _fits(shapes[0], shape, axis)), None)
+        if other is not None:
+            found += f" but {_describe_shape(shapes[other])} in sample {other}"
+        raise DataError(
+            f"buffer_stream: cannot stack the values at key {key!r} ({found}, axis={axis!r}): {error}"
+        ) from error
+
+
+def _shape(value: Any) -> tuple[int, ...] | None:
+    """The value's shape as numpy sees it; None for a ragged nest of sequences, which has none."""
+    try:
+        return tuple(np.shape(value))
+    except ValueError:
+        return None
+
+
+def _describe_shape(shape: tuple[int, ...] | None) -> str:
+    return "a ragged sequence" if shape is None else f"shape {shape}"
+
+
+def _fits(first: tuple[int, ...] | None, shape: tuple[int, ...] | None, axis: Any) -> bool:
+    """Whether ``shape`` stacks with ``first``: equal, or equal off ``axis`` when concatenating."""
+    if first is None or shape is None or len(first) != len(shape) or not first:
+        return first == shape
+    if not isinstance(axis, (int, np.integer)):  # None stacks on a new axis; any other fails anyway
+        return first == shape
+    cut = int(axis) % len(first)
+    return first[:cut] + first[cut + 1 :] == shape[:cut] + shape[cut + 1 :]
+
+
+def _not_data(where: str, sample: Any, index: int | None = None) -> DataError:
+    which = "a sample" if index is None else f"sample {index} of a batch"
+    return DataError(
+        f"{where}: {which} is not data-like (a dict, or a sequence that the keys index): "
+        f"{reprlib.repr(sample)} ({type(sample).__name__})"
+    )
 
 
 def tuples(stream: Any, *keys: Any) -> Iterator[Any]:
-    """Yield each dict item as the tuple of its values at ``keys``."""
-    op = _pescador_errors(lambda: _tuples(*keys))
-    yield from _stream_of(stream) | op
+    """Yield each sample as the tuple of its values at ``keys``, as Pescador does.
+
+    Any sample that its keys index works, a list indexed by ints included.
+
+    >>> list(tuples([[1, 2, 3], [4, 5, 6]], 2, 0))
+    [(3, 1), (6, 4)]
+    """
+    if not keys:
+        raise PescadorError("tuples: keys must name at least one key, got none")
+    yield from _stream_of(stream) | _map(functools.partial(_values_at, "tuples", keys, tuple))
+
+
+def _values_at(where: str, keys: Any, kind: Callable[[Iterable[Any]], Any], sample: Any) -> Any:
+    """``kind`` of the sample's values at ``keys``; a sample that cannot be indexed is a DataError."""
+    try:
+        return kind(sample[key] for key in keys)
+    except TypeError:
+        raise _not_data(where, sample) from None
 
 
 def keras_tuples(stream: Any, inputs: Any = None, outputs: Any = None) -> Iterator[Any]:
-    """Yield each dict item as an ``(x, y)`` pair for Keras."""
-    op = _pescador_errors(lambda: _keras_tuples(inputs, outputs))
-    yield from _stream_of(stream) | op
+    """Yield each sample as an ``(x, y)`` pair for Keras, as Pescador does.
+
+    A key given as a string gives its value bare, a list of keys a list of
+    values, nothing gives None.
+
+    >>> list(keras_tuples([{"a": 1, "b": 2, "c": 3}], inputs=["a", "b"], outputs="c"))
+    [([1, 2], 3)]
+    """
+    (ins, bare_x), (outs, bare_y) = _keras_keys(inputs), _keras_keys(outputs)
+    if not ins + outs:  # a tuple and a list fail to add, with TypeError, as in Pescador
+        raise PescadorError(
+            f"keras_tuples: at least one of inputs or outputs must name a key, got "
+            f"inputs={inputs!r}, outputs={outputs!r}"
+        )
+    yield from _stream_of(stream) | _map(functools.partial(_keras_pair, (ins, bare_x), (outs, bare_y)))
+
+
+def _keras_pair(inputs: tuple[Any, bool], outputs: tuple[Any, bool], sample: Any) -> tuple[Any, Any]:
+    """The ``(x, y)`` of one sample: each a list of values, a bare value, or None for no keys."""
+    return _keras_values(*inputs, sample), _keras_values(*outputs, sample)
+
+
+def _keras_values(keys: Any, bare: bool, sample: Any) -> Any:
+    values = _values_at("keras_tuples", keys, list, sample)
+    return values[0] if bare else (values or None)
+
+
+def _keras_keys(keys: Any) -> tuple[Any, bool]:
+    """Pescador's reading of ``inputs`` or ``outputs``: the keys to pick, and whether the value comes bare."""
+    if keys and isinstance(keys, str):
+        return [keys], True
+    return keys or [], False
 
 
 def cache(stream: Any, n_cache: int, prob: float = 0.5, random_state: Any = None) -> Iterator[Any]:

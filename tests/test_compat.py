@@ -309,14 +309,107 @@ def test_buffer_stream_of_buffers():
     assert [b["x"].shape for b in out] == [(4, 2), (4, 2)]
 
 
+def test_buffer_stream_stacks_list_and_tuple_fields_into_one_array():
+    def program(M):
+        return [
+            list(M.buffer_stream(M.Streamer([{"x": [1, 2]}, {"x": [3, 4]}]), 2)),
+            list(M.buffer_stream(M.Streamer([{"x": (1, 2)}, {"x": (3, 4)}]), 2)),
+            list(M.buffer_stream(iter([{"x": [[1], [2]], "y": ("a", "b")}] * 3), 2, partial=True)),
+            list(M.buffer_stream(iter([{"x": [np.zeros(2), np.ones(2)]}] * 2), 2, axis=0)),
+            next(M.buffer_stream(iter([{"x": {"a": 1}}, {"x": {"a": 2}}]), 2))["x"].tolist(),
+        ]
+
+    out = differential(program)
+    assert [b["x"].shape for b in out[0] + out[1]] == [(2, 2), (2, 2)]
+    assert out[4] == [{"a": 1}, {"a": 2}]  # an object array of the dicts, in both
+
+
+def test_buffer_stream_keeps_the_first_samples_keys():
+    def program(M):
+        items = [{"x": 1}, {"x": 3, "y": 2}, {"x": 5}, {"z": 0, "x": 7}]
+        return list(M.buffer_stream(M.Streamer(items), 2))
+
+    assert [b["x"].tolist() for b in differential(program)] == [[1, 3], [5, 7]]
+
+
+@BOTH
+def test_buffer_stream_sample_missing_a_key_is_a_key_error(M):
+    with pytest.raises(KeyError, match="'y'") as info:
+        list(M.buffer_stream(M.Streamer([{"x": 1, "y": 2}, {"x": 3}]), 2))
+    assert not isinstance(info.value, M.PescadorError)
+
+
+def test_buffer_stream_over_sequences_indexed_by_the_first_samples_keys():
+    # Pescador indexes every sample with the first one's keys: a list takes int keys.
+    differential(lambda M: list(M.buffer_stream(iter([{0: 1, 1: 2}, [3, 4]]), 2)))
+
+
 def test_buffer_stream_over_mismatched_shapes():
     def program(M):
         return list(M.buffer_stream(iter([{"x": np.zeros(2)}, {"x": np.zeros(3)}]), 2))
 
     with pytest.raises(ValueError):  # Pescador: numpy's error, not a DataError
         program(P)
-    with pytest.raises(C.DataError):
+    with pytest.raises(C.DataError, match=r"key 'x' \(shape \(2,\) in sample 0 but shape \(3,\) in sample 1"):
         program(C)
+
+
+@pytest.mark.parametrize(
+    ("items", "axis"),
+    [
+        ([{"x": [1, 2]}, {"x": [3]}], None),  # a ragged list field
+        ([{"x": np.zeros((1, 2))}, {"x": np.zeros((2, 2))}, {"x": np.zeros((1, 3))}], 0),
+        ([{"x": np.zeros(())}] * 2, 0),  # nothing to concatenate along
+        ([{"x": np.zeros(2)}] * 2, 3),  # no such axis
+    ],
+    ids=["ragged", "concatenate", "zero-dim", "axis"],
+)
+def test_buffer_stream_values_that_numpy_cannot_stack(items, axis):
+    with pytest.raises(ValueError):  # Pescador: numpy's error (AxisError is a ValueError)
+        list(P.buffer_stream(iter(items), len(items), axis=axis))
+    with pytest.raises(C.DataError, match="buffer_stream: cannot stack the values at key 'x'") as info:
+        list(C.buffer_stream(iter(items), len(items), axis=axis))
+    if axis == 0 and len(items) == 3:  # the sample that differs off the axis, not the longer one
+        assert "shape (1, 2) in sample 0 but shape (1, 3) in sample 2" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("items", "size"),
+    [([{"x": 1}, {"x": 2}, 5], 2), ([{"x": 1}, {"x": 2}, {"x": 3}, {"x": 4}, [5]], 3)],
+    ids=["first", "later"],
+)
+def test_buffer_stream_refuses_what_is_not_data_in_a_partial_batch_too(items, size):
+    def program(M, partial):
+        return list(M.buffer_stream(iter(items), size, partial=partial))
+
+    assert same_items(program(P, False), program(C, False))  # the full batches are fine
+    with pytest.raises(C.DataError, match="not data-like"):
+        program(C, True)
+    with pytest.raises((AttributeError, TypeError)) as info:  # Pescador wraps only full batches' errors
+        program(P, True)
+    assert not isinstance(info.value, P.PescadorError)
+
+
+@pytest.mark.parametrize("size", [2.5, True, -1])
+def test_buffer_size_that_only_we_refuse(size):
+    assert list(P.buffer_stream(iter([{"x": 1}] * 3), size))  # Pescador counts up to it
+    with pytest.raises(C.PescadorError, match="buffer_size must be an integer >= 1"):
+        list(C.buffer_stream(iter([{"x": 1}] * 3), size))
+
+
+def test_buffer_stream_partial_takes_any_truth_value():
+    differential(
+        lambda M: [list(M.buffer_stream(iter([{"x": 1}] * 3), 2, partial=p)) for p in (1, 0, "", [0])]
+    )
+
+
+def test_buffer_stream_closes_its_pass_when_closed():
+    s = C.Streamer(samples(10))
+    batches = C.buffer_stream(s, 2)
+    next(batches)
+    assert s.active == 1
+    batches.close()
+    assert s.active == 0
 
 
 def test_tuples():
@@ -328,6 +421,47 @@ def test_tuples():
         ]
 
     assert len(differential(program)[0]) == 3
+
+
+def test_tuples_over_any_sample_that_the_keys_index():
+    def program(M):
+        return [
+            list(M.tuples(M.Streamer([[1, 2], [3, 4]]), 0, 1)),
+            list(M.tuples(iter([(5, 6, 7), "abc"]), 2, -1)),
+            list(M.tuples(iter([{0: "a", "k": "b"}]), "k", 0)),
+            list(M.keras_tuples(iter([[1, 2], [3, 4]]), [0], [1])),
+            list(M.keras_tuples(iter([{0: "a", 1: "b"}]), inputs=[1, 0])),
+        ]
+
+    assert differential(program)[0] == [(1, 2), (3, 4)]
+
+
+@BOTH
+def test_tuples_out_of_range_is_an_index_error(M):
+    with pytest.raises(IndexError):
+        list(M.tuples(iter([[1, 2]]), 5))
+    with pytest.raises(IndexError):
+        list(M.keras_tuples(iter([[1, 2]]), [5]))
+
+
+@BOTH
+@pytest.mark.parametrize(
+    ("inputs", "outputs"), [([0], 1), (("x",), ["y"])], ids=["list-and-int", "tuple-and-list"]
+)
+def test_keras_keys_that_do_not_add_up_are_a_type_error(M, inputs, outputs):
+    with pytest.raises(TypeError) as info:  # Pescador adds inputs and outputs to check that one names a key
+        list(M.keras_tuples(iter(samples(1)), inputs, outputs))
+    assert not isinstance(info.value, M.PescadorError)
+
+
+def test_keras_tuples_key_arguments_as_pescador_reads_them():
+    def program(M):
+        return [
+            list(M.keras_tuples(iter(samples(2)), ("x", "z"), ("y",))),
+            list(M.keras_tuples(iter([{0: "a", "y": "b"}]), 0, "y")),  # a falsy key names none
+        ]
+
+    assert differential(program)[1] == [(None, "b")]
 
 
 KERAS_KEYS = [
@@ -398,6 +532,13 @@ def bad_input_cases() -> dict[str, tuple[str, Callable[[Any], Any]]]:
         "buffer-non-dict": ("DataError", lambda M: list(M.buffer_stream(M.Streamer([1, 2, 3, 4]), 2))),
         "tuples-non-dict": ("DataError", lambda M: list(M.tuples(iter([5]), "x"))),
         "keras-non-dict": ("DataError", lambda M: list(M.keras_tuples(iter([5]), "x"))),
+        "buffer-later-non-dict": ("DataError", lambda M: list(M.buffer_stream(iter([{"x": 1}, [2]]), 2))),
+        "buffer-axis-str": (
+            "DataError",
+            lambda M: list(M.buffer_stream(iter([{"x": np.zeros(1)}] * 2), 2, axis="0")),
+        ),
+        "tuples-list-str-key": ("DataError", lambda M: list(M.tuples(iter([[1]]), "x"))),
+        "keras-list-str-key": ("DataError", lambda M: list(M.keras_tuples(iter([[1, 2]]), ["a"]))),
         "streamer-int": ("PescadorError", lambda M: M.Streamer(5)),
     }
 
