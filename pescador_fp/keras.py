@@ -7,7 +7,10 @@ pescador_fp`` alone never imports keras.
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Iterator, Sequence
+from types import FrameType
 from typing import Any
 
 try:
@@ -31,7 +34,9 @@ class StreamDataset(keras.utils.PyDataset):  # type: ignore[misc]
     current pass. The pass starts at the first request of an epoch and is
     closed at its end (``on_epoch_end``); a pass that served all ``steps``
     batches moves to the next epoch, one cut short (Keras looks at the first
-    batch before training) starts again with the same seed.
+    batch before training) starts again with the same seed. Where
+    ``steps=1`` the look is a whole pass: it is told by Keras' model
+    building on the call stack.
     """
 
     def __init__(self, stream: Stream[Any], steps: int) -> None:
@@ -41,6 +46,7 @@ class StreamDataset(keras.utils.PyDataset):  # type: ignore[misc]
         self.epoch = 0
         self._items: Iterator[Any] | None = None
         self._served = 0
+        self._look = False  # the pass serves Keras' look at a batch, which builds the model
 
     def __len__(self) -> int:
         return self.steps
@@ -56,6 +62,8 @@ class StreamDataset(keras.utils.PyDataset):  # type: ignore[misc]
         if self._items is None:
             self._items = self.stream.iterate(seed=self.epoch)
             self._served = 0
+            # Where steps=1 a look serves a whole "epoch": tell it by who asks.
+            self._look = self.steps == 1 and _building_the_model()
         try:
             batch = next(self._items)
         except StopIteration:
@@ -83,11 +91,22 @@ class StreamDataset(keras.utils.PyDataset):  # type: ignore[misc]
         if close is not None:
             close()
         self._items = None
-        if advance and self._served == self.steps:
+        if advance and self._served == self.steps and not self._look:
             self.epoch += 1
 
     def __repr__(self) -> str:
         return f"pescador_fp.keras.dataset({self.stream!r}, steps={self.steps})"
+
+
+def _building_the_model() -> bool:
+    """Whether Keras asks for this batch to build the model (``Trainer._symbolic_build``): a look."""
+    frame: FrameType | None = sys._getframe(2)
+    while frame is not None:
+        code = frame.f_code
+        if code.co_name == "_symbolic_build" and f"keras{os.sep}" in code.co_filename:
+            return True
+        frame = frame.f_back
+    return False
 
 
 def dataset(

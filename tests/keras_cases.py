@@ -77,6 +77,19 @@ def test_fit_sees_every_batch_of_every_epoch_each_epoch_its_own_seed():
     assert all(sorted(i for b in epoch for i in b) == list(range(N)) for epoch in epochs)
 
 
+@pytest.mark.parametrize("steps", [1, 2])
+def test_keras_look_at_a_batch_is_no_epoch_even_where_an_epoch_is_one_batch(steps):
+    served: list[list[int]] = []
+    stream = recorded(served) | pf.take(steps)
+    model().fit(pfk.dataset(stream, steps=steps), epochs=3, verbose=0)
+    expected = []
+    for epoch in range(3):
+        probe: list[list[int]] = []
+        list((recorded(probe) | pf.take(steps)).iterate(seed=epoch))
+        expected += probe
+    assert served == [expected[0], *expected]  # the look (a batch of epoch 0), then epochs 0, 1, 2
+
+
 def test_steps_are_counted_where_the_length_is_known():
     ds = pfk.dataset(pf.from_arrays(data()) | pf.batch(BATCH), inputs="x", outputs="y")
     assert len(ds) == 8
