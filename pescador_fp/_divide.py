@@ -21,6 +21,11 @@ operators item by item, else group by group, each worker marking where the
 outputs of one input item end. Operators that gather several items
 (``batch``, ``shuffle``, ``cache``) run on each part, so their output depends
 on how the work was divided (same seed and same ``count``: same output).
+
+Marks also keep merges moving: wherever an operator in the parts may turn
+an item into nothing (``filter``, ``mapcat``, ``unbatch``), the merge reads
+group by group, picking the worker of each group in turn or by weight, so a
+part whose items all come to nothing gives marks instead of silence.
 """
 
 from __future__ import annotations
@@ -102,7 +107,11 @@ def divide(stream: Stream[Any], count: int) -> Plan:
         if len(parts) <= 1:
             return Plan((Part(stream, (), None),))
         in_turn = base._divides_in_turn and all(p.weight is None for p in parts)
-        return Plan(parts, grouped=in_turn and per_item and not one_to_one)
+        # Where an operator may turn an item into nothing (filter, mapcat, unbatch), a worker marks
+        # each input item's end, so that a part whose items all come to nothing cannot stall the
+        # merge (an endless mux or cycle would wait on it forever).
+        drops = any(op._per_item and not op._one_to_one for op in ops)
+        return Plan(parts, grouped=(in_turn and per_item and not one_to_one) or drops)
     # Operators that restart their upstream cannot run over items dealt once: they join the head.
     cut = max((i + 1 for i, op in enumerate(ops) if op._reopens_upstream), default=0)
     head, tail = rebuild(base, ops[:cut]), tuple(ops[cut:])

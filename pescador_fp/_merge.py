@@ -162,20 +162,38 @@ class _Counted:
         )
 
 
-def merge_groups(channels: Sequence[Reader]) -> Iterator[Any]:
-    """Yield the workers' outputs group by group in turn: the order of the undivided stream."""
+def merge_groups(
+    channels: Sequence[Reader], weights: Sequence[float | None] = (), rng: Any = None
+) -> Iterator[Any]:
+    """Yield the workers' outputs group by group: the outputs of one input item each.
+
+    In turn, which gives the order of the undivided stream; or, where parts
+    have ``weights`` (a divided weighted mux), a worker picked in proportion
+    to them for each group, as the mux picks a source for each item before
+    the operators above drop or expand it. Either way a worker whose items
+    all come to nothing gives marks, not silence, so the merge moves on.
+    """
     live = list(range(len(channels)))
+    picker = Picker([w or 0.0 for w in weights], rng) if any(w is not None for w in weights) else None
     turn = 0
     while live:
-        turn %= len(live)
-        channel = channels[live[turn]]
+        if picker is None:
+            turn %= len(live)
+            index = live[turn]
+        elif picker.any_left:
+            index = picker.pick()
+        else:
+            return
+        channel = channels[index]
         while True:
             item = channel.next_item()
             if item is MARK:
                 turn += 1
                 break
             if item is NOTHING:
-                del live[turn]
+                live.remove(index)
+                if picker is not None and live:
+                    picker.drop(index)
                 break
             yield item
 

@@ -175,10 +175,10 @@ def _background_items(
             for i in range(count)
         ]
         register_channels(ctx.run, upstream, [channel.counts for channel in channels])  # for it.stats()
+        weights = [part.weight for part in plan.parts]
         if plan.grouped:
-            yield from merge_groups(channels)
+            yield from merge_groups(channels, weights, ctx.generator(MERGE_SEED, depth))
         else:
-            weights = [part.weight for part in plan.parts]
             tally = Tally(count)
             if ctx.run is not None and not plan.fed:  # a fed pass resumes by replaying
                 ctx.run.states[stage_key(ctx, depth)] = tally.state
@@ -279,7 +279,7 @@ def background(
     """
     workers = check_int("background", "workers", workers, 1)
     if ring_bytes is not None:
-        ring_bytes = check_int("background", "ring_bytes", ring_bytes, 4096)
+        ring_bytes = check_int("background", "ring_bytes", ring_bytes, 4096, maximum=2**64)
         if ring_bytes > _MAX_RING_BYTES:
             raise ValueError(
                 f"background: ring_bytes must be at most 2**{_MAX_RING_BYTES.bit_length() - 1} "

@@ -327,11 +327,11 @@ def _remote_items(op: _Remote, upstream: Stream[Any], ctx: SeedContext, depth: i
             generators.append(_task().options(**_task_options(op, demand, group, i, ray)).remote(recipe))
         channels = [_Channel(i, items, ray) for i, items in enumerate(generators)]
         # The channels read like background's, so the parts merge exactly as background merges them.
+        weights = [part.weight for part in plan.parts]
+        rng = ctx.generator(MERGE_SEED, depth)
         if plan.grouped:
-            yield from merge_groups(channels)
+            yield from merge_groups(channels, weights, rng)
         else:
-            weights = [part.weight for part in plan.parts]
-            rng = ctx.generator(MERGE_SEED, depth)
             yield from merge(channels, weights, rng, Tally(len(channels)))
     finally:
         # Not after ray.shutdown(), which ended the tasks (and a call would start Ray again).

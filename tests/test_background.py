@@ -176,6 +176,43 @@ def test_weighted_mux_keeps_its_shares_across_workers():
     assert np.abs(observed - np.array(weights) / sum(weights)).max() < 0.02, observed
 
 
+def test_weighted_mux_keeps_its_shares_across_workers_under_a_filter():
+    # A filter above a divided mux makes the merge pick a worker per input item (marks): the
+    # shares are the mux's, before the filter, as in the foreground.
+    sources = [pf.stream(lambda c=c: iter(lambda: c, None)) for c in "abcdef"]
+    weights = [6, 1, 1, 1, 2, 1]
+    s = pf.mux(sources, 4, rate=8, weights=weights, seed=0) | pf.filter(lambda c: c != "b")
+    counts = Counter(s | pf.background(workers=2) | pf.take(30_000))
+    kept = np.array([w if c != "b" else 0 for c, w in zip("abcdef", weights)])
+    observed = np.array([counts[c] for c in "abcdef"]) / 30_000
+    assert np.abs(observed - kept / kept.sum()).max() < 0.02, observed
+    again = s | pf.background(workers=2) | pf.take(500)
+    assert list(again.iterate(seed=3)) == list(again.iterate(seed=3))
+
+
+def endless(c):
+    return iter(lambda: c, None)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("workers", [2, 3, 4])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: pf.mux([pf.stream(endless, "a"), pf.stream(endless, "b")], 2, rate=3, seed=0),
+        lambda: pf.shuffled_mux([pf.stream(endless, "a"), pf.stream(endless, "b")], seed=0),
+        lambda: pf.round_robin([pf.stream(endless, "a"), pf.stream(endless, "b")], mode="cycle"),
+        lambda: pf.mux([pf.stream(endless, c) for c in "ab"], 2, mode="single_active", seed=0),
+        lambda: pf.from_iterable(["a", "b", "b", "b", "b", "b", "b"]) | pf.cycle(),
+    ],
+    ids=["mux", "shuffled_mux", "round_robin", "single_active", "cycle"],
+)
+def test_an_endless_stream_keeps_coming_when_a_worker_filters_out_all_it_has(make, workers):
+    # Some workers get only "b"s, which the filter drops: their marks keep the merge moving.
+    s = make() | pf.filter(lambda c: c == "a") | pf.background(workers=workers, timeout=20) | pf.take(20)
+    assert list(s) == ["a"] * 20
+
+
 def test_same_seed_and_workers_same_output_and_workers_get_their_own_seeds():
     s = pf.from_iterable(range(200)) | pf.shuffle(50) | pf.background(workers=2)
     first = list(s.iterate(seed=5))
