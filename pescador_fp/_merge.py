@@ -175,15 +175,19 @@ def merge_groups(
     """
     live = list(range(len(channels)))
     picker = Picker([w or 0.0 for w in weights], rng) if any(w is not None for w in weights) else None
+    picks: Iterator[int] = iter(())  # (weighted) drawn in bulk: a group may be one mark, read in ~0.1 us
     turn = 0
     while live:
         if picker is None:
             turn %= len(live)
             index = live[turn]
-        elif picker.any_left:
-            index = picker.pick()
         else:
-            return
+            index = next(picks, -1)
+            if index < 0:
+                if not picker.any_left:
+                    return
+                picks = iter(picker.batch())
+                continue
         channel = channels[index]
         while True:
             item = channel.next_item()
@@ -194,9 +198,13 @@ def merge_groups(
                 live.remove(index)
                 if picker is not None and live:
                     picker.drop(index)
+                    picks = iter(())
                 break
             yield item
 
+
+# A channel reads up to this many marks at once (where the workers have written them).
+_MARKS_AT_ONCE = 1024
 
 #: What a channel's ``next_item`` returns where one input item's outputs end (grouped merges).
 MARK = object()
@@ -225,6 +233,7 @@ class Channel:
         self.started = False  # the worker has loaded its pipeline: the timeout counts from then
         self.stacks = stacks  # per process (the feeder's last): where its stack comes, on a signal
         self.counts = ChannelCounts(rings[index].capacity)  # (stats) items, waits, ring fill
+        self.marks = 0  # marks still to give of the last run of marks read
 
     def alive(self) -> bool:
         """Whether the worker (and the feeder, where there is one) may still send something."""
@@ -257,6 +266,9 @@ class Channel:
         if pending:
             counts.items += 1
             return pending.popleft()
+        if self.marks:  # the rest of a record of several marks
+            self.marks -= 1
+            return MARK
         if self.timeout is not None:
             self.deadline = time.monotonic() + self.timeout
         while True:
@@ -285,8 +297,10 @@ class Channel:
             if kind in (RECORD_ARRAYS, RECORD_DATA):
                 counts.items += 1
                 return self.decoder.read(ring, kind, metadata, buffers)
-            if kind == RECORD_MARK:
-                ring.release()
+            if kind == RECORD_MARK:  # with the marks right after it, taken at once
+                count, stride, _, _ = ring.run_after(_MARKS_AT_ONCE)
+                ring.release_run(count, stride)
+                self.marks = count - 1
                 return MARK
             if kind == RECORD_END:
                 ring.release()

@@ -156,8 +156,15 @@ def _part_items(recipe: bytes) -> Iterator[tuple[int, int, Any]]:
     groups = _Groups()
     if grouped:
         source = Marked(source, groups.next)
-    for place, item in enumerate(_run(rebuild(source, part.ops), ctx)):
-        yield place, groups.count, item
+    place = 0
+    for place, item in enumerate(_run(rebuild(source, part.ops), ctx), 1):
+        yield place - 1, groups.count, item
+    if grouped:  # the groups after the last item, which gave nothing: marks too, as background's
+        yield place, groups.count, _GroupsEnd()
+
+
+class _GroupsEnd:
+    """(task) The last entry of a grouped part: its group number is the count of all its groups."""
 
 
 @functools.cache
@@ -220,6 +227,8 @@ class _Channel:
             self.pending = entry
             self.group += 1
             return MARK
+        if type(entry[1]) is _GroupsEnd:
+            return NOTHING
         return entry[1]
 
 
@@ -459,8 +468,6 @@ def remote(
     from_iterable(range(0, 6)) | map(abs) | ray.remote(workers=2, prefetch=8)
     """
     workers = check_int(_WHERE, "workers", workers, 1)
-    prefetch = check_int(_WHERE, "prefetch", prefetch, 1)
-    if prefetch > _MAX_PREFETCH:
-        raise ValueError(f"{_WHERE}: prefetch must be at most {_MAX_PREFETCH}, got {prefetch}")
+    prefetch = check_int(_WHERE, "prefetch", prefetch, 1, _MAX_PREFETCH)
     max_retries = check_int(_WHERE, "max_retries", max_retries, 0)
     return _Remote(workers, prefetch, max_retries, _check_resources(resources))

@@ -79,6 +79,13 @@ PIPELINES = {
         pf.mux(_sources(), n_active=4, rate=2, weights=[1, 2, 3, 1, 2, 3], mode="exhaustive", seed=1)
         | pf.map(lambda d: d["x"])
     ),
+    # a weighted mux under a filter: a worker picked per input item (marks); the last half of
+    # source 0 is filtered out, so its worker's last groups are empty while the others go on
+    "weighted_mux_filter": lambda: (
+        pf.mux(_sources()[:3], n_active=3, rate=None, weights=[6, 2, 1], mode="exhaustive", seed=1)
+        | pf.map(lambda d: int(d["x"][0]))
+        | pf.filter(lambda x: x % 7 and not 12 <= x < 100)
+    ),
     # a shard of a rank, run over Ray
     "shard_of_collection": lambda: pf.from_iterable(range(40)) | pf.shard(1, 2) | pf.map(lambda x: -x),
 }

@@ -58,7 +58,7 @@ def test_remote_repr_shows_its_options():
             ValueError,
             r"resources\['CPU'\] must be 0 or .* got 1e-09",
         ),
-        ({"workers": 2, "prefetch": 10**30}, ValueError, "prefetch must be at most 2147483647"),
+        ({"workers": 2, "prefetch": 10**30}, ValueError, "prefetch must be an integer <= 2147483647, got 10"),
     ],
 )
 def test_bad_arguments_are_refused_when_the_operator_is_built(kwargs, error, message):
