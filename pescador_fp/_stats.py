@@ -9,7 +9,9 @@ from. ``background`` counts per worker the items it sent, how full its ring
 was when the consumer came to read, and how long the consumer waited on it
 (timed exactly: only reads that find the ring empty are timed); a
 multiplexer counts per source the items it gave and its activations, when
-an activation closes (nothing per item).
+an activation closes (nothing per item), or, where nothing else counts the
+items (``shuffled_mux``, ``round_robin``, ``chain``), by letting each source's
+items through :func:`through` (a few nanoseconds an item, in C).
 
 Nothing is counted in worker processes (their passes have no ``Run``). The
 counters live in ``SeedContext.run.stats``, keyed by the stage's stream object,
@@ -23,9 +25,13 @@ counting costs.
 
 from __future__ import annotations
 
+import inspect
 import itertools
+import operator
 import os
+import sys
 import time
+import weakref
 from collections.abc import Callable, Generator, Iterator
 from itertools import islice
 from typing import Any, TypeVar
@@ -37,10 +43,13 @@ __all__ = [
     "Stats",
     "Tally",
     "counted",
+    "counter",
+    "passed",
     "register_channels",
     "stage_counts",
     "stats_of",
     "tally",
+    "through",
 ]
 
 T = TypeVar("T")
@@ -55,6 +64,14 @@ _EXACT_ABOVE_S = 50e-6
 _RUN_MIN, _RUN_SPREAD = 16, 32
 _LCG_A, _LCG_C, _LCG_MASK = 1103515245, 12345, 2**31 - 1
 _NOTHING: Any = object()
+# The local of :func:`_counted` that holds the items given in its untimed run under way: read by
+# :meth:`StageCounts.given` (a local costs nothing per item; a counter on the object would).
+_PENDING = "pending"
+# StageCounts.live is cleared of the openings that ended when it holds this many more than twice
+# the open ones.
+_PRUNE_ABOVE = 8
+# What a :func:`counter` counts down from.
+_MANY = sys.maxsize
 _NAME_CHARS = 60
 
 
@@ -73,6 +90,7 @@ class StageCounts:
         "head_s",
         "heads",
         "items",
+        "live",
         "open",
         "started",
         "timed_items",
@@ -80,7 +98,7 @@ class StageCounts:
     )
 
     def __init__(self) -> None:
-        self.items = 0  # items given downstream
+        self.items = 0  # items given downstream, but those of the untimed runs under way (given())
         self.timed_s = 0.0  # the time of the items timed (and of the calls that found the end)
         self.timed_items = 0
         self.head_s = 0.0  # of those, the items that head an untimed run: they stand for the rest
@@ -88,15 +106,34 @@ class StageCounts:
         self.started = 0.0  # perf_counter at the first next(); 0: never asked
         self.ended = 0.0  # perf_counter when the last opening ended or closed; 0: open
         self.open = 0  # openings not yet ended
+        #: The openings' generators, weakly (one that is dropped unclosed must still be collected).
+        self.live: list[weakref.ref[Generator[Any, None, None]]] = []
         #: Where part of the stage's time is timed exactly elsewhere (background's waits on its
         #: workers): that time so far. Only the rest is sampled, which keeps rare long waits out
         #: of the estimate's extrapolation.
         self.exact: Callable[[], float] | None = None
         self.exact_untimed_s = 0.0  # of that exact time, what fell in untimed runs
 
-    def seconds(self) -> float:
-        """The estimated time spent inside this stage's ``next()``, its upstream's included."""
-        untimed = self.items - self.timed_items
+    def given(self) -> int:
+        """The items given so far, the untimed runs under way included.
+
+        Each opening counts its untimed run in a local, added to ``items`` when
+        the run ends (a local costs nothing per item); this reads the locals
+        of the openings under way.
+        """
+        pending = 0
+        for ref in self.live:
+            gen = ref()
+            if gen is not None:
+                pending += inspect.getgeneratorlocals(gen).get(_PENDING, 0)
+        return self.items + pending
+
+    def seconds(self, items: int | None = None) -> float:
+        """The estimated time spent inside this stage's ``next()``, its upstream's included.
+
+        ``items``: the items given (:meth:`given`), where they are more than ``self.items``.
+        """
+        untimed = (self.items if items is None else items) - self.timed_items
         if untimed <= 0:
             return self.timed_s
         return self.timed_s + self.head_s / self.heads * untimed + self.exact_untimed_s
@@ -112,7 +149,23 @@ def counted(items: Iterator[T], counts: StageCounts) -> Generator[T, None, None]
     each). The runs are of random length, so that the sample never locks onto
     a period of the stream (workers read in turn), and the choice never depends
     on the time of the items around it, so the estimate is unbiased.
+
+    >>> counts = StageCounts()
+    >>> items = counted(iter(range(100)), counts)
+    >>> [next(items) for _ in range(10)][-1], counts.given()
+    (9, 10)
     """
+    gen = _counted(items, counts)
+    # Followed for StageCounts.given, weakly; now and then (amortized: a few checks per opening
+    # at most) the openings that ended are forgotten.
+    live = counts.live
+    if len(live) > 2 * counts.open + _PRUNE_ABOVE:
+        live[:] = [ref for ref in live if getattr(ref(), "gi_frame", None) is not None]
+    live.append(weakref.ref(gen))
+    return gen
+
+
+def _counted(items: Iterator[T], counts: StageCounts) -> Generator[T, None, None]:
     perf = time.perf_counter
     state = id(counts) & _LCG_MASK  # run lengths from a private generator: no global state is read
     counts.open += 1
@@ -121,6 +174,7 @@ def counted(items: Iterator[T], counts: StageCounts) -> Generator[T, None, None]
             counts.started = perf()
         exact: Callable[[], float] | None = None
         exact_before = 0.0
+        pending = 0  # the items given in the untimed run under way (read by StageCounts.given)
         while True:
             alone = counts.seconds() >= _EXACT_ABOVE_S * counts.items  # the first item: timed alone
             start = perf()
@@ -142,13 +196,13 @@ def counted(items: Iterator[T], counts: StageCounts) -> Generator[T, None, None]
             state = (state * _LCG_A + _LCG_C) & _LCG_MASK
             exact = counts.exact
             exact_before = exact() if exact else 0.0
-            n = 0  # a plain loop: ``yield from`` costs more per item
             try:
                 for x in islice(items, _RUN_MIN + (state >> 16) % _RUN_SPREAD):
-                    n += 1
+                    pending += 1  # a plain loop: ``yield from`` costs more per item
                     yield x
             finally:
-                counts.items += n
+                counts.items += pending
+                pending = 0
                 if exact:
                     counts.exact_untimed_s += exact() - exact_before
                     exact_before = exact()
@@ -251,6 +305,28 @@ class Tally:
         return given, activations
 
 
+def counter() -> Iterator[bool]:
+    """A count of items, for :func:`through`; :func:`passed` reads it."""
+    return itertools.repeat(True, _MANY)
+
+
+def through(items: Iterator[T], count: Iterator[bool]) -> Iterator[T]:
+    """``items``, each counted on ``count`` (a :func:`counter`) as it passes: in C, a few ns an item.
+
+    >>> count = counter()
+    >>> list(through(iter("ab"), count)), list(through(iter("cde"), count)), passed(count)
+    (['a', 'b'], ['c', 'd', 'e'], 5)
+    """
+    # compress takes an item, then a True from ``count``: where ``items`` ends, ``count`` is not
+    # touched, so that its length, which ``passed`` reads, is exact.
+    return itertools.compress(items, count)
+
+
+def passed(count: Iterator[bool]) -> int:
+    """The items counted on ``count`` so far (:func:`through`)."""
+    return _MANY - operator.length_hint(count)
+
+
 def tally(run: Any, stream: object) -> Tally | None:
     """The tally of multiplexer ``stream`` in ``run`` (made on first use); ``None`` if not counting."""
     if run is None or not ENABLED:
@@ -282,7 +358,7 @@ def _walk(stream: Any) -> Iterator[Any]:
 def _seconds(node: Any, counts: StageCounts, stats: dict[Any, Any]) -> float:
     """The time inside ``node``'s ``next()``: at least, for ``background``, the consumer's waits on
     its workers, which are timed exactly (a sampled estimate misses rare long waits)."""
-    seconds = counts.seconds()
+    seconds = counts.seconds(counts.given())
     channels = stats.get(("workers", id(getattr(node, "upstream", None))))
     if channels is not None:
         seconds = max(seconds, sum(channel.waited_s for opened in channels[1] for channel in opened))
@@ -371,7 +447,7 @@ def stats_of(stream: Any, run: Any, taken: int) -> Stats:
             stages.append(
                 {
                     "stage": name,
-                    "items": counts.items,
+                    "items": counts.given(),
                     "seconds": seconds,
                     "self_s": own,
                     "source": untimed_source,

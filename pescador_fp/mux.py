@@ -25,8 +25,8 @@ import numpy as np
 from ._check import check_bool, check_choice, check_int, check_rate, check_streams, check_weights
 from ._sampling import BulkDraws, Picker, count_sampler, weighted_order
 from ._seed import Seed, SeedContext, check_seed
-from ._stats import tally
-from ._stream import NOTHING, PassIterator, Stream, _run, as_stream, peek
+from ._stats import counter, passed, tally, through
+from ._stream import NOTHING, PassIterator, Stream, _run, as_stream, close_iterator, peek
 
 __all__ = ["chain", "mux", "round_robin", "shuffled_mux"]
 
@@ -514,10 +514,11 @@ class _ShuffledMuxIterator(PassIterator):
     """One pass of a shuffled_mux: every source open at once, ``slots[k]`` the current pass of source ``k``.
 
     A source that ends restarts with pass ``passes[k] + 1``; one whose pass
-    yields nothing is dropped from the picker.
+    yields nothing is dropped from the picker. (stats) Each source's items
+    pass through ``given[k]`` (a :func:`counter`); its passes are its activations.
     """
 
-    __slots__ = ("below", "gens", "mux", "passes", "picker", "slots")
+    __slots__ = ("below", "gens", "given", "mux", "passes", "picker", "slots", "tally")
 
     def __init__(self, m: _ShuffledMux, ctx: SeedContext) -> None:
         super().__init__()
@@ -527,50 +528,68 @@ class _ShuffledMuxIterator(PassIterator):
         n = len(m.streams)
         self.passes = [0] * n
         self.slots: list[Iterator[Any] | None] = [None] * n
-        self.gens: list[Generator[Any, None, None] | None] = [None] * n
+        self.gens: list[Iterator[Any] | None] = [None] * n
+        self.tally = tally(ctx.run, m)
+        self.given = [counter() for _ in range(n)] if self.tally is not None else None
+        if self.tally is not None:
+            self.tally.opened(self)
 
     def items(self) -> Generator[Any, None, None]:
         picker, slots = self.picker, self.slots
         try:
             while picker.any_left:
                 for k in picker.batch():
-                    items = slots[k] or self._start(k)
-                    if items is None:
-                        break  # a stream was dropped: draw again with the new weights
-                    x = next(items, NOTHING)
-                    if x is NOTHING:  # an exhausted stream restarts, and this draw takes its first item
-                        self._release(k)
-                        items = self._start(k)
-                        if items is None:
-                            break
-                        x = next(items)
+                    items = slots[k]
+                    x = NOTHING if items is None else next(items, NOTHING)
+                    if x is NOTHING:
+                        # Not open yet, or ended: a fresh pass, and this draw takes its first item.
+                        x = self._restart(k)
+                        if x is NOTHING:
+                            break  # the stream was dropped: draw again with the new weights
                     yield x
         finally:
             self.release()
 
-    def _start(self, k: int) -> Iterator[Any] | None:
-        """Open a fresh pass of stream ``k``; drop the stream if the pass is empty."""
+    def _restart(self, k: int) -> Any:
+        """Open a fresh pass of stream ``k`` and take its first item; drop the stream if the pass is empty.
+
+        The rest of the pass is read from ``slots[k]``: the generator itself,
+        or (stats) the generator through ``given[k]``, which counts the first
+        item here.
+        """
+        self._release(k)
         self.passes[k] += 1
-        gen = self.gens[k] = _open(self.mux.streams[k], self.below.child(k, self.passes[k]))
-        peeked = peek(gen)
-        if peeked is None:
-            gen.close()
+        # Its first item is asked for next: opened at once, without _open's generator.
+        gen = self.gens[k] = self.mux.streams[k]._open(self.below.child(k, self.passes[k]))
+        first = next(gen, NOTHING)
+        if first is NOTHING:
+            close_iterator(gen)
             self.gens[k] = None
             self.picker.drop(k)
-            return None
-        self.slots[k] = peeked[1]
-        return peeked[1]
+            return NOTHING
+        if self.given is None:
+            self.slots[k] = gen
+        else:
+            next(self.given[k])  # the first item, counted
+            self.slots[k] = through(gen, self.given[k])
+        return first
 
     def _release(self, k: int) -> None:
         gen = self.gens[k]
         if gen is not None:
-            gen.close()
+            close_iterator(gen)
         self.slots[k] = self.gens[k] = None
 
     def release(self) -> None:
         for gen in self.gens:
             if gen is not None:
-                gen.close()
+                close_iterator(gen)
+        if self.tally is not None:
+            self.tally.closed(self)
+
+    def source_counts(self) -> tuple[list[int], list[int]]:
+        """(stats) Items given and activations so far, per source."""
+        return [passed(count) for count in self.given or ()], list(self.passes)
 
 
 def shuffled_mux(
@@ -628,11 +647,25 @@ class _RoundRobin(Stream[Any]):
 class _RoundRobinIterator(PassIterator):
     """One pass of a round_robin: round after round, each a fresh pass of every source.
 
-    ``gens`` are the passes of the current round ``round_``, in ``order``;
-    ``live`` those not yet ended, taken one item each in turn.
+    In round ``round_`` the sources are taken in ``order``; the first turn
+    opens each as its turn comes (``gens``, to close), and ``live`` holds those
+    not yet ended, taken one item each in turn. (stats) Each source's items
+    pass through ``given[i]`` (a :func:`counter`); each opening is an activation.
     """
 
-    __slots__ = ("below", "gens", "live", "mux", "order", "produced", "rng", "round_")
+    __slots__ = (
+        "activations",
+        "below",
+        "gens",
+        "given",
+        "live",
+        "mux",
+        "order",
+        "produced",
+        "rng",
+        "round_",
+        "tally",
+    )
 
     def __init__(self, m: _RoundRobin, ctx: SeedContext) -> None:
         super().__init__()
@@ -641,25 +674,36 @@ class _RoundRobinIterator(PassIterator):
         self.below = ctx.reseeded(m.seed, m.depth)
         self.round_ = -1
         self.order: list[int] = []
-        self.gens: list[Generator[Any, None, None]] = []
-        self.live: list[Generator[Any, None, None]] = []
+        self.gens: list[Iterator[Any]] = []
+        self.live: list[Iterator[Any]] = []
         #: Whether the current round has yielded an item.
         self.produced = False
+        self.tally = tally(ctx.run, m)
+        self.given = [counter() for _ in m.streams] if self.tally is not None else None
+        self.activations = [0] * len(m.streams)
+        if self.tally is not None:
+            self.tally.opened(self)
 
     def items(self) -> Generator[Any, None, None]:
         try:
             while True:
                 self._start_round()
                 live, produced = self.live, False
+                for i in self.order:
+                    items = self._open_source(i)
+                    x = next(items, NOTHING)
+                    if x is NOTHING:
+                        continue
+                    live.append(items)
+                    if not produced:
+                        produced = self.produced = True
+                    yield x
                 while live:
                     for items in list(live):
                         x = next(items, NOTHING)
-                        if x is NOTHING:
+                        if x is NOTHING:  # that pass has ended (release closes the passes)
                             live.remove(items)
-                            items.close()
                             continue
-                        if not produced:
-                            produced = self.produced = True
                         yield x
                 if self.mux.mode == "exhaustive" or not self.produced:
                     return  # a round with nothing in it would repeat forever
@@ -667,17 +711,28 @@ class _RoundRobinIterator(PassIterator):
             self.release()
 
     def _start_round(self) -> None:
-        m = self.mux
+        n = len(self.mux.streams)
         self.round_ += 1
-        n = len(m.streams)
         self.order = list(range(n)) if self.rng is None else self.rng.permutation(n).tolist()
-        self.gens = [_open(m.streams[i], self.below.child(i, self.round_)) for i in self.order]
-        self.live = list(self.gens)
+        self.gens, self.live = [], []
         self.produced = False
+
+    def _open_source(self, i: int) -> Iterator[Any]:
+        """A pass of source ``i`` in this round, opened now (its first item is asked for next)."""
+        gen = self.mux.streams[i]._open(self.below.child(i, self.round_))
+        self.gens.append(gen)
+        self.activations[i] += 1
+        return gen if self.given is None else through(gen, self.given[i])
 
     def release(self) -> None:
         for gen in self.gens:
-            gen.close()
+            close_iterator(gen)
+        if self.tally is not None:
+            self.tally.closed(self)
+
+    def source_counts(self) -> tuple[list[int], list[int]]:
+        """(stats) Items given and activations so far, per source."""
+        return [passed(count) for count in self.given or ()], list(self.activations)
 
 
 def round_robin(
@@ -725,10 +780,23 @@ class _Chain(Stream[Any]):
 class _ChainIterator(PassIterator):
     """One pass of a chain: in round ``round_``, stream ``index`` of ``subs`` is open as ``current``.
 
-    ``mode="cycle"`` starts a new round when one ends, unless it yielded nothing.
+    ``mode="cycle"`` starts a new round when one ends, unless it yielded nothing. (stats) The
+    items of source ``i`` (of ``children``: a Stream of streams is one) pass through ``given[i]``
+    (a :func:`counter`); each opening of a stream is an activation.
     """
 
-    __slots__ = ("ctx", "current", "index", "mux", "produced", "round_", "subs")
+    __slots__ = (
+        "activations",
+        "ctx",
+        "current",
+        "given",
+        "index",
+        "mux",
+        "produced",
+        "round_",
+        "subs",
+        "tally",
+    )
 
     def __init__(self, m: _Chain, ctx: SeedContext) -> None:
         super().__init__()
@@ -741,21 +809,33 @@ class _ChainIterator(PassIterator):
         self.current: Iterator[Any] = iter(())
         #: Whether the current round has yielded an item.
         self.produced = False
+        self.tally = tally(ctx.run, m)
+        n = len(m.children)
+        self.given = [counter() for _ in range(n)] if self.tally is not None else None
+        self.activations = [0] * n
+        if self.tally is not None:
+            self.tally.opened(self)
 
     def items(self) -> Generator[Any, None, None]:
-        m, ctx = self.mux, self.ctx
+        m, ctx, given, activations = self.mux, self.ctx, self.given, self.activations
+        single = isinstance(m.streams, Stream)  # a Stream of streams: one source
         try:
             while True:
                 self._start_round()
                 for i, sub in enumerate(self.subs):
                     self.index = i
-                    self.current = current = _open(as_stream(sub), ctx.child(1, self.round_, i))
-                    first = next(current, NOTHING)
+                    # Its first item is asked for next: opened at once, without _open's generator.
+                    self.current = items = as_stream(sub)._open(ctx.child(1, self.round_, i))
+                    source = 0 if single else i
+                    activations[source] += 1
+                    if given is not None:
+                        items = through(items, given[source])
+                    first = next(items, NOTHING)
                     if first is NOTHING:
                         continue
                     self.produced = True
                     yield first
-                    yield from current
+                    yield from items
                 if m.mode == "exhaustive" or not self.produced:
                     return
         finally:
@@ -772,10 +852,14 @@ class _ChainIterator(PassIterator):
             self.subs = iter(m.streams)
 
     def release(self) -> None:
-        for items in (self.current, self.subs):
-            close = getattr(items, "close", None)
-            if close is not None:
-                close()
+        close_iterator(self.current)
+        close_iterator(self.subs)
+        if self.tally is not None:
+            self.tally.closed(self)
+
+    def source_counts(self) -> tuple[list[int], list[int]]:
+        """(stats) Items given and activations so far, per source."""
+        return [passed(count) for count in self.given or ()], list(self.activations)
 
 
 def chain(streams: Sequence[Stream[Any]] | Stream[Stream[Any]], mode: str = "exhaustive") -> Stream[Any]:

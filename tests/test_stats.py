@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import collections
+import gc
 import itertools
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import pytest
-from helpers import nothing_left_behind
+from helpers import Recorder, nothing_left_behind
 
 import pescador_fp as pf
 
@@ -123,6 +125,86 @@ def test_stats_are_a_dict_of_plain_numbers() -> None:
     assert set(stats) == {"taken", "seconds", "waiting_s", "consumer_s", "stages", "workers", "sources"}
     assert set(stats["stages"][0]) == {"stage", "items", "seconds", "self_s", "source"}
     assert stats["stages"][0]["source"] is True  # its own time includes from_iterable's
+
+
+class Calls:
+    """A map function that counts its calls: what a map stage has given, at any moment."""
+
+    def __init__(self) -> None:
+        self.n = 0
+
+    def __call__(self, x: int) -> int:
+        self.n += 1
+        return x
+
+    def __repr__(self) -> str:
+        return "calls"
+
+
+STOPS = [1, 2, 3, 17, 18, 50, 64, 333, 1000]
+
+
+def taken_at_stops(it: pf.Pass[Any]) -> Iterator[int]:
+    """Take items from ``it`` up to each of ``STOPS`` in turn, yielding the number taken."""
+    taken = 0
+    for stop in STOPS:
+        assert sum(1 for _ in itertools.islice(it, stop - taken)) == stop - taken
+        taken = stop
+        yield taken
+
+
+def test_cheap_stages_count_every_item_exactly_while_the_pass_runs() -> None:
+    s = pf.from_iterable(range(10_000)) | pf.map(plus_one) | pf.filter(is_even) | pf.map(plus_one)
+    it = s.iterate(seed=0)
+    for taken in taken_at_stops(it):
+        # The k-th even x + 1 comes from x = 2k - 1: the map below the filter gave 2k items.
+        assert [r["items"] for r in it.stats()["stages"]] == [taken, taken, 2 * taken], taken
+    it.close()
+    assert [r["items"] for r in it.stats()["stages"]] == [1000, 1000, 2000]
+
+
+@pytest.mark.parametrize(
+    "above",
+    [
+        pytest.param(lambda stage: stage, id="alone"),
+        pytest.param(lambda stage: stage | pf.take(5) | pf.cycle(), id="opened-again-by-cycle"),
+        pytest.param(
+            lambda stage: pf.mux([stage], n_active=3, rate=7, seed=0), id="open-three-times-at-once-in-a-mux"
+        ),
+    ],
+)
+def test_a_cheap_stage_mid_pass_counts_what_its_function_made(above: Any) -> None:
+    calls = Calls()
+    stage = pf.from_iterable(range(100_000)) | pf.map(calls)
+    it = above(stage).iterate(seed=0)
+    for taken in taken_at_stops(it):
+        assert row(it.stats(), "map(calls)")["items"] == calls.n >= taken
+    it.close()
+    assert row(it.stats(), "map(calls)")["items"] == calls.n
+
+
+def test_a_dropped_pass_closes_its_counted_stages_at_once() -> None:
+    # The stages are followed for their exact counts weakly: dropping the pass still closes them
+    # when the last reference goes, without waiting for the garbage collector.
+    source = Recorder(None)
+    it = (source.stream() | pf.map(plus_one) | pf.map(plus_one)).iterate()
+    for _ in range(40):
+        next(it)
+    gc.disable()
+    try:
+        del it
+        assert source.closed == 1
+    finally:
+        gc.enable()
+
+
+def test_a_mid_pass_time_estimate_counts_the_run_under_way() -> None:
+    it = (pf.from_iterable(range(1000)) | pf.map(plus_one)).iterate()
+    for _ in range(10):  # inside the first untimed run
+        next(it)
+    (stage,) = it.stats()["stages"]
+    assert stage["items"] == 10
+    assert 0 < stage["seconds"] <= it.stats()["seconds"]
 
 
 # ---------------------------------------------------------------- background
