@@ -22,7 +22,7 @@ from ._ipc.workers import Workers, stack_of
 from ._sampling import Picker
 from ._stats import ChannelCounts
 from ._stream import NOTHING
-from ._worker import RECORD_MARK
+from ._worker import FEEDER_DONE, RECORD_MARK
 from .errors import WorkerError
 
 __all__ = ["MARK", "RECENT_PICKS", "Channel", "Reader", "Tally", "merge", "merge_groups"]
@@ -240,7 +240,11 @@ class Channel:
         if self.timeout is not None and self.started and time.monotonic() > self.deadline:
             raise self.stalled(self.timeout)
         feeder = self.feeder
-        if feeder is not None and not self.workers.alive(feeder) and self.workers.processes[feeder].exitcode:
+        if (
+            feeder is not None
+            and not self.workers.alive(feeder)
+            and self.workers.processes[feeder].exitcode != FEEDER_DONE
+        ):
             raise _renamed(self.workers.failure(feeder), feeder, "the feeder")
         return self.workers.alive(self.index)
 

@@ -32,10 +32,12 @@ from ._stream import Applied, Stream, _run, from_item
 from .errors import WorkerError
 from .ops.batch import new_axis_batch, sample_groups, stack
 
-__all__ = ["RECORD_MARK", "Marked", "feed", "work"]
+__all__ = ["FEEDER_DONE", "RECORD_MARK", "Marked", "feed", "work"]
 
 # (item layer) A worker's outputs of one input item are complete: the merge moves to the next worker.
 RECORD_MARK = 16
+#: The feeder's exit status once it has dealt all its items (or was asked to stop).
+FEEDER_DONE = 64
 
 
 class _Forwarded(Exception):
@@ -222,7 +224,10 @@ def feed(recipe: bytes, handles: list[RingHandle], parent_pid: int, stack: Any) 
     try:
         turn = 0
         try:
-            stream, ctx = loads_recipe(recipe)
+            try:
+                stream, ctx = loads_recipe(recipe)
+            except BaseException as error:
+                raise WorkerError(f"the feeder could not load its pipeline: {error!r}") from error
             encoders = [Encoder() for _ in rings]
             for item in _run(stream, ctx):
                 encoders[turn].write(rings[turn], item, alive)
@@ -240,3 +245,7 @@ def feed(recipe: bytes, handles: list[RingHandle], parent_pid: int, stack: Any) 
     finally:
         for ring in rings:
             ring.close()
+    # Dealt everything (or stopped): an exit status of its own, so that the consumer tells this
+    # end from a process that left early with status 0 (os._exit(0) in your code), which would
+    # leave the workers waiting for items.
+    raise SystemExit(FEEDER_DONE)

@@ -201,6 +201,45 @@ def test_a_killed_feeder_is_a_worker_error_naming_it():
         list(s)
 
 
+@pytest.mark.timeout(60)
+def test_a_feeder_that_leaves_with_status_0_mid_stream_is_a_worker_error():
+    def source():
+        yield from range(5)
+        os._exit(0)  # not the end of the stream: the workers wait for more
+
+    s = pf.stream(source) | pf.map(lambda x: x) | pf.background(workers=2)
+    got = []
+    with pytest.raises(pf.WorkerError, match=r"the feeder \(pid \d+\) exited with code 0 before finishing"):
+        for x in s:
+            got.append(x)
+    assert got == list(range(len(got))) and len(got) <= 5
+
+
+def _only_in(pid):
+    if os.getpid() != pid:
+        raise RuntimeError("this object can only be loaded in the process that made it")
+    return Token()
+
+
+class Token:
+    def __reduce__(self):
+        return (_only_in, (os.getpid(),))
+
+
+def _with_token(token, n):
+    yield from range(n)
+
+
+def test_a_feeder_that_cannot_load_its_pipeline_is_a_worker_error():
+    s = pf.stream(_with_token, Token(), 6) | pf.map(lambda x: x)
+    with pytest.raises(
+        pf.WorkerError, match=r"a background worker could not load its pipeline: RuntimeError"
+    ):
+        list(s | pf.background(workers=1))
+    with pytest.raises(pf.WorkerError, match=r"the feeder could not load its pipeline: RuntimeError"):
+        list(s | pf.background(workers=2))
+
+
 # ------------------------------------------------------------------ the plan
 
 
