@@ -24,7 +24,7 @@ import numpy as np
 
 from ._check import check_bool, check_choice, check_int, check_rate, check_streams, check_weights
 from ._sampling import BulkDraws, Picker, count_sampler, weighted_order
-from ._seed import Seed, SeedContext, check_seed
+from ._seed import Seed, SeedContext, check_seed, seed_argument
 from ._stats import counter, passed, tally, through
 from ._stream import NOTHING, PassIterator, Stream, _run, as_stream, close_iterator, peek
 
@@ -189,7 +189,7 @@ class _Mux(Stream[Any]):
         if not self.prune_empty:
             parts.append("prune_empty=False")
         if self.seed is not None:
-            parts.append(f"seed={self.seed!r}")
+            parts.append(seed_argument(self.seed)[2:])
         return f"mux({', '.join(parts)})"
 
 
@@ -506,7 +506,7 @@ class _ShuffledMux(Stream[Any]):
         if not _uniform(self.weights):
             parts.append(f"weights={reprlib.repr(list(self.weights))}")
         if self.seed is not None:
-            parts.append(f"seed={self.seed!r}")
+            parts.append(seed_argument(self.seed)[2:])
         return f"shuffled_mux({', '.join(parts)})"
 
 
@@ -640,7 +640,7 @@ class _RoundRobin(Stream[Any]):
 
     def _describe(self) -> str:
         mode = "" if self.mode == "exhaustive" else f", mode={self.mode!r}"
-        seed = "" if self.seed is None else f", seed={self.seed!r}"
+        seed = seed_argument(self.seed)
         return f"round_robin({_describe_streams(self.streams)}{mode}{seed})"
 
 

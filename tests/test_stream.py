@@ -155,6 +155,9 @@ class Layers:
 
 def test_repr_stays_one_line_with_seed_sequences_and_multi_line_callables():
     seed = np.random.SeedSequence(1).spawn(2)[1]
+    sources = [pf.from_iterable("ab"), pf.from_iterable("cd")]
+    for mux in (pf.mux(sources, 2, seed=seed), pf.shuffled_mux(sources, seed=seed)):
+        assert repr(mux).endswith("seed=SeedSequence(entropy=1, spawn_key=(1,)))")
     s = (
         pf.from_iterable(range(10))
         | pf.map(Layers())
