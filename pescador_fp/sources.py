@@ -12,6 +12,8 @@ memmap reaches ``background`` workers without being copied into each.
 
 from __future__ import annotations
 
+import array as pyarray
+import collections
 import functools
 import itertools
 import mmap
@@ -19,7 +21,7 @@ import os
 import reprlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence, Sized
 from dataclasses import dataclass
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar, overload
 
 import numpy as np
 
@@ -289,7 +291,7 @@ class _IterableStream(Stream[T]):
 
     def _open_at(self, ctx: SeedContext, start: int) -> Iterator[T]:
         items = self.items
-        if isinstance(items, (range, np.ndarray)):
+        if isinstance(items, (range, np.ndarray, _Indexed)):
             return iter(items[start:])  # a view: seeking costs nothing
         return drop(iter(items), start)  # skipped in C
 
@@ -320,10 +322,11 @@ class _IterableStream(Stream[T]):
         return f"{self!r} {self.numbering} {reprlib.repr(list(itertools.islice(items, _REPR_ITEMS)))}"
 
     def _divide(self, index: int, count: int) -> tuple[Stream[T], float | None] | None:
-        if isinstance(self.items, (Sequence, np.ndarray)):
-            start, step = self.numbering
-            return _IterableStream(self.items[index::count], (start + index * step, step * count)), None
-        return None
+        part = _every(self.items, index, count)
+        if part is None:
+            return None
+        start, step = self.numbering
+        return _IterableStream(part, (start + index * step, step * count)), None
 
     def _length(self) -> int | None:
         return len(self.items) if isinstance(self.items, (Sequence, np.ndarray)) else None
@@ -343,6 +346,77 @@ class _IterableStream(Stream[T]):
         return hash(
             (_IterableStream, self.numbering, type(items), len(items) if isinstance(items, Sized) else -1)
         )
+
+
+# Collections whose slice ``[i::k]`` is a collection of the same items, iterated alike.
+_SLICED = (list, tuple, range, str, bytes, bytearray, pyarray.array)
+
+
+@dataclass(frozen=True)
+class _Indexed(Sequence[T]):
+    """The items ``indices`` of ``items``, read by index: a part of a sequence that does not slice.
+
+    A ``collections.abc.Sequence`` promises ``len`` and integer indexing, not
+    slicing; a map-style dataset often has only those, and reads an item
+    when it is indexed, so each part reads only its own.
+
+    >>> part = _Indexed([10, 11, 12, 13, 14], range(1, 5, 2))
+    >>> list(part), part[0], list(part[1:]), len(part)
+    ([11, 13], 11, [13], 2)
+    """
+
+    items: Sequence[T]
+    indices: range
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    @overload
+    def __getitem__(self, index: int) -> T: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> _Indexed[T]: ...
+
+    def __getitem__(self, index: int | slice) -> T | _Indexed[T]:
+        if isinstance(index, slice):
+            return _Indexed(self.items, self.indices[index])
+        return self.items[self.indices[index]]
+
+    def __iter__(self) -> Iterator[T]:
+        items = self.items
+        for i in self.indices:
+            yield items[i]
+
+    def __repr__(self) -> str:
+        r = self.indices
+        return f"{_repr_value(self.items)}[{r.start}:{r.stop}:{r.step}]"
+
+
+def _every(items: Iterable[T], index: int, count: int) -> Iterable[T] | None:
+    """Items ``index, index + count, ...`` of ``items`` as a collection; ``None`` where that is not known.
+
+    Only what is known to slice into a collection of the same items is sliced
+    (subclasses too where they read and iterate as their base does); a deque
+    is listed first (indexing walks it from an end); any other sequence
+    that iterates by index (``collections.abc.Sequence``'s own ``__iter__``)
+    is read by index. The rest (a set, a mapping, a sequence that iterates
+    its own way) does not divide: a feeder deals its items.
+
+    >>> _every([0, 1, 2, 3, 4], 1, 2), _every(collections.deque("abc"), 0, 2), _every({1, 2}, 0, 2)
+    ([1, 3], ['a', 'c'], None)
+    """
+    kind = type(items)
+    if isinstance(items, (np.ndarray, _Indexed)) or any(
+        issubclass(kind, base) and kind.__iter__ is base.__iter__ and kind.__getitem__ is base.__getitem__
+        for base in _SLICED
+    ):
+        sliced: Iterable[T] = items[index::count]  # type: ignore[index]
+        return sliced
+    if isinstance(items, collections.deque):
+        return list(items)[index::count]  # the deque's own order; indexing one walks it from an end
+    if isinstance(items, Sequence) and kind.__iter__ is Sequence.__iter__:
+        return _Indexed(items, range(index, len(items), count))
+    return None
 
 
 def from_iterable(items: Iterable[T]) -> Stream[T]:

@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import collections
+import collections.abc
+from collections import namedtuple
+
 import numpy as np
 import pytest
 
 import pescador_fp as pf
+from pescador_fp._divide import divide
+from pescador_fp._seed import SeedContext
+
+Pair = namedtuple("Pair", "a b c d e f g")
 
 
 def test_stream_calls_the_function_afresh_every_pass():
@@ -116,3 +124,102 @@ def test_equal_sources_hash_alike(make):
     a, b = pf.from_iterable(make()), pf.from_iterable(make())
     assert a == b and hash(a) == hash(b) and len({a, b}) == 1
     assert pf.stream(range, 3) == pf.stream(range, 3) and len({pf.stream(range, 3), pf.stream(range, 3)}) == 1
+
+
+class _Dataset(collections.abc.Sequence):
+    """A map-style dataset: a length and integer indexing only (no slices); notes the items it reads."""
+
+    def __init__(self, n):
+        self.n, self.read = n, []
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        if not isinstance(i, int):
+            raise TypeError(f"indices must be integers, not {type(i).__name__}")
+        if not 0 <= i < self.n:
+            raise IndexError(i)
+        self.read.append(i)
+        return i * 10
+
+
+class _Doubled(list):
+    """A list that reads items through a __getitem__ of its own but iterates as a list."""
+
+    def __getitem__(self, i):
+        return 2 * super().__getitem__(i)
+
+
+class _Walked(collections.abc.Sequence):
+    """A sequence that iterates its own way (here: the same items, from a list of its own)."""
+
+    def __init__(self, n):
+        self.items = list(range(n))
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        return self.items[i]
+
+    def __iter__(self):
+        return iter(self.items)
+
+
+class _Files(list):
+    pass
+
+
+UNSLICED = {
+    "deque": lambda: collections.deque(range(7)),
+    "sequence": lambda: _Dataset(7),
+    "list_own_getitem": lambda: _Doubled(range(7)),
+}
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: collections.deque(range(7)),
+        lambda: _Dataset(7),
+        lambda: _Files(range(7)),
+        lambda: Pair(*range(7)),
+    ],
+    ids=["deque", "sequence", "list_subclass", "namedtuple"],
+)
+def test_a_collection_divides_each_item_once_in_order_slicing_only_what_slices(make):
+    items = make()
+    whole = list(pf.from_iterable(items))
+    plan = divide(pf.from_iterable(items) | pf.map(str), 3)
+    assert not plan.fed
+    assert [list(part.source) for part in plan.parts] == [whole[w::3] for w in range(3)]
+    if isinstance(items, _Dataset):
+        del items.read[:]
+        for part in plan.parts:
+            list(part.source)
+        assert sorted(items.read) == list(range(7))  # each item read once, by the part it is in
+
+
+@pytest.mark.parametrize(
+    "make", [lambda: _Doubled(range(7)), lambda: _Walked(7)], ids=["own_getitem", "own_iter"]
+)
+def test_a_sequence_that_reads_or_iterates_its_own_way_is_fed_not_divided(make):
+    # Its slices, or its items by index, need not be what iterating it gives.
+    assert divide(pf.from_iterable(make()) | pf.map(str), 2).fed
+
+
+def test_a_part_of_a_sequence_seeks_without_reading_the_items_it_skips():
+    items = _Dataset(10)
+    part = divide(pf.from_iterable(items) | pf.map(str), 2).parts[1].source
+    assert list(part._open_at(SeedContext(None), 3)) == [70, 90]
+    assert items.read == [7, 9]
+
+
+@pytest.mark.parametrize("make", UNSLICED.values(), ids=UNSLICED)
+def test_background_and_shard_give_a_collection_that_does_not_slice_as_the_foreground(make):
+    s = pf.from_iterable(make()) | pf.map(lambda x: x + 1)
+    whole = list(s)
+    assert list(s | pf.background(workers=2)) == whole
+    shards = [list((s | pf.shard(r, 3)).iterate(seed=0)) for r in range(3)]
+    assert shards == [whole[r::3] for r in range(3)]
