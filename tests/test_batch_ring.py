@@ -135,6 +135,25 @@ def test_a_partial_last_batch_comes_through():
     assert_same_batches(got, list(s))
 
 
+# Dtypes whose batch (np.array of the samples) has another dtype than the samples: numpy makes byte order
+# native also in the fields of a structured dtype, and packs a structured dtype with gaps.
+RESTACKED = {
+    "big_endian_subarray_field": np.dtype([("a", "<i4"), ("b", ">f8", (2,))]),
+    "big_endian_nested_field": np.dtype([("n", [("x", ">i2")]), ("y", "<f4")]),
+    "gaps": np.dtype({"names": ["a", "b"], "formats": ["<i4", "<f8"], "offsets": [4, 16], "itemsize": 32}),
+    "big_endian": np.dtype(">f8"),
+}
+
+
+@pytest.mark.parametrize("dtype", RESTACKED.values(), ids=RESTACKED)
+def test_samples_whose_dtype_stacking_changes_batch_in_a_worker_as_in_the_foreground(dtype):
+    arrays = list((np.arange(10 * dtype.itemsize) % 251).astype(np.uint8).view(dtype).reshape(5, 2))
+    assert np.array(arrays[:2]).dtype != dtype  # what the test is about
+    for samples in (arrays, [{"x": a} for a in arrays]):
+        s = pf.from_iterable(samples) | pf.batch(2)  # and a last batch of one sample, which keeps its dtype
+        assert_same_batches(list(s | pf.background()), list(s))
+
+
 def foreground_error(s):
     with pytest.raises(pf.DataError) as raised:
         list(s)

@@ -18,6 +18,7 @@ worker shows the user's file and line.
 from __future__ import annotations
 
 import collections
+import functools
 import io
 import linecache
 import marshal
@@ -264,18 +265,38 @@ def _nbytes(dtype: np.dtype[Any], shape: tuple[int, ...]) -> int:
     return count * dtype.itemsize
 
 
+@functools.lru_cache(maxsize=64)
+def _stacks_as_is(dtype: np.dtype[Any]) -> bool:
+    """Whether ``batch``'s stacking (``np.array`` of the samples) keeps ``dtype``: a copy of their bytes.
+
+    numpy gives the stack the dtypes' promotion: byte order native, also in
+    the fields of a structured dtype (which ``dtype.isnative`` passes where
+    the field is a sub-array), and a structured dtype with gaps packed. (A
+    single sample keeps its dtype whatever it is; its batch is then stacked
+    the usual way, to the same effect.)
+
+    >>> _stacks_as_is(np.dtype("<f4")), _stacks_as_is(np.dtype(">f4"))
+    (True, False)
+    >>> _stacks_as_is(np.dtype([("a", "<i4"), ("b", ">f8", (2,))]))
+    False
+    """
+    empty = np.empty(0, dtype)
+    return bool(np.array([empty, empty]).dtype == dtype)
+
+
 def _columns(samples: list[Any]) -> dict[Any, list[np.ndarray]] | None:
     """The samples' arrays by key (``None`` for arrays), if stacking them is a plain copy; else ``None``.
 
     That is: every sample an array (or a flat dict of arrays with the first
-    one's keys) of the first one's dtype and shape, with no objects.
+    one's keys) of the first one's dtype and shape, with no objects, of a
+    dtype that stacking keeps.
     """
     first = samples[0]
     if type(first) is np.ndarray:
         dtype, shape = first.dtype, first.shape
         if (
             dtype.hasobject
-            or not dtype.isnative
+            or not _stacks_as_is(dtype)
             or any(type(s) is not np.ndarray or s.dtype != dtype or s.shape != shape for s in samples)
         ):
             return None
@@ -287,7 +308,7 @@ def _columns(samples: list[Any]) -> dict[Any, list[np.ndarray]] | None:
     if any(type(s) is not dict or len(s) != n for s in samples):
         return None
     for key, value in first.items():
-        if type(value) is not np.ndarray or value.dtype.hasobject or not value.dtype.isnative:
+        if type(value) is not np.ndarray or value.dtype.hasobject or not _stacks_as_is(value.dtype):
             return None
         dtype, shape = value.dtype, value.shape
         try:
