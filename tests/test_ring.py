@@ -1,4 +1,4 @@
-"""The shared-memory ring: records of any size pass, rings grow, and no segment outlives its users.
+"""The shared-memory ring: records of any size pass, rings grow, and nothing named outlives its users.
 
 Real processes and real shared memory throughout, under both transports
 (``linux``: files with no name; ``portable``: ``multiprocessing.shared_memory``).
@@ -7,6 +7,7 @@ Tests look only at segments named after their own processes.
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import signal
@@ -32,7 +33,7 @@ from pescador_fp._ipc.ring import (
     Ring,
     default_transport,
 )
-from pescador_fp._ipc.workers import default_start_method
+from pescador_fp._ipc.workers import START_METHOD_VARIABLE, default_start_method
 
 # Processes and names must be gone this soon after their consumer dies.
 GONE_DEADLINE_S = 5.0
@@ -216,6 +217,23 @@ def test_the_linux_transport_names_nothing(monkeypatch):
     it.close()
 
 
+@pytest.mark.skipif("linux" not in TRANSPORTS, reason="the linux transport")
+def test_a_linux_ring_makes_semaphores_without_names_and_closes_them():
+    def named_semaphore(value):
+        raise AssertionError("a linux ring makes its own semaphores")
+
+    fds = len(os.listdir("/proc/self/fd"))
+    ring = Ring.create(2**16, named_semaphore, transport="linux")
+    for semaphore in (ring.handle.data_ready, ring.handle.space_ready):
+        assert semaphore.acquire(timeout=0.001) is False
+        semaphore.release()
+        semaphore.release()
+        assert [semaphore.acquire(timeout=0.001) for _ in range(3)] == [True, True, False]
+    ring.close()
+    ring.close()
+    assert len(os.listdir("/proc/self/fd")) == fds
+
+
 @pytest.mark.timeout(60)
 def test_a_portable_name_goes_as_soon_as_its_worker_has_it(monkeypatch):
     # Only worker 0 has delivered an item; worker 1's segment must lose its name anyway.
@@ -326,3 +344,105 @@ def test_a_consumer_killed_while_a_ring_grows_leaves_nothing(transport):
         {TRANSPORT_VARIABLE: transport},
     )
     check_nothing_remains(result)
+
+
+# A consumer under spawn or forkserver that kills its whole process group (as `timeout -s KILL`,
+# job control or a container's OOM kill do) at the moment KILL_AT names, after printing the named
+# POSIX semaphores it maps ({path: inode}, gathered at every moment); "never": a normal run.
+# (A name and an inode both: another process's new semaphore may reuse the inode of one removed.)
+# multiprocessing's resource tracker, which would remove such names, dies with the group. (The
+# portable transport's semaphores are multiprocessing's, named for the ring's life: it leaves them.)
+GROUP_KILL_SCRIPT = """
+    import json, os, signal
+    import numpy as np
+    import pescador_fp as pf
+    from pescador_fp._ipc.workers import Workers
+
+    named = {}
+
+    def at(moment):
+        # By inode: the mapping shows the name sem_open made the file under, not the one it has.
+        with open("/proc/self/maps") as maps:
+            fields = [line.split(maxsplit=5) for line in maps]
+        mapped = {int(f[4]) for f in fields if len(f) == 6 and f[5].startswith("/dev/shm/sem.")}
+        for name in os.listdir("/dev/shm"):
+            path = os.path.join("/dev/shm", name)
+            try:
+                inode = os.stat(path).st_ino
+            except FileNotFoundError:  # another process's, just removed
+                continue
+            if name.startswith("sem.") and inode in mapped:
+                named[path] = inode
+        if moment == os.environ["KILL_AT"]:
+            print(json.dumps(named), flush=True)
+            os.killpg(0, signal.SIGKILL)
+
+    start = Workers.start
+
+    def start_watched(self, *args, **kwargs):
+        at("before its workers start")
+        start(self, *args, **kwargs)
+        at("while its workers start")
+
+    Workers.start = start_watched
+
+    if __name__ == "__main__":
+        s = pf.from_iterable(range(40)) | pf.map(lambda i: np.full(10, i)) | pf.background(workers=2)
+        it = iter(s)
+        next(it)
+        at("after its first item")
+        it.close()
+        assert [int(x[0]) for x in s] == list(range(40))
+        at("at its end")
+        print(json.dumps(named), flush=True)
+"""
+
+
+def still_named(named: dict[str, int]) -> list[str]:
+    """The semaphore names in ``named`` ({path: inode}) that still exist, for the same file."""
+    left = []
+    for path, inode in named.items():
+        try:
+            if os.stat(path).st_ino == inode:
+                left.append(path)
+        except FileNotFoundError:
+            pass
+    return left
+
+
+@pytest.mark.skipif("linux" not in TRANSPORTS, reason="the linux transport")
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("method", ["forkserver", "spawn"])
+@pytest.mark.parametrize(
+    "moment", ["before its workers start", "while its workers start", "after its first item"]
+)
+def test_a_consumer_killed_with_its_process_group_leaves_no_semaphore(method, moment):
+    result = run_script(
+        GROUP_KILL_SCRIPT, {"KILL_AT": moment, START_METHOD_VARIABLE: method, TRANSPORT_VARIABLE: "linux"}
+    )
+    assert result.returncode == -signal.SIGKILL, result.stderr
+    named = json.loads(result.stdout)
+    try:
+        assert wait_until(lambda: still_named(named) == []), still_named(named)
+    finally:
+        for path in still_named(named):  # this test's own consumer's, found by name and inode
+            os.unlink(path)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/maps")
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("transport", TRANSPORTS)
+@pytest.mark.parametrize("method", ["forkserver", "spawn"])
+def test_a_normal_run_leaves_no_semaphore_and_warns_of_nothing(method, transport):
+    result = run_script(
+        GROUP_KILL_SCRIPT,
+        {
+            "KILL_AT": "never",
+            START_METHOD_VARIABLE: method,
+            TRANSPORT_VARIABLE: transport,
+            "PYTHONWARNINGS": "error",
+        },
+    )
+    assert (result.returncode, result.stderr) == (0, "")
+    named = json.loads(result.stdout)
+    assert still_named(named) == []

@@ -37,10 +37,16 @@ SIGBUS later:
   forkserver); the producer of a grown ring, already running, opens the
   consumer's descriptor through ``/proc/<pid>/fd/<n>``. The kernel frees the
   memory when the last descriptor and mapping go, however the processes end.
+  The two semaphores have no name either: they are ``eventfd`` counters,
+  whose descriptors travel with the handle like the segment's (a
+  multiprocessing semaphore has a name in ``/dev/shm`` under spawn and
+  forkserver, which only the resource tracker would remove after a SIGKILL,
+  and the tracker dies too when the whole process group is killed).
 - ``portable`` (macOS, Windows, or ``PESCADOR_FP_TRANSPORT=portable``): a
   ``multiprocessing.shared_memory.SharedMemory``, reserved with
   ``posix_fallocate`` where that exists, else by touching every page. Its
-  name is unlinked as soon as both sides have it mapped.
+  name is unlinked as soon as both sides have it mapped. Its semaphores are
+  the caller's (a multiprocessing context's ``Semaphore``).
 """
 
 from __future__ import annotations
@@ -50,6 +56,7 @@ import errno
 import mmap
 import os
 import secrets
+import select
 import shutil
 import struct
 import sys
@@ -147,6 +154,7 @@ _LINUX = (
     and hasattr(os, "posix_fallocate")
     and os.path.isdir("/proc/self/fd")
     and (hasattr(os, "O_TMPFILE") or hasattr(os, "memfd_create"))
+    and hasattr(os, "eventfd")
 )
 # The transports this system offers, the default first.
 TRANSPORTS = ("linux", "portable") if _LINUX else ("portable",)
@@ -354,6 +362,49 @@ def _descriptor(shm: SharedMemory) -> int:
     return fd
 
 
+class _EventSemaphore:
+    """(linux transport) A counting semaphore on an ``eventfd``: no name, freed with its last descriptor.
+
+    Pickled (in a new process's start arguments) it takes a copy of its
+    descriptor along, as the segment does; each process closes its own copy
+    (:meth:`Ring.close`). Waits and wake-ups as a multiprocessing semaphore's.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self._ready = select.poll()  # poll, not select: select fails on descriptors from 1024 on
+        self._ready.register(fd, select.POLLIN)
+
+    @classmethod
+    def create(cls, value: int = 0) -> _EventSemaphore:
+        return cls(os.eventfd(value, os.EFD_SEMAPHORE | os.EFD_NONBLOCK | os.EFD_CLOEXEC))
+
+    def release(self) -> None:
+        os.eventfd_write(self.fd, 1)
+
+    def acquire(self, timeout: float) -> bool:
+        """Take one count, waiting up to ``timeout`` seconds for it; whether it got one."""
+        if self._ready.poll(timeout * 1e3):
+            with contextlib.suppress(BlockingIOError):  # (another process waiting on it took the count)
+                os.eventfd_read(self.fd)
+                return True
+        return False
+
+    def close(self) -> None:
+        """Close this process's descriptor; idempotent."""
+        if self.fd >= 0:
+            self._ready.unregister(self.fd)
+            os.close(self.fd)
+            self.fd = -1
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _rebuilt_semaphore, (reduction.DupFd(self.fd),)
+
+
+def _rebuilt_semaphore(fd: Any) -> _EventSemaphore:
+    return _EventSemaphore(fd.detach())
+
+
 _Segment = _LinuxSegment | _PortableSegment
 _TRANSPORT_OF: dict[str, type[_LinuxSegment] | type[_PortableSegment]] = {
     "linux": _LinuxSegment,
@@ -426,21 +477,19 @@ class Ring:
     ) -> Ring:
         """Make and reserve a ring of ``capacity`` data bytes; ``OSError`` if shared memory is short.
 
-        ``semaphore(0)`` makes the two semaphores (a multiprocessing context's
-        ``Semaphore``). ``creator_consumes``: this process will read the ring,
+        ``semaphore(0)`` makes the two semaphores of a portable ring (a
+        multiprocessing context's ``Semaphore``); a linux ring makes its own,
+        which have no name. ``creator_consumes``: this process will read the ring,
         so the first process to attach is its producer, and a portable
         segment's name goes as soon as that one has it mapped; otherwise
         (a ring between two other processes) the consumer's first record
         removes it. ``transport``: ``"linux"`` or ``"portable"``; the default
         is :func:`default_transport`.
         """
-        return cls._create(
-            _aligned(capacity),
-            semaphore(0),
-            semaphore(0),
-            transport or default_transport(),
-            creator_consumes,
-        )
+        transport = transport or default_transport()
+        if transport == "linux":
+            semaphore = _EventSemaphore.create
+        return cls._create(_aligned(capacity), semaphore(0), semaphore(0), transport, creator_consumes)
 
     @classmethod
     def _create(
@@ -465,7 +514,17 @@ class Ring:
         self._segment.forget()
 
     def close(self) -> None:
-        """Unmap this end; idempotent. Zero-copy views keep the memory mapped until they are freed."""
+        """Unmap this end and close its semaphores; idempotent.
+
+        Zero-copy views keep the memory mapped until they are freed.
+        """
+        self._unmap()
+        if self.handle.transport == "linux":  # this process's descriptors (portable: nothing to close)
+            self.handle.data_ready.close()
+            self.handle.space_ready.close()
+
+    def _unmap(self) -> None:
+        """Unmap this end, keeping the semaphores (a grown ring goes on with them)."""
         if self._map.closed:
             return
         self._segment.close_fd()
@@ -629,7 +688,7 @@ class Ring:
             segment,
         )
         segment.forget()  # the consumer made it, and this process has it mapped now
-        self.close()
+        self._unmap()
         self.__dict__.update(larger.__dict__)
 
     def _wait_for_space(self, size: int, alive: Callable[[], bool] | None) -> None:
@@ -726,7 +785,7 @@ class Ring:
         self._control[_NEXT_CAPACITY] = larger.capacity  # published after the locator
         self._advance(request_size)
         handle.space_ready.release()
-        self.close()
+        self._unmap()
         self.__dict__.update(larger.__dict__)
 
     def ahead(self) -> int:

@@ -171,6 +171,10 @@ class Workers:
             _preload_fork_server(self.context)
 
     def semaphore(self, value: int) -> Any:
+        """A semaphore these workers can share: the context's, named under spawn and forkserver.
+
+        (A portable ring's; a linux ring makes its own, with no name.)
+        """
         return self.context.Semaphore(value)
 
     def start(
