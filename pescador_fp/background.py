@@ -120,11 +120,10 @@ def _background_items(
     ]
     feeder_recipe = recipe_bytes((plan.head, ctx), upstream) if plan.head is not None else None
     workers = Workers(op.start_method or default_start_method())
-    if os.name == "posix" and (
-        workers.context.get_start_method() != "fork" or default_transport() == "portable"
-    ):
-        # Named semaphores and segments are registered with multiprocessing's resource tracker,
-        # which removes them if this process is killed: start it before any name exists.
+    if os.name == "posix" and default_transport() == "portable":
+        # A portable ring's segment and semaphores have names, registered with multiprocessing's
+        # resource tracker, which removes them if this process is killed: start it before any
+        # name exists (a linux ring has none: a file with no name, eventfds).
         resource_tracker.ensure_running()
     rings: list[Ring] = []
     inboxes: list[Ring] = []
