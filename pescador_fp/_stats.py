@@ -25,15 +25,14 @@ counting costs.
 
 from __future__ import annotations
 
-import inspect
 import itertools
 import operator
 import os
 import sys
 import time
 import weakref
-from collections.abc import Callable, Generator, Iterator
-from itertools import islice
+from collections.abc import Callable, Generator, Iterable, Iterator
+from itertools import compress, islice, repeat
 from typing import Any, TypeVar
 
 __all__ = [
@@ -58,15 +57,13 @@ T = TypeVar("T")
 ENABLED = os.environ.get("PESCADOR_FP_STATS", "1") != "0"
 # Items slower than this on average are all timed (timing one costs ~0.4 us: under 1 %).
 _EXACT_ABOVE_S = 50e-6
-# Faster ones: one item in about 32 is timed; the untimed runs between are of random length
-# (16 to 47, from a linear congruential generator), so that no period of the stream (the
-# decoder's runs of records, workers read in turn) can line up with the timed items.
-_RUN_MIN, _RUN_SPREAD = 16, 32
+# Faster ones: one item in about 256 is timed; the untimed runs between are of random length
+# (128 to 383, from a linear congruential generator), so that no period of the stream (the
+# decoder's runs of records, workers read in turn) can line up with the timed items. A run
+# costs ~2 us of Python to set up, and its items pass in C (~10 ns each per layer).
+_RUN_MIN, _RUN_SPREAD = 128, 256
 _LCG_A, _LCG_C, _LCG_MASK = 1103515245, 12345, 2**31 - 1
 _NOTHING: Any = object()
-# The local of :func:`_counted` that holds the items given in its untimed run under way: read by
-# :meth:`StageCounts.given` (a local costs nothing per item; a counter on the object would).
-_PENDING = "pending"
 # StageCounts.live is cleared of the openings that ended when it holds this many more than twice
 # the open ones.
 _PRUNE_ABOVE = 8
@@ -106,8 +103,8 @@ class StageCounts:
         self.started = 0.0  # perf_counter at the first next(); 0: never asked
         self.ended = 0.0  # perf_counter when the last opening ended or closed; 0: open
         self.open = 0  # openings not yet ended
-        #: The openings' generators, weakly (one that is dropped unclosed must still be collected).
-        self.live: list[weakref.ref[Generator[Any, None, None]]] = []
+        #: The openings, weakly (one that is dropped unclosed must still be collected).
+        self.live: list[weakref.ref[_Counted]] = []
         #: Where part of the stage's time is timed exactly elsewhere (background's waits on its
         #: workers): that time so far. Only the rest is sampled, which keeps rare long waits out
         #: of the estimate's extrapolation.
@@ -117,15 +114,16 @@ class StageCounts:
     def given(self) -> int:
         """The items given so far, the untimed runs under way included.
 
-        Each opening counts its untimed run in a local, added to ``items`` when
-        the run ends (a local costs nothing per item); this reads the locals
-        of the openings under way.
+        An untimed run's items are counted in C as they pass (what is left of
+        its ``repeat``), and added to ``items`` when the run ends; this reads
+        the runs under way.
         """
         pending = 0
         for ref in self.live:
-            gen = ref()
-            if gen is not None:
-                pending += inspect.getgeneratorlocals(gen).get(_PENDING, 0)
+            opening = ref()
+            run = opening.run if opening is not None else None
+            if run is not None and run.left is not None:
+                pending += run.size - operator.length_hint(run.left)
         return self.items + pending
 
     def seconds(self, items: int | None = None) -> float:
@@ -139,33 +137,64 @@ class StageCounts:
         return self.timed_s + self.head_s / self.heads * untimed + self.exact_untimed_s
 
 
-def counted(items: Iterator[T], counts: StageCounts) -> Generator[T, None, None]:
-    """``items``, counted into ``counts``: a generator that also closes ``items`` when closed.
+class _Run:
+    """The untimed run under way in a counted stage: its ``repeat`` (``None``: none) and length."""
+
+    __slots__ = ("left", "size")
+
+    def __init__(self) -> None:
+        self.left: Any = None
+        self.size = 0
+
+
+class _Counted(itertools.chain):  # type: ignore[type-arg]
+    """A counted stage's items: ``chain``'s own ``next()`` (C) over the runs that :func:`_runs` makes.
+
+    An untimed run is ``compress(islice(items, n), repeat(True, n))``: its
+    items pass with no Python code at all, and what is left of the
+    ``repeat`` says how many have. :meth:`close` closes the stage (and its
+    upstream), as a generator's ``close`` would.
+    """
+
+    runs: Generator[Iterable[Any], None, None]
+    run: _Run
+
+    def close(self) -> None:
+        self.runs.close()
+
+
+def counted(items: Iterator[T], counts: StageCounts) -> Iterator[T]:
+    """``items``, counted into ``counts``: an iterator that also closes ``items`` when closed.
 
     While the stage's items take more than ``_EXACT_ABOVE_S`` on average (over
     the pass so far: a slow start, such as workers starting, counts too), every
     item is timed: the clock costs little next to them. Otherwise one item is
-    timed and stands for the run of untimed ones after it (about 0.05 us
-    each). The runs are of random length, so that the sample never locks onto
-    a period of the stream (workers read in turn), and the choice never depends
-    on the time of the items around it, so the estimate is unbiased.
+    timed and stands for the run of untimed ones after it, which pass in C
+    (a few hundredths of a microsecond each). The runs are of random length,
+    so that the sample never locks onto a period of the stream (workers read
+    in turn), and the choice never depends on the time of the items around
+    it, so the estimate is unbiased.
 
     >>> counts = StageCounts()
     >>> items = counted(iter(range(100)), counts)
     >>> [next(items) for _ in range(10)][-1], counts.given()
     (9, 10)
     """
-    gen = _counted(items, counts)
+    run = _Run()
+    runs = _runs(items, counts, run)
+    opening: _Counted = _Counted.from_iterable(runs)  # type: ignore[assignment]
+    opening.runs, opening.run = runs, run
     # Followed for StageCounts.given, weakly; now and then (amortized: a few checks per opening
     # at most) the openings that ended are forgotten.
     live = counts.live
     if len(live) > 2 * counts.open + _PRUNE_ABOVE:
-        live[:] = [ref for ref in live if getattr(ref(), "gi_frame", None) is not None]
-    live.append(weakref.ref(gen))
-    return gen
+        live[:] = [ref for ref in live if (o := ref()) is not None and getattr(o.runs, "gi_frame", None)]
+    live.append(weakref.ref(opening))
+    return opening
 
 
-def _counted(items: Iterator[T], counts: StageCounts) -> Generator[T, None, None]:
+def _runs(items: Iterator[T], counts: StageCounts, run: _Run) -> Generator[Iterable[T], None, None]:
+    """What :class:`_Counted` chains: each timed item (alone in a tuple), then an untimed run."""
     perf = time.perf_counter
     state = id(counts) & _LCG_MASK  # run lengths from a private generator: no global state is read
     counts.open += 1
@@ -174,7 +203,6 @@ def _counted(items: Iterator[T], counts: StageCounts) -> Generator[T, None, None
             counts.started = perf()
         exact: Callable[[], float] | None = None
         exact_before = 0.0
-        pending = 0  # the items given in the untimed run under way (read by StageCounts.given)
         while True:
             alone = counts.seconds() >= _EXACT_ABOVE_S * counts.items  # the first item: timed alone
             start = perf()
@@ -186,23 +214,24 @@ def _counted(items: Iterator[T], counts: StageCounts) -> Generator[T, None, None
             counts.items += 1
             counts.timed_items += 1
             if alone:
-                yield x
+                yield (x,)
                 exact = counts.exact
                 exact_before = exact() if exact else 0.0
                 continue
             counts.head_s += took - (exact() - exact_before if exact else 0.0)
             counts.heads += 1
-            yield x
+            yield (x,)
             state = (state * _LCG_A + _LCG_C) & _LCG_MASK
             exact = counts.exact
             exact_before = exact() if exact else 0.0
+            size = _RUN_MIN + (state >> 16) % _RUN_SPREAD
+            left = run.left = repeat(True, size)
+            run.size = size
             try:
-                for x in islice(items, _RUN_MIN + (state >> 16) % _RUN_SPREAD):
-                    pending += 1  # a plain loop: ``yield from`` costs more per item
-                    yield x
+                yield compress(islice(items, size), left)
             finally:
-                counts.items += pending
-                pending = 0
+                counts.items += size - operator.length_hint(left)
+                run.left = None
                 if exact:
                     counts.exact_untimed_s += exact() - exact_before
                     exact_before = exact()
