@@ -329,9 +329,12 @@ def test_an_unpicklable_recipe_fails_at_start_naming_it():
 
 
 def test_a_too_large_ring_is_a_clear_error_at_start():
-    s = pf.from_iterable(range(3)) | pf.background(ring_bytes=2**50)
-    with pytest.raises(pf.WorkerError, match=r"cannot reserve .* shared memory"):
-        next(iter(s))
+    s = pf.from_iterable(range(3)) | pf.map(abs) | pf.background(workers=2, ring_bytes=2**50)
+    before = fd_count()
+    for _ in range(3):
+        with pytest.raises(pf.WorkerError, match=r"cannot reserve .* shared memory"):
+            next(iter(s))
+    assert fd_count() == before  # the failed rings' descriptors (their semaphores) are closed too
 
 
 def test_a_slow_consumer_keeps_the_worker_within_the_ring(tmp_path):

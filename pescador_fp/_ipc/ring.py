@@ -487,9 +487,15 @@ class Ring:
         is :func:`default_transport`.
         """
         transport = transport or default_transport()
-        if transport == "linux":
-            semaphore = _EventSemaphore.create
-        return cls._create(_aligned(capacity), semaphore(0), semaphore(0), transport, creator_consumes)
+        if transport != "linux":
+            return cls._create(_aligned(capacity), semaphore(0), semaphore(0), transport, creator_consumes)
+        data_ready, space_ready = _EventSemaphore.create(), _EventSemaphore.create()
+        try:
+            return cls._create(_aligned(capacity), data_ready, space_ready, transport, creator_consumes)
+        except BaseException:  # no ring (shared memory short): its descriptors go too
+            data_ready.close()
+            space_ready.close()
+            raise
 
     @classmethod
     def _create(
