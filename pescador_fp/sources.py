@@ -301,6 +301,14 @@ class _IterableStream(Stream[T]):
             # Rebuilt in another process (another hash seed, another insertion history), a set
             # iterates in another order: send it in this process's order.
             items = list(items)
+        for base in (list, collections.deque):
+            if isinstance(items, base) and type(items).__iter__ is not base.__iter__:
+                # pickle copies a list or deque through iter(), which would be the subclass's own
+                # __iter__ (its outputs, to be iterated again there): send what it holds instead.
+                held = list(base.__iter__(items))  # type: ignore[arg-type]
+                state = getattr(items, "__dict__", None)
+                made = (type(items), base, held, getattr(items, "maxlen", None), state)
+                return (_rebuilt_iterable_stream, (made, self.numbering))
         return (_IterableStream, (_portable(items), self.numbering))
 
     def _describe(self) -> str:
@@ -417,6 +425,19 @@ def _every(items: Iterable[T], index: int, count: int) -> Iterable[T] | None:
     if isinstance(items, Sequence) and kind.__iter__ is Sequence.__iter__:
         return _Indexed(items, range(index, len(items), count))
     return None
+
+
+def _rebuilt_iterable_stream(made: tuple[Any, ...], numbering: tuple[int, int]) -> _IterableStream[Any]:
+    """(unpickling) ``from_iterable`` over a list or deque subclass with an ``__iter__`` of its own."""
+    cls, base, held, maxlen, state = made
+    items = cls.__new__(cls)
+    if base is list:
+        list.__init__(items, held)
+    else:
+        collections.deque.__init__(items, held, maxlen)
+    if state:
+        items.__dict__.update(state)
+    return _IterableStream(items, numbering)
 
 
 def from_iterable(items: Iterable[T]) -> Stream[T]:

@@ -223,3 +223,23 @@ def test_background_and_shard_give_a_collection_that_does_not_slice_as_the_foreg
     assert list(s | pf.background(workers=2)) == whole
     shards = [list((s | pf.shard(r, 3)).iterate(seed=0)) for r in range(3)]
     assert shards == [whole[r::3] for r in range(3)]
+
+
+class Loaded(list):
+    """A list of ids that loads each record as it is iterated (a map-style dataset's shape)."""
+
+    def __iter__(self):
+        return ({"id": i, "x": 10 * i} for i in list.__iter__(self))
+
+
+class Reversed(collections.deque):
+    def __iter__(self):
+        return reversed(self)
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3])
+def test_a_list_or_deque_with_an_iter_of_its_own_is_iterated_once_in_workers(workers):
+    # pickle copies such a collection through its own __iter__: what it holds must travel instead.
+    for items in (Loaded(range(5)), Reversed(range(6))):
+        s = pf.from_iterable(items) | pf.map(lambda x: x)
+        assert list(s | pf.background(workers=workers)) == list(s) == list(iter(items))
