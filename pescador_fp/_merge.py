@@ -93,6 +93,11 @@ class Reader(Protocol):
     def next_item(self) -> Any: ...
 
 
+def _picker(weights: Sequence[float | None], rng: Any) -> Picker | None:
+    """Picks in proportion to the parts' weights, or ``None`` where parts are read in turn."""
+    return Picker([w or 0.0 for w in weights], rng) if any(w is not None for w in weights) else None
+
+
 def merge(
     channels: Sequence[Reader],
     weights: list[float | None],
@@ -108,7 +113,7 @@ def merge(
     that gave them are drawn again without reading anything.
     """
     live = list(range(len(channels)))
-    picker = Picker([w or 0.0 for w in weights], rng) if any(w is not None for w in weights) else None
+    picker = _picker(weights, rng)
     reads = [channel.next_item for channel in channels]
     replay = sum(resume[0]) if resume is not None else 0
     if replay:
@@ -174,7 +179,7 @@ def merge_groups(
     all come to nothing gives marks, not silence, so the merge moves on.
     """
     live = list(range(len(channels)))
-    picker = Picker([w or 0.0 for w in weights], rng) if any(w is not None for w in weights) else None
+    picker = _picker(weights, rng)
     picks: Iterator[int] = iter(())  # (weighted) drawn in bulk: a group may be one mark, read in ~0.1 us
     turn = 0
     while live:

@@ -278,6 +278,7 @@ def background(
     """
     workers = check_int("background", "workers", workers, 1)
     if ring_bytes is not None:
+        # Bound below, not by check_int: the message says how large a ring may be.
         ring_bytes = check_int("background", "ring_bytes", ring_bytes, 4096, maximum=2**64)
         if ring_bytes > _MAX_RING_BYTES:
             raise ValueError(
