@@ -111,9 +111,15 @@ def divide(stream: Stream[Any], count: int) -> Plan:
         # each input item's end, so that a part whose items all come to nothing cannot stall the
         # merge (an endless mux or cycle would wait on it forever).
         drops = any(op._per_item and not op._one_to_one for op in ops)
-        return Plan(parts, grouped=(in_turn and per_item and not one_to_one) or drops)
-    # Operators that restart their upstream cannot run over items dealt once: they join the head.
+        grouped = (in_turn and per_item and not one_to_one) or drops
+        if not (grouped and any(op._reads_ahead for op in ops)):
+            return Plan(parts, grouped=grouped)
+        # An operator that reads ahead would let the marks out early: it runs in a feeder instead.
+    # Operators that restart their upstream cannot run over items dealt once: they join the head,
+    # and so do those that read ahead where the workers would mark their items' ends.
     cut = max((i + 1 for i, op in enumerate(ops) if op._reopens_upstream), default=0)
+    if not all(op._one_to_one for op in ops[cut:]):
+        cut = max([cut, *(i + 1 for i, op in enumerate(ops) if op._reads_ahead)])
     head, tail = rebuild(base, ops[:cut]), tuple(ops[cut:])
     if not tail:
         return Plan((Part(stream, (), None),))

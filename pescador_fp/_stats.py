@@ -37,6 +37,7 @@ from typing import Any, TypeVar
 
 __all__ = [
     "ENABLED",
+    "CallCounts",
     "ChannelCounts",
     "StageCounts",
     "Stats",
@@ -44,6 +45,7 @@ __all__ = [
     "counted",
     "counter",
     "passed",
+    "register_calls",
     "register_channels",
     "stage_counts",
     "stats_of",
@@ -293,6 +295,42 @@ def register_channels(run: Any, upstream: object, counts: list[ChannelCounts]) -
                 stage.exact = waited  # background's own stage: its waits are timed exactly
 
 
+# ---------------------------------------------------------------- concurrent calls
+
+
+class CallCounts:
+    """(``pf.map(fn, concurrency=k)``) The calls of one opening, per worker: running now, done, their time.
+
+    Each worker writes only its own slot (no lock between threads); a report sums them.
+    """
+
+    __slots__ = ("call_s", "calls", "concurrency", "running")
+
+    def __init__(self, concurrency: int) -> None:
+        self.concurrency = concurrency
+        self.running = [0] * concurrency  # 1 while the worker's call runs
+        self.calls = [0] * concurrency  # calls finished
+        self.call_s = [0.0] * concurrency  # their time, from start to end (waits on I/O included)
+
+
+def register_calls(run: Any, upstream: object, counts: CallCounts) -> None:
+    """(a concurrent map) Register an opening's call counters, under the stream it reads."""
+    if run is not None and ENABLED:
+        entry = run.stats.setdefault(("calls", id(upstream)), (upstream, []))
+        entry[1].append(counts)
+
+
+def _call_fields(openings: list[CallCounts]) -> dict[str, Any]:
+    """A concurrent stage's row's fields: calls in flight now, calls done, the mean time of a call."""
+    calls = sum(sum(c.calls) for c in openings)
+    return {
+        "concurrency": max(c.concurrency for c in openings),
+        "in_flight": sum(sum(c.running) for c in openings),
+        "calls": calls,
+        "call_s": sum(sum(c.call_s) for c in openings) / calls if calls else 0.0,
+    }
+
+
 # ---------------------------------------------------------------- multiplexers
 
 
@@ -429,6 +467,10 @@ class Stats(dict[str, Any]):
       ``next()`` (everything below it included) and of that, the stage's own;
       ``"source"`` is true where that own time includes the source (or
       multiplexer) the stage reads, which is not timed on its own;
+      a concurrent stage (``pf.map(fn, concurrency=k)``) adds
+      ``"concurrency"``, ``"in_flight"`` (calls running now), ``"calls"``
+      (finished) and ``"call_s"`` (the mean time of a call, from its start
+      to its end);
     - ``"workers"``: per ``background``, a list of ``{"stage", "worker",
       "items", "items_per_s", "ring_fill", "waited_s"}``;
     - ``"sources"``: per multiplexer, a list of ``{"stage", "source",
@@ -482,6 +524,9 @@ def stats_of(stream: Any, run: Any, taken: int) -> Stats:
                     "source": untimed_source,
                 }
             )
+            calls = stats.get(("calls", id(getattr(node, "upstream", None))))
+            if calls is not None:
+                stages[-1].update(_call_fields(calls[1]))
         if isinstance(node, Applied):
             entry = stats.get(("workers", id(node.upstream)))
             if entry is not None and ("workers", id(node.upstream)) not in listed:
@@ -586,6 +631,12 @@ def _table(stats: Stats) -> str:
         lines += _rows(["  stage", "items", "time in next()", "own time", "of pass"], rows)
         if heaviest["self_s"] > 0:
             lines.append(f"  * where the time goes: {heaviest['stage']}")
+        for row in stages:
+            if "calls" in row:
+                lines.append(
+                    f"  {row['stage']}: {row['in_flight']} of {row['concurrency']} calls in flight, "
+                    f"{row['calls']} done, {_s(row['call_s'])} a call"
+                )
         if any(row["source"] for row in stages):
             lines.append("  [+ source]: that own time includes the source (or multiplexer) the stage reads")
     for stage, group in _grouped(stats["workers"]):

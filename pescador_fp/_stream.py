@@ -404,6 +404,9 @@ class Operator(Generic[T, U]):
     _keeps_length = False
     #: Runs its upstream in other processes (``background``, ``pescador_fp.ray.remote``).
     _starts_workers = False
+    #: Takes items from its upstream before the outputs of earlier ones are out, and keeps their
+    #: order (a concurrent map): a worker could not mark where each item's outputs end.
+    _reads_ahead = False
 
     def _length_after(self, upstream: Stream[T]) -> int | None:
         """How many items this operator yields over ``upstream`` in a pass (``None``: unknown)."""

@@ -19,13 +19,14 @@ import itertools
 import mmap
 import os
 import reprlib
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence, Sized
+from collections.abc import AsyncIterable, Callable, Iterable, Iterator, Mapping, Sequence, Sized
 from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar, overload
 
 import numpy as np
 
 from ._check import check_int
+from ._concurrency import async_items
 from ._seed import SeedContext
 from ._stream import Stream, describe_callable, drop, install_collection_source, undivided_path
 from .errors import PescadorError
@@ -74,14 +75,17 @@ def _repr_value(x: object) -> str:
 
 @dataclass(frozen=True, repr=False, eq=False)
 class _CallStream(Stream[T]):
-    fn: Callable[..., Iterable[T]]
+    fn: Callable[..., Iterable[T] | AsyncIterable[T]]
     args: tuple[Any, ...]
     kwargs: tuple[tuple[str, Any], ...]
 
     def _open(self, ctx: SeedContext) -> Iterator[T]:
         return self._iterate(self.fn(*self.args, **dict(self.kwargs)))
 
-    def _iterate(self, items: Iterable[T]) -> Iterator[T]:
+    def _iterate(self, items: Iterable[T] | AsyncIterable[T]) -> Iterator[T]:
+        if isinstance(items, AsyncIterable) and not isinstance(items, Iterable):
+            # An async generator (or iterable): read on an event loop of its own, aclose()d at the end.
+            return async_items(items.__aiter__())
         try:
             return iter(items)
         except TypeError:
@@ -117,13 +121,18 @@ class _CallStream(Stream[T]):
         return hash((_CallStream, self.fn, len(self.args)))
 
 
-def stream(fn: Callable[..., Iterable[T]], /, *args: Any, **kwargs: Any) -> Stream[T]:
+def stream(fn: Callable[..., Iterable[T] | AsyncIterable[T]], /, *args: Any, **kwargs: Any) -> Stream[T]:
     """Make a stream that calls ``fn(*args, **kwargs)`` afresh for every pass.
 
     ``fn`` may be a generator function or any callable that returns an iterable.
     It is not called until the first item of a pass is requested.
 
-    >>> import pescador_fp as pf
+    ``fn`` may also be an async generator function (or return any async
+    iterable): each pass reads it on an event loop in a thread of its own,
+    one item per ``next()``, nothing ahead, and closes it (``aclose``) when
+    the pass ends, early or not (docs/io.md).
+
+    >>> import asyncio, pescador_fp as pf
     >>> def count(n):
     ...     yield from range(n)
     >>> s = pf.stream(count, 3)
@@ -131,6 +140,12 @@ def stream(fn: Callable[..., Iterable[T]], /, *args: Any, **kwargs: Any) -> Stre
     ([0, 1, 2], [0, 1, 2])
     >>> s
     stream(count, 3)
+    >>> async def count_slowly(n):
+    ...     for i in range(n):
+    ...         await asyncio.sleep(0.001)
+    ...         yield i
+    >>> list(pf.stream(count_slowly, 3))
+    [0, 1, 2]
     """
     _check_fn("stream", fn, kwargs)
     return _CallStream(fn, args, tuple(kwargs.items()))

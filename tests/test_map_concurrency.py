@@ -1,0 +1,325 @@
+"""map and mapcat with ``concurrency=k``: threads for plain functions, one event loop for ``async def``."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import json
+import threading
+import time
+import traceback
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import pescador_fp as pf
+from pescador_fp._concurrency import _WINDOW
+
+# Units a pool takes ahead of its consumer, at most (documented in docs/io.md).
+WINDOW = _WINDOW
+
+
+def _threads() -> set[threading.Thread]:
+    return set(threading.enumerate())
+
+
+def _no_new_threads(before: set[threading.Thread]) -> bool:
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        if not _threads() - before:
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def _sleepy(delays):
+    def call(i):
+        time.sleep(delays[i % len(delays)])
+        return i * 10
+
+    return call
+
+
+def _sleepy_async(delays):
+    async def call(i):
+        await asyncio.sleep(delays[i % len(delays)])
+        return i * 10
+
+    return call
+
+
+delays = st.lists(st.floats(0, 0.002), min_size=1, max_size=8)
+
+
+@settings(max_examples=25, deadline=None)
+@given(k=st.integers(1, 8), n=st.integers(0, 40), delays=delays, is_async=st.booleans())
+def test_results_and_order_equal_the_plain_map_over_random_delays(k, n, delays, is_async):
+    fn = _sleepy_async(delays) if is_async else _sleepy(delays)
+    expected = [i * 10 for i in range(n)]
+    assert list(range(n) | pf.map(fn, concurrency=k)) == expected
+    assert sorted(range(n) | pf.map(fn, concurrency=k, ordered=False)) == expected
+
+
+@settings(max_examples=15, deadline=None)
+@given(k=st.integers(1, 8), n=st.integers(0, 30), delays=delays)
+def test_mapcat_yields_every_items_outputs_in_order(k, n, delays):
+    call = _sleepy(delays)
+
+    def repeat(i):
+        return [call(i)] * (i % 3)
+
+    async def repeat_async(i):
+        await asyncio.sleep(delays[i % len(delays)])
+        for _ in range(i % 3):
+            yield i * 10
+
+    expected = list(range(n) | pf.mapcat(repeat))
+    assert list(range(n) | pf.mapcat(repeat, concurrency=k)) == expected
+    assert list(range(n) | pf.mapcat(repeat_async, concurrency=k)) == expected
+    assert sorted(range(n) | pf.mapcat(repeat, concurrency=k, ordered=False)) == sorted(expected)
+
+
+def _fails_at(n):
+    def call(i):
+        time.sleep(0.001 * (i % 3))
+        if i == n:
+            raise KeyError(f"item {i}")
+        return i
+
+    return call
+
+
+@pytest.mark.parametrize("is_async", [False, True])
+@pytest.mark.parametrize("k", [1, 4, 16])
+def test_an_error_comes_after_the_items_before_it_as_itself_and_no_thread_is_left(k, is_async):
+    fails = _fails_at(7)
+
+    async def fails_async(i):
+        return fails(i)
+
+    before = _threads()
+    got = []
+    with pytest.raises(KeyError, match="item 7") as raised:
+        for x in range(30) | pf.map(fails_async if is_async else fails, concurrency=k):
+            got.append(x)
+    assert got == list(range(7))
+    # the user's traceback: the frame that raised is the user's function
+    assert traceback.extract_tb(raised.value.__traceback__)[-1].name == "call"
+    assert _no_new_threads(before)
+
+
+def test_an_error_of_the_input_comes_in_its_place():
+    def source():
+        yield from range(5)
+        raise OSError("disk gone")
+
+    got = []
+    with pytest.raises(OSError, match="disk gone"):
+        for x in pf.stream(source) | pf.map(_sleepy([0.001]), concurrency=4):
+            got.append(x)
+    assert got == [0, 10, 20, 30, 40]
+
+
+def test_mapcat_outputs_before_an_error_in_an_items_iterable_come_first():
+    def outputs(i):
+        yield i
+        if i == 2:
+            raise ValueError("half way")
+        yield -i
+
+    expected, got = [], []
+    for s, out in [(pf.mapcat(outputs), expected), (pf.mapcat(outputs, concurrency=3), got)]:
+        with pytest.raises(ValueError, match="half way"):
+            for x in range(5) | s:
+                out.append(x)
+    assert got == expected == [0, 0, 1, -1, 2]
+
+
+def test_stop_iteration_from_the_function_is_a_runtime_error_as_without_concurrency():
+    def stops(i):
+        if i == 2:
+            raise StopIteration
+        return i
+
+    with pytest.raises(RuntimeError, match="raised StopIteration"):
+        list(range(5) | pf.map(stops, concurrency=3))
+
+
+class _Calls:
+    """Counts the calls started and the most running at once."""
+
+    def __init__(self, delay: float) -> None:
+        self.delay, self.started, self.running, self.most = delay, 0, 0, 0
+        self.lock = threading.Lock()
+
+    def __call__(self, i: int) -> int:
+        with self.lock:
+            self.started += 1
+            self.running += 1
+            self.most = max(self.most, self.running)
+        time.sleep(self.delay)
+        with self.lock:
+            self.running -= 1
+        return i
+
+
+@pytest.mark.parametrize("how", ["break", "close", "gc"])
+def test_bounded_work_and_no_thread_left_after_the_pass_ends_early(how):
+    calls = _Calls(0.002)
+    before = _threads()
+    it = (range(10_000) | pf.map(calls, concurrency=4)).iterate()
+    taken = [next(it) for _ in range(10)]
+    assert taken == list(range(10))
+    if how == "close":
+        it.close()
+    elif how == "gc":
+        del it
+        gc.collect()
+    else:
+        for x in it:
+            if x == 20:
+                break
+        it.close()  # what a for loop's end leaves to the garbage collector
+    assert _no_new_threads(before)
+    started = calls.started
+    assert started <= 21 + WINDOW
+    time.sleep(0.05)
+    assert calls.started == started  # nothing started after close
+    assert calls.most <= 4
+
+
+def test_at_most_k_calls_run_at_once():
+    calls = _Calls(0.003)
+    assert list(range(60) | pf.map(calls, concurrency=3)) == list(range(60))
+    assert calls.most == 3
+
+
+def test_closing_cancels_async_calls_at_their_await():
+    ended = []
+
+    async def slow(i):
+        try:
+            if i:
+                await asyncio.sleep(60)
+            return i
+        finally:
+            ended.append(i)
+
+    before = _threads()
+    it = iter(range(4) | pf.map(slow, concurrency=4))
+    start = time.monotonic()
+    assert next(it) == 0
+    it.close()
+    assert time.monotonic() - start < 10
+    assert _no_new_threads(before)
+    assert sorted(ended) == [0, 1, 2, 3]
+
+
+def _noisy(x, rng):
+    return (x, float(rng.random()), int(rng.integers(1000)))
+
+
+def _noisy_many(x, rng):
+    return [(x, float(rng.random())) for _ in range(x % 3)]
+
+
+@pytest.mark.parametrize("ordered", [True, False])
+def test_rng_draws_are_the_items_not_the_threads(ordered):
+    plain = range(50) | pf.map(_noisy, rng=True)
+    concurrent = range(50) | pf.map(_noisy, rng=True, concurrency=5, ordered=ordered)
+    for seed in (0, 1):
+        expected = list(plain.iterate(seed=seed))
+        got = list(concurrent.iterate(seed=seed))
+        assert (got if ordered else sorted(got)) == expected
+    many = range(30) | pf.mapcat(_noisy_many, rng=True, seed=3)
+    assert list(range(30) | pf.mapcat(_noisy_many, rng=True, seed=3, concurrency=4)) == list(many)
+
+
+def _twice(x):
+    time.sleep(0.001 * (x % 3))
+    return 2 * x
+
+
+async def _twice_async(x):
+    await asyncio.sleep(0.001 * (x % 3))
+    return 2 * x
+
+
+def _odd(x):
+    return x % 3
+
+
+@pytest.mark.parametrize("start_method", ["fork", "spawn"])
+def test_inside_background_workers_equal_to_the_foreground(start_method):
+    before = _threads()
+    bg = pf.background(workers=2, start_method=start_method)
+    for s in [
+        range(40) | pf.map(_twice, concurrency=4),
+        range(40) | pf.map(_noisy, rng=True, concurrency=3),
+        pf.stream(iter, range(30)) | pf.map(_twice_async, concurrency=4),
+        range(20) | pf.mapcat(_noisy_many, rng=True, concurrency=3),
+        # workers would mark each item's end: the concurrent map runs in the feeder
+        range(40) | pf.filter(_odd) | pf.map(_twice, concurrency=4) | pf.map(str),
+        range(40) | pf.map(_twice, concurrency=4) | pf.filter(_odd),
+    ]:
+        assert list((s | bg).iterate(seed=5)) == list(s.iterate(seed=5)), s
+    assert _no_new_threads(before)
+
+
+def test_under_shard_the_parts_make_the_foreground_pass():
+    s = range(41) | pf.map(_noisy, rng=True, concurrency=4)
+    parts = [list((s | pf.shard(i, 3)).iterate(seed=2)) for i in range(3)]
+    assert sorted(x for part in parts for x in part) == sorted(s.iterate(seed=2))
+
+
+def _plain(batch):
+    return [column.tolist() for column in batch]
+
+
+@pytest.mark.parametrize("make", [pf.map, pf.mapcat])
+def test_a_resumed_pass_yields_the_rest(make):
+    fn = _noisy if make is pf.map else _noisy_many
+    s = range(50) | make(fn, rng=True, concurrency=4) | pf.batch(3, partial=True)
+    whole = [_plain(b) for b in s.iterate(seed=7)]
+    for n in (0, 1, 5, len(whole) - 1):
+        it = s.iterate(seed=7)
+        head = [_plain(next(it)) for _ in range(n)]
+        state = json.loads(json.dumps(it.state()))
+        it.close()
+        rest = [_plain(b) for b in s.iterate(seed=7, state=state)]
+        assert head + rest == whole
+
+
+def test_stats_show_calls_in_flight_and_time_per_call():
+    it = (range(40) | pf.map(_sleepy([0.005]), concurrency=4)).iterate()
+    next(it)
+    row = it.stats()["stages"][0]
+    assert row["concurrency"] == 4 and 1 <= row["in_flight"] <= 4
+    list(it)
+    stats = it.stats()
+    row = stats["stages"][0]
+    assert row["in_flight"] == 0 and row["calls"] == 40
+    assert row["call_s"] >= 0.004
+    assert "calls in flight" in str(stats)
+
+
+@pytest.mark.parametrize("make", [pf.map, pf.mapcat])
+def test_arguments_are_checked_when_built(make):
+    bad_values = [(0, ValueError), (-2, ValueError), (1.5, TypeError), (True, TypeError), ("8", TypeError)]
+    for bad, error in bad_values:
+        with pytest.raises(error, match=rf"concurrency must be an integer >= 1, got {bad!r}"):
+            make(abs, concurrency=bad)
+    with pytest.raises(TypeError, match="ordered must be True or False, got 'yes'"):
+        make(abs, concurrency=2, ordered="yes")
+    with pytest.raises(ValueError, match="ordered=False needs concurrency"):
+        make(abs, ordered=False)
+    with pytest.raises(TypeError, match=r"async function.*concurrency=None"):
+        make(_twice_async)
+
+
+def test_reprs_name_the_concurrency():
+    assert repr(pf.map(abs, concurrency=8)) == "map(abs, concurrency=8)"
+    assert repr(pf.mapcat(list, concurrency=2, ordered=False)) == "mapcat(list, concurrency=2, ordered=False)"
+    random_map = pf.map(_noisy, rng=True, seed=1, concurrency=3)
+    assert repr(random_map) == "map(_noisy, rng=True, seed=1, concurrency=3)"
