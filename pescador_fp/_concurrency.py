@@ -47,6 +47,8 @@ _WINDOW = 64
 _JOIN_TIMEOUT_S = 10.0
 #: How often a consumer waiting on a result checks that its workers are alive.
 _CHECK_S = 1.0
+#: How long a consumer waits on the workers awake before it wakes or starts more (units waiting).
+_GRACE_S = 0.0005
 # ``Pool.waiting``: the consumer waits for no result / for any result (ordered=False).
 _NONE, _ANY = -1, -2
 
@@ -120,31 +122,35 @@ class _Pool:
         raise NotImplementedError
 
     def _take(self, number: int) -> tuple[bool, Any]:
-        done = self.done
+        done, finished = self.done, self.finished
         if self.ordered:
             result = done.pop(number, None)  # most results are there already
             if result is not None:
                 return result
-            with self.lock:
-                self.waiting = number  # before looking: a worker that files it then sees it awaited
-                while number not in done:
-                    self._wait()
-                self.waiting = _NONE
+            self._wait_until(lambda: number in done, number)
             return done.pop(number)
-        finished = self.finished
         if not finished:
-            with self.lock:
-                self.waiting = _ANY
-                while not finished:
-                    self._wait()
-                self.waiting = _NONE
+            self._wait_until(lambda: bool(finished), _ANY)
         return done.pop(finished.popleft())
 
-    def _wait(self) -> None:
-        """(lock held) Wait for a result to be filed."""
-        if not self.has_result.wait(_CHECK_S) and not self._alive():
-            raise PescadorError("the workers of a concurrent map ended without giving their results")
+    def _wait_until(self, ready: Callable[[], bool], waiting: int) -> None:
+        """Wait for a result to be filed; where it is slow to come and units wait, start more workers."""
+        helped = False
+        with self.lock:
+            self.waiting = waiting  # before looking: a worker that files it then sees it awaited
+            if not ready():
+                self.has_result.wait(_GRACE_S)  # the workers awake may be quick enough
+        while not ready():
+            if not helped and self.todo:
+                self._help()
+                helped = True
+            with self.lock:
+                if not ready() and not self.has_result.wait(_CHECK_S) and not self._alive():
+                    raise PescadorError("the workers of a concurrent map ended without giving their results")
+        self.waiting = _NONE
 
+    def _help(self) -> None:
+        """Wake or start more workers for the units waiting."""
     def _file(self, number: int, result: tuple[bool, Any]) -> None:
         """(a worker) File a call's result; wake the consumer if it waits for it."""
         self.done[number] = result
@@ -178,16 +184,33 @@ class _Threads(_Pool):
         self.threads: list[threading.Thread] = []
 
     def _hand_over(self, batch: list[tuple[int, Any]]) -> None:
+        # One worker is woken (or started) for a batch: instant calls are quickest in one thread,
+        # which holds the GIL anyway. Where the consumer then waits with units queued, it wakes
+        # or starts the others (_help).
         with self.lock:
             if self.stopping:
                 return
             self.todo.extend(batch)
-            woken = min(self.idle, len(batch))
+            if self.idle:
+                self.idle -= 1
+                self.has_work.notify()
+                return
+        if not self.threads:
+            self._start(1)
+
+    def _help(self) -> None:
+        with self.lock:
+            if self.stopping:
+                return
+            woken = min(self.idle, len(self.todo))
             if woken:
                 self.idle -= woken
                 self.has_work.notify(woken)
-            missing = min(self.concurrency - len(self.threads), len(batch) - woken)
-        for _ in range(missing):
+            missing = min(self.concurrency - len(self.threads), len(self.todo) - woken)
+        self._start(missing)
+
+    def _start(self, n: int) -> None:
+        for _ in range(n):
             slot = len(self.threads)
             thread = threading.Thread(
                 target=self._work, args=(slot, self.call_for()), name=f"pescador_fp-call-{slot}", daemon=True
