@@ -151,6 +151,7 @@ class _Pool:
 
     def _help(self) -> None:
         """Wake or start more workers for the units waiting."""
+
     def _file(self, number: int, result: tuple[bool, Any]) -> None:
         """(a worker) File a call's result; wake the consumer if it waits for it."""
         self.done[number] = result

@@ -10,7 +10,14 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PAGES = ["README.md", "docs/mux.md", "docs/background.md", "docs/migrating.md", "docs/resume.md"]
+PAGES = [
+    "README.md",
+    "docs/mux.md",
+    "docs/background.md",
+    "docs/migrating.md",
+    "docs/resume.md",
+    "docs/io.md",
+]
 
 
 @pytest.mark.parametrize("page", PAGES)

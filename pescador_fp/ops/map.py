@@ -383,9 +383,37 @@ def map(
     >>> noisy.head(seed=0) == noisy.head(seed=0)
     True
 
+    ``concurrency=k`` keeps up to ``k`` calls in flight, for calls that wait
+    (a file on network storage, an HTTP request) or release the GIL: a plain
+    function runs in up to ``k`` threads, an ``async def`` function as ``k``
+    coroutines on one event loop (in a thread of its own). Items, errors and
+    ``rng=True`` draws are those of ``concurrency=None``, in input order;
+    ``ordered=False`` yields results as they finish (a faster pass where call
+    times vary, but not the same order twice, and a resumed pass is not
+    exactly the rest). At most ``max(2 * k, 64)`` items are taken ahead of the
+    consumer. Threads start at the first item and stop with the pass (the
+    end, ``break``, ``close()``, an error): no call starts after that, a
+    thread's call already running finishes on its own, a coroutine is
+    cancelled at its next ``await``. docs/io.md says when to use it.
+
+    >>> import asyncio, time
+    >>> def fetch(url):
+    ...     time.sleep(0.01)  # a request: the thread waits, others run
+    ...     return url.upper()
+    >>> list(["a", "b", "c"] | pf.map(fetch, concurrency=3))
+    ['A', 'B', 'C']
+    >>> async def fetch_async(url):
+    ...     await asyncio.sleep(0.01)
+    ...     return url * 2
+    >>> list(["a", "b"] | pf.map(fetch_async, concurrency=8))
+    ['aa', 'bb']
+
     Raises:
         TypeError, ValueError: when built, for a non-callable ``fn``, a
-            non-bool ``rng``, a bad ``seed``, or a ``seed`` without ``rng=True``.
+            non-bool ``rng``, a bad ``seed``, or a ``seed`` without ``rng=True``;
+            a ``concurrency`` that is not an integer >= 1 or ``None``, a
+            non-bool ``ordered`` (or ``ordered=False`` without concurrency), an
+            ``async def`` ``fn`` without concurrency.
     """
     fn = check_callable("map", "fn", fn)
     with_rng, checked = _check_rng("map", rng, seed)
@@ -425,6 +453,17 @@ def mapcat(
     >>> crops = range(2) | pf.mapcat(lambda x, rng: [x, x + rng.random()], rng=True)
     >>> crops.head(seed=1) == crops.head(seed=1), len(crops.head(seed=1))
     (True, 4)
+
+    ``concurrency=k`` and ``ordered`` are as in :func:`map`; each call's
+    outputs are gathered in its worker (a list) before they are yielded, and
+    ``fn`` may be an ``async def`` function that returns an iterable or an
+    async generator function.
+
+    >>> async def pages(n):
+    ...     for i in range(n):
+    ...         yield f"page {i}"
+    >>> list([1, 2] | pf.mapcat(pages, concurrency=2))
+    ['page 0', 'page 0', 'page 1']
     """
     fn = check_callable("mapcat", "fn", fn)
     with_rng, checked = _check_rng("mapcat", rng, seed)
