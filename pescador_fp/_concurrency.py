@@ -17,7 +17,7 @@ itself. Threads start at the first item, in the process that iterates, never
 before: a pool is never inherited by a forked worker. Closing (the end, ``break``,
 ``close()``, an error, garbage collection) sets the stop flag that every
 worker checks before it takes a unit: no call starts after it; a thread's call
-already running finishes on its own (close() waits ``_JOIN_TIMEOUT_S`` for it),
+already running finishes on its own (close() waits up to ``_JOIN_TIMEOUT_S`` in all),
 a coroutine is cancelled at its next ``await``.
 """
 
@@ -43,7 +43,7 @@ __all__ = ["async_items", "call_results"]
 #: than an instant call, so a small window would cost ~20 us an item in thread switches.
 _AHEAD = 2
 _WINDOW = 64
-#: How long closing waits for each thread (a call still running) or event loop to end.
+#: How long closing waits for the threads (calls still running) or the event loop to end, in all.
 _JOIN_TIMEOUT_S = 10.0
 #: How often a consumer waiting on a result checks that its workers are alive.
 _CHECK_S = 1.0
@@ -254,9 +254,10 @@ class _Threads(_Pool):
 
     def _stop(self) -> None:
         me = threading.current_thread()
+        deadline = time.monotonic() + _JOIN_TIMEOUT_S
         for thread in self.threads:
             if thread is not me:  # closed from a worker (garbage collected there): it ends by itself
-                thread.join(_JOIN_TIMEOUT_S)
+                thread.join(max(0.0, deadline - time.monotonic()))
 
 
 class _Loop(_Pool):
