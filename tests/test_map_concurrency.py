@@ -9,6 +9,7 @@ import threading
 import time
 import traceback
 
+import cloudpickle
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -323,3 +324,32 @@ def test_reprs_name_the_concurrency():
     assert repr(pf.mapcat(list, concurrency=2, ordered=False)) == "mapcat(list, concurrency=2, ordered=False)"
     random_map = pf.map(_noisy, rng=True, seed=1, concurrency=3)
     assert repr(random_map) == "map(_noisy, rng=True, seed=1, concurrency=3)"
+
+
+def test_threads_start_at_the_first_item_and_a_fork_inherits_none():
+    s = range(30) | pf.map(_twice, concurrency=4)
+    before = _threads()
+    it = s.iterate(seed=0)
+    assert _threads() == before  # iterate() starts nothing
+    assert next(it) == 0
+    assert _threads() - before  # the first item started the pool
+    # a pool open in this process while background forks: the workers run pools of their own
+    assert list((s | pf.background(workers=2, start_method="fork")).iterate(seed=0)) == list(s)
+    it.close()
+    assert _no_new_threads(before)
+
+
+@pytest.mark.parametrize(
+    "op",
+    [
+        pf.map(lambda x: x + 1, concurrency=3),
+        pf.map(_twice_async, concurrency=2, ordered=False),
+        pf.mapcat(lambda x, rng: [x, float(rng.random())], rng=True, seed=4, concurrency=2),
+    ],
+)
+def test_concurrent_operators_are_picklable_pure_values_and_empty_in_gives_empty_out(op):
+    s = range(12) | op
+    again = cloudpickle.loads(cloudpickle.dumps(s))
+    assert repr(again) == repr(s)
+    assert sorted(again) == sorted(s) == sorted(s)
+    assert list([] | op) == []
