@@ -303,6 +303,12 @@ def test_stats_show_calls_in_flight_and_time_per_call():
     assert row["in_flight"] == 0 and row["calls"] == 40
     assert row["call_s"] >= 0.004
     assert "calls in flight" in str(stats)
+    s = range(40) | pf.map(_sleepy([0.001]), concurrency=4)
+    it = s.iterate(seed=0)
+    next(it)
+    resumed = s.iterate(seed=0, state=it.state())
+    it.close()
+    assert len(list(resumed)) == 39 and resumed.stats()["stages"][0]["calls"] == 39
 
 
 @pytest.mark.parametrize("make", [pf.map, pf.mapcat])

@@ -17,7 +17,7 @@ from .._check import check_bool, check_int
 from .._concurrency import call_results
 from .._seed import Seed, SeedContext, seed_argument
 from .._stats import CallCounts, register_calls
-from .._stream import Operator, Stream, close_iterator, describe_callable
+from .._stream import Operator, Stream, close_iterator, describe_callable, items_before
 from .map import _ItemRandomness, _stopped
 
 __all__ = ["concurrent"]
@@ -115,7 +115,10 @@ class _Concurrent(Operator[Any, Any]):
         fn, op, is_async = self.fn, self, _is_async(self.fn)
         items: Iterator[Any] = upstream._open(ctx)
         counts = CallCounts(self.concurrency)
-        register_calls(ctx.run, upstream, counts)
+        # counted under the stream below the stage (in a resumed pass, the one it resumes)
+        register_calls(
+            ctx.run, getattr(upstream, "stream", upstream) if items_before(upstream) else upstream, counts
+        )
 
         def guarded(call: Callable[[Any], Any]) -> Callable[[Any], Any]:
             def called(unit: Any) -> Any:
