@@ -251,7 +251,7 @@ def _odd(x):
     return x % 3
 
 
-@pytest.mark.parametrize("start_method", ["fork", "spawn"])
+@pytest.mark.parametrize("start_method", ["fork", "forkserver", "spawn"])
 def test_inside_background_workers_equal_to_the_foreground(start_method):
     before = _threads()
     bg = pf.background(workers=2, start_method=start_method)
