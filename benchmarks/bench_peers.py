@@ -392,6 +392,11 @@ def best_peer(by_library: dict[str, dict[str, dict[str, float]]]) -> str | None:
     return max(peers, key=lambda name: by_library[name]["batches_per_s"]["median"], default=None)
 
 
+def number(value: float) -> str:
+    """``value`` rounded, thousands apart by a space (6 681), as the docs write them."""
+    return f"{value:,.0f}".replace(",", " ")
+
+
 def markdown_table(table: dict[str, dict[str, dict[str, dict[str, float]]]]) -> str:
     lines = [
         "| batch | library | batches/s: median (min-max) | x best peer | "
@@ -405,10 +410,10 @@ def markdown_table(table: dict[str, dict[str, dict[str, dict[str, float]]]]) -> 
             ratio = rate["median"] / by_library[best]["batches_per_s"]["median"] if best else float("nan")
             label = LIBRARIES[name][0] + (" (best peer)" if name == best else "")
             lines.append(
-                f"| {size_label(size)} | {label} | {rate['median']:,.0f} ({rate['min']:,.0f}-"
-                f"{rate['max']:,.0f}) | {ratio:.2f}x | {cpu['median']:,.0f} ({cpu['min']:,.0f}-"
-                f"{cpu['max']:,.0f}) | {s['process_cpu_us']['median']:,.0f} | "
-                f"{s['first_batch_s']['median'] * 1e3:,.0f} |"
+                f"| {size_label(size)} | {label} | {number(rate['median'])} ({number(rate['min'])}-"
+                f"{number(rate['max'])}) | {ratio:.2f}x | {number(cpu['median'])} ({number(cpu['min'])}-"
+                f"{number(cpu['max'])}) | {number(s['process_cpu_us']['median'])} | "
+                f"{number(s['first_batch_s']['median'] * 1e3)} |"
             )
     return "\n".join(lines)
 
@@ -422,7 +427,7 @@ def goals(table: dict[str, dict[str, dict[str, dict[str, float]]]]) -> list[str]
         ours = by_library[OURS]
         cpu = ours["consumer_cpu_us"]["median"]
         lines.append(
-            f"- {size_label(size)}: consumer CPU {cpu:,.0f} µs/batch (goal ≤ 20): "
+            f"- {size_label(size)}: consumer CPU {number(cpu)} µs/batch (goal ≤ 20): "
             f"{'MET' if cpu <= 20 else 'NOT MET'}"
         )
         best = best_peer(by_library)
@@ -495,6 +500,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--sizes", default=",".join(SIZES), help="comma-separated: " + ", ".join(SIZES))
     parser.add_argument("--plot", default=str(ROOT / "docs" / "img" / "peers.png"), help="PNG to write")
     parser.add_argument("--json", help="also write every measurement to this file")
+    parser.add_argument("--from-json", help="measure nothing: the table and plot of a --json file")
     parser.add_argument("--child", nargs=2, metavar=("LIBRARY", "SIZE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.rounds = args.rounds if args.rounds is not None else (1 if args.quick else 3)
@@ -514,12 +520,32 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
+def report(saved: dict[str, Any], plot_path: str) -> None:
+    """The table, the goals and the plot of a run's measurements."""
+    table = summaries(saved["runs"], saved["skipped"])
+    print(markdown_table(table))
+    print()
+    for line in goals(table):
+        print(line)
+    for name, why in saved["skipped"].items():
+        print(f"skipped {LIBRARIES[name][0]}: {why}")
+    note = f"medians of {saved['args']['rounds']} interleaved round(s), bars min-max"
+    if saved.get("machine"):
+        note += f"; {saved['machine']}"
+    plot(table, Path(plot_path), note)
+    print(f"plot: {plot_path}")
+
+
 def main() -> None:
     args = parse_args()
     if args.child:
         library, size = args.child
         result = measure(library, size, args.target_s, int(args.max_gib * GIB), args.warmup)
         print(json.dumps(result), flush=True)
+        return
+    if args.from_json:
+        with open(args.from_json) as file:
+            report(json.load(file), args.plot)
         return
     missing = missing_modules(args.libraries)
     if missing:
@@ -536,25 +562,17 @@ def main() -> None:
         flush=True,
     )
     results, skipped = run_rounds(args)
-    table = summaries(results, skipped)
     elapsed = time.perf_counter() - started
-    print(f"\ntotal {elapsed:.0f} s, load average now {os.getloadavg()[0]:.2f}\n")
-    print(markdown_table(table))
-    print()
-    for line in goals(table):
-        print(line)
-    for name, why in skipped.items():
-        print(f"skipped {LIBRARIES[name][0]}: {why}")
-    note = (
-        f"medians of {args.rounds} interleaved round(s), bars min-max; {os.cpu_count()} CPUs, "
-        f"load average {load:.2f} at the start"
-    )
-    plot(table, Path(args.plot), note)
-    print(f"plot: {args.plot}")
-    write_json(
-        args.json,
-        {"args": {k: v for k, v in vars(args).items() if k != "child"}, "runs": results, "skipped": skipped},
-    )
+    end_load = os.getloadavg()[0]
+    print(f"\ntotal {elapsed:.0f} s, load average now {end_load:.2f}\n")
+    saved = {
+        "args": {k: v for k, v in vars(args).items() if k not in ("child", "from_json", "plot", "json")},
+        "machine": f"{os.cpu_count()} CPUs, load average {load:.1f} at the start, {end_load:.1f} at the end",
+        "runs": results,
+        "skipped": skipped,
+    }
+    report(saved, args.plot)
+    write_json(args.json, saved)
 
 
 if __name__ == "__main__":
