@@ -10,6 +10,7 @@ which gives back the order of the undivided stream.
 from __future__ import annotations
 
 import collections
+import copy
 import functools
 import os
 import time
@@ -227,8 +228,9 @@ class Pool:
 
     __slots__ = ("pooling",)
 
-    def __init__(self, channels: Sequence[Reader]) -> None:
-        self.pooling = [_Pooling(channel) for channel in channels]
+    def __init__(self, channels: Sequence[Reader], copies: bool = False) -> None:
+        # copies: the channels give views into their rings (zero-copy), valid only until their next read.
+        self.pooling = [_Pooling(channel, copies) for channel in channels]
 
     def readers(self) -> list[Reader]:
         """The channels, each keeping its part's ``Leftover`` here instead of giving it out."""
@@ -255,17 +257,18 @@ class Pool:
 class _Pooling:
     """(consumer) One part's items, its ``Leftover`` kept in ``rest``."""
 
-    __slots__ = ("channel", "ended", "rest")
+    __slots__ = ("channel", "copies", "ended", "rest")
 
-    def __init__(self, channel: Reader) -> None:
+    def __init__(self, channel: Reader, copies: bool) -> None:
         self.channel = channel
+        self.copies = copies
         self.rest: list[Any] = []
         self.ended = False
 
     def next_item(self) -> Any:
         item = self.channel.next_item()
         if type(item) is Leftover:
-            self.rest = item.samples
+            self.rest = copy.deepcopy(item.samples) if self.copies else item.samples
             item = self.channel.next_item()  # its end
         if item is NOTHING:
             self.ended = True

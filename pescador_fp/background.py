@@ -178,7 +178,7 @@ def _background_items(
         ]
         register_channels(ctx.run, upstream, [channel.counts for channel in channels])  # for it.stats()
         weights = [part.weight for part in plan.parts]
-        pool = Pool(channels) if plan.pools_rest else None
+        pool = Pool(channels, op.zero_copy) if plan.pools_rest else None
         readers: list[Reader] = pool.readers() if pool is not None else list(channels)
         if plan.grouped:
             yield from merge_groups(readers, weights, ctx.generator(MERGE_SEED, depth))
