@@ -359,7 +359,8 @@ def _remainder_pipeline(kind, n, size, partial):
     elif kind == "mux":  # divided at its sources, weighted
         cut = n // 3
         pieces = [range(0, cut), range(cut, 2 * cut), range(2 * cut, n)]
-        head = pf.mux([pf.from_iterable(list(p)) for p in pieces], 3, None, weights=[1, 2, 3], seed=0)
+        sources = [pf.from_iterable(list(p)) for p in pieces]
+        head = pf.mux(sources, 3, None, weights=[1, 2, 3], mode="exhaustive", seed=0)
         head = head | pf.map(lambda x: x)
     else:  # fed: a generator that nothing divides
         head = pf.stream(_counted_rows, n) | pf.map(lambda x: x)
