@@ -399,14 +399,15 @@ def test_batch_under_background_gives_the_foreground_number_of_batches_and_rows(
     "ops",
     [
         (pf.map(lambda b: b * 2),),  # per-item above: run over the pooled batches in the consumer
-        (pf.filter(lambda b: len(b) == 32),),  # (a predicate on contents would see other batches)
+        (pf.filter(lambda b: len(b) == 20),),  # (a predicate on contents would see other batches)
         (pf.unbatch(),),
         (pf.shuffle(2, seed=0),),  # not per-item above: the batch runs undivided, in the feeder
         (pf.unbatch(), pf.batch(5)),  # two batches: the lower one runs undivided
     ],
 )
 def test_batch_with_operators_above_it_keeps_the_foreground_rows(ops):
-    stream = pf.from_iterable(list(range(100))) | pf.batch(32, partial=True)
+    # 3 workers with 34, 33 and 33 rows: one batch of 20 each, and 40 rows left over in all.
+    stream = pf.from_iterable(list(range(100))) | pf.batch(20)
     for op in ops:
         stream = stream | op
     foreground = list(stream.iterate(seed=2))
