@@ -18,7 +18,7 @@ import reprlib
 import types
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
 import numpy as np
 import toolz
@@ -231,6 +231,30 @@ class Stream(Generic[T]):
 
     def __getitem__(self, index: object) -> Any:
         raise TypeError(_NOT_INDEXABLE)
+
+    def __add__(self, other: object) -> Any:
+        if isinstance(other, Stream):
+            raise TypeError(
+                "streams do not add up with +: pf.chain([a, b]) gives a's items then b's; "
+                "pf.round_robin([a, b]), pf.shuffled_mux([a, b]) or pf.mux([a, b], ...) interleave them"
+            )
+        return NotImplemented
+
+    if not TYPE_CHECKING:  # (mypy would take every attribute of a Stream for one that exists)
+
+        def __getattr__(self, name: str) -> Any:
+            # Only for names that are not found. Method chains as in other libraries (s.shuffle(100)):
+            # say how pescador_fp applies operators; never the internal class's name.
+            if not name.startswith("_"):
+                import pescador_fp
+
+                made = getattr(getattr(pescador_fp, name, None), "__annotations__", {}).get("return", "")
+                if name in pescador_fp.__all__ and str(made).startswith("Operator"):
+                    raise AttributeError(
+                        f"a Stream has no method {name}(): operators are applied with |, "
+                        f"as in s | pf.{name}(...)"
+                    )
+            raise AttributeError(f"a Stream has no attribute {name!r}")
 
     def __bool__(self) -> bool:
         return True  # not len(): a stream is always something, even an empty one

@@ -384,3 +384,23 @@ def test_a_dict_view_piped_into_an_operator_says_how_to_stream_a_dict(view):
 def test_a_stream_is_accepted_where_a_collection_is():
     s = pf.from_iterable(range(3))
     assert list(pf.from_iterable(s)) == [0, 1, 2]
+
+
+@pytest.mark.parametrize("name", ["shuffle", "batch", "map", "background"])
+def test_a_method_chain_as_in_other_libraries_says_operators_go_after_a_pipe(name):
+    s = pf.from_iterable(range(3))
+    fix = rf"operators are applied with \|, as in s \| pf\.{name}\(\.\.\.\)"
+    with pytest.raises(AttributeError, match=fix):
+        getattr(s | pf.map(abs), name)
+    with pytest.raises(AttributeError) as caught:
+        s.no_such_thing  # noqa: B018
+    assert _no_internal_class(str(caught.value))
+    assert not hasattr(s, "weights") and getattr(s, "weights", None) is None
+
+
+def test_adding_streams_names_chain_and_the_multiplexers():
+    a, b = pf.from_iterable([1]), pf.from_iterable([2])
+    with pytest.raises(TypeError, match=r"pf\.chain\(\[a, b\]\)") as caught:
+        a + b | pf.map(abs)
+    assert _no_internal_class(str(caught.value))
+    assert list(pf.chain([a, b])) == [1, 2]
