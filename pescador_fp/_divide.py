@@ -22,6 +22,16 @@ outputs of one input item end. Operators that gather several items
 (``batch``, ``shuffle``, ``cache``) run on each part, so their output depends
 on how the work was divided (same seed and same ``count``: same output).
 
+Remainders. A ``batch`` in the parts would drop (or yield short) the last
+samples of every part: fewer batches than the undivided stream. So the
+parts' batch hands its short last group to the consumer instead
+(``Part.rest``), which pools those of all parts, in part order, and runs
+that batch and the per-item operators above it over them once, after the
+merge (:meth:`Plan.rest_stream`): the pass has the undivided stream's
+number of batches and rows. A batch with anything else above it in the
+parts (``shuffle``, another ``batch``) does not run in parts: it runs once,
+with what is below it, in the feeder.
+
 Marks also keep merges moving: wherever an operator in the parts may turn
 an item into nothing (``filter``, ``mapcat``, ``unbatch``), the merge reads
 group by group, picking the worker of each group in turn or by weight, so a
@@ -49,6 +59,9 @@ class Part:
     weight: float | None  # how often the merge reads this part; None: in turn
     depth: int = 0  # (fed) the depth of the head in the whole pipeline, so seeds line up
     dealt: tuple[int, int] | None = None  # (fed) (i, k): this part gets the head's items i, i + k, ...
+    #: The place in ``ops`` of a ``batch`` whose short last group of samples goes to the consumer
+    #: (pooled with the other parts'), not dropped or yielded; ``None``: no such batch.
+    rest: int | None = None
 
 
 @dataclass(frozen=True)
@@ -66,6 +79,48 @@ class Plan:
     def context(self, index: int, ctx: SeedContext) -> SeedContext:
         """The seed context of part ``index``: the pass's own for a single part, else a child."""
         return ctx if len(self.parts) == 1 and not self.fed else ctx.child(WORKER_BRANCH, index)
+
+    @property
+    def pools_rest(self) -> bool:
+        """Whether the parts send the short last group of their ``batch`` to the consumer."""
+        return self.parts[0].rest is not None
+
+    def rest_stream(self, samples: list[Any]) -> Stream[Any]:
+        """The end of the pass (consumer): the parts' batch and the operators above it over ``samples``,
+        the short last groups of all parts pooled in part order.
+
+        >>> import pescador_fp as pf
+        >>> plan = divide(pf.from_iterable(range(7)) | pf.batch(3, partial=True), 2)
+        >>> [b.tolist() for b in plan.rest_stream([6, 5, 3])]
+        [[6, 5, 3]]
+        """
+        part = self.parts[0]
+        assert part.rest is not None
+        below = part.source.depth if part.source is not None else part.depth
+        return rebuild(_Pooled(tuple(samples), below + part.rest), part.ops[part.rest :])
+
+    def rest_context(self, ctx: SeedContext) -> SeedContext:
+        """The seed context of the end of the pass (:meth:`rest_stream`): a branch of its own, after the
+        parts', and nothing registered for ``stats()`` (its stages are the workers')."""
+        return SeedContext(ctx.root, (*ctx.path, WORKER_BRANCH, len(self.parts)), ctx.fallback)
+
+
+@dataclass(frozen=True, repr=False, eq=False)
+class _Pooled(Stream[Any]):
+    """(consumer) The short last groups of samples of the parts' batch, pooled."""
+
+    samples: tuple[Any, ...]
+    at: int  # the depth of the stage below the batch in the whole pipeline, so that seeds line up
+
+    @property
+    def depth(self) -> int:  # type: ignore[override]
+        return self.at
+
+    def _open(self, ctx: SeedContext) -> Iterator[Any]:
+        return iter(self.samples)
+
+    def _describe(self) -> str:
+        return "<the samples left over by the parts' batch>"
 
 
 def _peel(stream: Stream[Any]) -> tuple[Stream[Any], list[Operator[Any, Any]]]:
@@ -85,8 +140,33 @@ def rebuild(source: Stream[Any], ops: Sequence[Operator[Any, Any]]) -> Stream[An
     return source
 
 
-def divide(stream: Stream[Any], count: int) -> Plan:
+def _rest(ops: Sequence[Operator[Any, Any]]) -> int | None:
+    """The place of the batch whose remainder the parts pool (at most one is left in them), if any."""
+    return next((i for i, op in enumerate(ops) if op._has_remainder), None)
+
+
+def _undivided_remainders(ops: Sequence[Operator[Any, Any]]) -> int:
+    """How many of ``ops`` (innermost first) must run undivided for the parts to pool remainders.
+
+    Only the outermost batch can pool its remainder, and only under operators
+    per item (they run over the pooled batches as over the others); every
+    other batch runs once, with all below it.
+    """
+    places = [i for i, op in enumerate(ops) if op._has_remainder]
+    if not places:
+        return 0
+    top = places[-1]
+    if not all(op._per_item for op in ops[top + 1 :]):
+        return top + 1
+    return places[-2] + 1 if len(places) > 1 else 0
+
+
+def divide(stream: Stream[Any], count: int, pool: bool = True) -> Plan:
     """How ``stream`` runs in ``count`` parts.
+
+    ``pool``: a ``batch`` in the parts hands its remainder to the consumer
+    (``Part.rest``), and one that cannot runs undivided; ``False`` (ranks,
+    which have no consumer in common): every part keeps or drops its own.
 
     >>> import pescador_fp as pf
     >>> plan = divide(pf.from_iterable(range(10)) | pf.filter(bool), 2)
@@ -101,9 +181,12 @@ def divide(stream: Stream[Any], count: int) -> Plan:
     per_item = all(op._per_item for op in ops)
     one_to_one = all(op._one_to_one for op in ops)
     divided = [base._divide(i, count) for i in range(count)]
-    if all(d is not None for d in divided):
+    # A batch that cannot pool its remainder (what stands above it is not per-item) runs undivided.
+    undivided = _undivided_remainders(ops) if pool else 0
+    if all(d is not None for d in divided) and not undivided:
+        rest = _rest(ops) if pool else None
         # A part of weight 0 is empty (a mux with fewer sources or n_active than parts): no worker for it.
-        parts = tuple(Part(d[0], tuple(ops), d[1]) for d in divided if d is not None and d[1] != 0)
+        parts = tuple(Part(d[0], tuple(ops), d[1], rest=rest) for d in divided if d is not None and d[1] != 0)
         if len(parts) <= 1:
             return Plan((Part(stream, (), None),))
         in_turn = base._divides_in_turn and all(p.weight is None for p in parts)
@@ -118,13 +201,15 @@ def divide(stream: Stream[Any], count: int) -> Plan:
     # Operators that restart their upstream cannot run over items dealt once: they join the head,
     # and so do those that read ahead where the workers would mark their items' ends.
     cut = max((i + 1 for i, op in enumerate(ops) if op._reopens_upstream), default=0)
+    cut = max(cut, undivided)
     if not all(op._one_to_one for op in ops[cut:]):
         cut = max([cut, *(i + 1 for i, op in enumerate(ops) if op._reads_ahead)])
     head, tail = rebuild(base, ops[:cut]), tuple(ops[cut:])
     if not tail:
         return Plan((Part(stream, (), None),))
+    rest = _rest(tail) if pool else None
     return Plan(
-        tuple(Part(None, tail, None, head.depth, (i, count)) for i in range(count)),
+        tuple(Part(None, tail, None, head.depth, (i, count), rest) for i in range(count)),
         head=head,
         grouped=not all(op._one_to_one for op in tail),
     )
@@ -151,7 +236,7 @@ def divide_ranks(stream: Stream[Any], count: int) -> tuple[Plan, tuple[int | Non
     >>> len(plan.parts), which
     (1, (0, None))
     """
-    plan = divide(stream, count)
+    plan = divide(stream, count, pool=False)
     if count == 1 or plan.fed:
         return plan, tuple(range(count))
     base, _ = _peel(stream)

@@ -10,6 +10,7 @@ which gives back the order of the undivided stream.
 from __future__ import annotations
 
 import collections
+import copy
 import functools
 import os
 import time
@@ -22,10 +23,10 @@ from ._ipc.workers import Workers, stack_of
 from ._sampling import Picker
 from ._stats import ChannelCounts
 from ._stream import NOTHING
-from ._worker import FEEDER_DONE, RECORD_MARK
+from ._worker import FEEDER_DONE, RECORD_MARK, Leftover
 from .errors import WorkerError
 
-__all__ = ["MARK", "RECENT_PICKS", "Channel", "Reader", "Tally", "merge", "merge_groups"]
+__all__ = ["MARK", "RECENT_PICKS", "Channel", "Pool", "Reader", "Tally", "merge", "merge_groups"]
 
 
 def _raise_remote(metadata: memoryview, index: int) -> None:
@@ -58,6 +59,14 @@ class Tally:
             "ended": [i for i, ended in enumerate(self.ended) if ended],
             "recent": "".join(_DIGITS[i] for i in self.recent) if len(self.taken) <= len(_DIGITS) else "",
         }
+
+    @staticmethod
+    def total(saved: Any) -> int:
+        """The items a saved tally counts (0 where it is malformed: :meth:`taken_at` says so)."""
+        try:
+            return sum(int(t) for t in saved["taken"])
+        except (KeyError, TypeError, ValueError):
+            return 0
 
     @staticmethod
     def taken_at(saved: Any, items: int, count: int) -> tuple[list[int], set[int]] | None:
@@ -206,6 +215,64 @@ def merge_groups(
                     picks = iter(())
                 break
             yield item
+
+
+class Pool:
+    """The short last groups of samples that the parts' batch sends last (``Leftover``), kept per part.
+
+    The merges read the parts through :meth:`readers`, which keep those
+    groups instead of giving them out; once the merge has ended,
+    :meth:`samples` are all of them, in part order (``_divide.Plan.rest_stream``
+    batches them).
+    """
+
+    __slots__ = ("pooling",)
+
+    def __init__(self, channels: Sequence[Reader], copies: bool = False) -> None:
+        # copies: the channels give views into their rings (zero-copy), valid only until their next read.
+        self.pooling = [_Pooling(channel, copies) for channel in channels]
+
+    def readers(self) -> list[Reader]:
+        """The channels, each keeping its part's ``Leftover`` here instead of giving it out."""
+        return list(self.pooling)
+
+    def samples(self) -> list[Any]:
+        """Every part's group, in part order, once the merge has ended.
+
+        A part whose end the merge did not read (a resumed pass, which counts
+        the items the consumer had instead of reading them) is read to its end
+        here: it sends nothing but its group.
+        """
+        for pooling in self.pooling:
+            while not pooling.ended:
+                item = pooling.next_item()
+                if item is not NOTHING and item is not MARK:
+                    raise ValueError(
+                        "iterate: a background worker gave items after those that the state says it had "
+                        "given in all; was the state saved from this pipeline?"
+                    )
+        return [sample for pooling in self.pooling for sample in pooling.rest]
+
+
+class _Pooling:
+    """(consumer) One part's items, its ``Leftover`` kept in ``rest``."""
+
+    __slots__ = ("channel", "copies", "ended", "rest")
+
+    def __init__(self, channel: Reader, copies: bool) -> None:
+        self.channel = channel
+        self.copies = copies
+        self.rest: list[Any] = []
+        self.ended = False
+
+    def next_item(self) -> Any:
+        item = self.channel.next_item()
+        if type(item) is Leftover:
+            self.rest = copy.deepcopy(item.samples) if self.copies else item.samples
+            item = self.channel.next_item()  # its end
+        if item is NOTHING:
+            self.ended = True
+        return item
 
 
 # A channel reads up to this many marks at once (where the workers have written them).

@@ -25,6 +25,7 @@ counting costs.
 
 from __future__ import annotations
 
+import html
 import itertools
 import operator
 import os
@@ -480,6 +481,19 @@ class Stats(dict[str, Any]):
     def __str__(self) -> str:
         return _table(self)
 
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        """The table, where IPython shows the value of a cell (``it.stats()`` as its last line)."""
+        printer.text("Stats(...)" if cycle else _table(self))
+
+    def _repr_html_(self) -> str:
+        """The table as HTML, where a notebook shows the value of a cell.
+
+        >>> Stats(taken=0, seconds=0.0, waiting_s=0.0, consumer_s=0.0,
+        ...       stages=[], workers=[], sources=[])._repr_html_()  # doctest: +ELLIPSIS
+        '<div class="pescador-fp-stats"><p><b>pass: 0 items taken in 0 us; ...</b></p></div>'
+        """
+        return _html(self)
+
 
 def stats_of(stream: Any, run: Any, taken: int) -> Stats:
     """The stats of a pass over ``stream`` whose stages counted into ``run``."""
@@ -606,21 +620,47 @@ def _grouped(rows: list[dict[str, Any]]) -> Iterator[tuple[str, list[dict[str, A
         yield stage, list(group)
 
 
-def _table(stats: Stats) -> str:
+def _heaviest(stats: Stats) -> dict[str, Any] | None:
+    """The stage with the most own time, where it has more than the consumer's own loop; else ``None``
+    (the loop, or nothing, is where the time goes)."""
+    stages = stats["stages"]
+    if not stages:
+        return None
+    heaviest: dict[str, Any] = max(stages, key=lambda row: row["self_s"])
+    if heaviest["self_s"] <= 0 or heaviest["self_s"] < stats["consumer_s"]:
+        return None
+    return heaviest
+
+
+def _verdict(stats: Stats, heaviest: dict[str, Any] | None) -> str | None:
+    """Where the time goes, in words; ``None`` where nothing has been timed."""
+    if heaviest is not None:
+        return str(heaviest["stage"])
+    if stats["consumer_s"] > 0 and stats["stages"]:
+        seconds = stats["seconds"]
+        return (
+            f"the consumer's loop (your code between items, {_share(stats['consumer_s'], seconds)} of "
+            "the pass): the pipeline keeps up"
+        )
+    return None
+
+
+def _sections(stats: Stats) -> Iterator[tuple[str, list[str], list[list[str]], list[str]]]:
+    """The table's sections: (title, header, rows, notes); the pass's line is the first title."""
     seconds = stats["seconds"]
-    lines = [
+    yield (
         f"pass: {stats['taken']} items taken in {_s(seconds)}; the consumer waited {_s(stats['waiting_s'])} "
-        f"({_share(stats['waiting_s'], seconds)}) and ran its own loop {_s(stats['consumer_s'])}"
-    ]
+        f"({_share(stats['waiting_s'], seconds)}) and ran its own loop {_s(stats['consumer_s'])}",
+        [],
+        [],
+        [],
+    )
     stages = stats["stages"]
     if stages:
-        heaviest = max(stages, key=lambda row: row["self_s"])
-        lines += ["", "stages (the consumer's end first):"]
+        heaviest = _heaviest(stats)
         rows = [
             [
-                ("* " if row is heaviest and row["self_s"] > 0 else "  ")
-                + row["stage"]
-                + (" [+ source]" if row["source"] else ""),
+                ("* " if row is heaviest else "  ") + row["stage"] + (" [+ source]" if row["source"] else ""),
                 str(row["items"]),
                 _s(row["seconds"]),
                 _s(row["self_s"]),
@@ -628,19 +668,21 @@ def _table(stats: Stats) -> str:
             ]
             for row in stages
         ]
-        lines += _rows(["  stage", "items", "time in next()", "own time", "of pass"], rows)
-        if heaviest["self_s"] > 0:
-            lines.append(f"  * where the time goes: {heaviest['stage']}")
-        for row in stages:
-            if "calls" in row:
-                lines.append(
-                    f"  {row['stage']}: {row['in_flight']} of {row['concurrency']} calls in flight, "
-                    f"{row['calls']} done, {_s(row['call_s'])} a call"
-                )
+        notes = []
+        verdict = _verdict(stats, heaviest)
+        if verdict is not None:
+            notes.append(f"{'*' if heaviest is not None else ' '} where the time goes: {verdict}")
+        notes += [
+            f"{row['stage']}: {row['in_flight']} of {row['concurrency']} calls in flight, "
+            f"{row['calls']} done, {_s(row['call_s'])} a call"
+            for row in stages
+            if "calls" in row
+        ]
         if any(row["source"] for row in stages):
-            lines.append("  [+ source]: that own time includes the source (or multiplexer) the stage reads")
+            notes.append("[+ source]: that own time includes the source (or multiplexer) the stage reads")
+        header = ["  stage", "items", "time in next()", "own time", "of pass"]
+        yield "stages (the consumer's end first):", header, rows, notes
     for stage, group in _grouped(stats["workers"]):
-        lines += ["", f"workers of {stage}:"]
         rows = [
             [
                 f"#{row['worker']}",
@@ -651,9 +693,33 @@ def _table(stats: Stats) -> str:
             ]
             for row in group
         ]
-        lines += _rows(["worker", "items", "items/s", "ring fill", "consumer waited"], rows)
+        yield f"workers of {stage}:", ["worker", "items", "items/s", "ring fill", "consumer waited"], rows, []
     for stage, group in _grouped(stats["sources"]):
-        lines += ["", f"sources of {stage}:"]
         rows = [[row["source"], str(row["items"]), str(row["activations"])] for row in group]
-        lines += _rows(["source", "items", "activations"], rows)
+        yield f"sources of {stage}:", ["source", "items", "activations"], rows, []
+
+
+def _table(stats: Stats) -> str:
+    lines: list[str] = []
+    for title, header, rows, notes in _sections(stats):
+        lines += [title] if not lines else ["", title]
+        if header:
+            lines += _rows(header, rows)
+        lines += [f"  {note}" for note in notes]
     return "\n".join(lines)
+
+
+def _html(stats: Stats) -> str:
+    parts = ['<div class="pescador-fp-stats">']
+    for title, header, rows, notes in _sections(stats):
+        parts.append(f"<p><b>{html.escape(title)}</b></p>")
+        if header:
+            head = "".join(f"<th>{html.escape(h.strip())}</th>" for h in header)
+            body = "".join(
+                "<tr>" + "".join(f"<td>{html.escape(cell.strip())}</td>" for cell in row) + "</tr>"
+                for row in rows
+            )
+            parts.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+        parts += [f"<p>{html.escape(note.strip())}</p>" for note in notes]
+    parts.append("</div>")
+    return "".join(parts)

@@ -13,10 +13,12 @@ import functools
 import html
 import itertools
 import numbers
+import os
 import reprlib
+import types
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
 import numpy as np
 import toolz
@@ -59,6 +61,28 @@ _NO_LENGTH = (
     "length; look at a few items with s.head(n) (or s | pf.take(n)), or count one pass with "
     "sum(1 for _ in s)"
 )
+
+_NOT_AN_ITERATOR = (
+    "a Stream is not an iterator: it is a recipe for passes. Start a pass with it = iter(s) "
+    "(or it = s.iterate(seed)) and call next(it), or look at the first items with s.head(n)"
+)
+
+_NOT_INDEXABLE = (
+    "a Stream cannot be indexed: it is a recipe for passes, which may be endless or random. "
+    "Take the first items as a list with s.head(n) (then s.head(n)[i]), cut a stream with "
+    "s | pf.take(n) or s | pf.skip(n), or walk a pass: for x in s, or it = iter(s)"
+)
+
+
+class _Refused:
+    """A special method that a Stream does not have, which says what to do instead (``next(s)``)."""
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+
+    def __get__(self, instance: object, owner: object = None) -> Any:
+        raise TypeError(self.message)
+
 
 _AFTER_PIPE = "an operator such as pf.map(f), pf.batch(32) or pf.shuffle(1000) (or operators composed with |)"
 
@@ -187,15 +211,50 @@ class Stream(Generic[T]):
             raise TypeError(f"head: n must be an integer >= 0, got {reprlib.repr(n)} ({type(n).__name__})")
         if n < 0:
             raise ValueError(f"head: n must be an integer >= 0, got {n!r}")
+        __tracebackhide__ = True  # IPython and pytest hide this frame
         items = _run(self, SeedContext.for_pass(seed), 0)
         try:
             # Copied: a zero-copy background's views are valid only until its next item.
             return [_owned(item) for item in itertools.islice(items, int(n))]
+        except Exception as error:
+            error.__traceback__ = user_frames(error.__traceback__)
+            raise
         finally:
             items.close()
 
     def __len__(self) -> int:
         raise TypeError(_NO_LENGTH)
+
+    # next(s): without a __next__, Python's message names the stream's internal class ("'Applied'
+    # object is not an iterator"); this one says how to start a pass.
+    __next__ = _Refused(_NOT_AN_ITERATOR)
+
+    def __getitem__(self, index: object) -> Any:
+        raise TypeError(_NOT_INDEXABLE)
+
+    def __add__(self, other: object) -> Any:
+        if isinstance(other, Stream):
+            raise TypeError(
+                "streams do not add up with +: pf.chain([a, b]) gives a's items then b's; "
+                "pf.round_robin([a, b]), pf.shuffled_mux([a, b]) or pf.mux([a, b], ...) interleave them"
+            )
+        return NotImplemented
+
+    if not TYPE_CHECKING:  # (mypy would take every attribute of a Stream for one that exists)
+
+        def __getattr__(self, name: str) -> Any:
+            # Only for names that are not found. Method chains as in other libraries (s.shuffle(100)):
+            # say how pescador_fp applies operators; never the internal class's name.
+            if not name.startswith("_"):
+                import pescador_fp
+
+                made = getattr(getattr(pescador_fp, name, None), "__annotations__", {}).get("return", "")
+                if name in pescador_fp.__all__ and str(made).startswith("Operator"):
+                    raise AttributeError(
+                        f"a Stream has no method {name}(): operators are applied with |, "
+                        f"as in s | pf.{name}(...)"
+                    )
+            raise AttributeError(f"a Stream has no attribute {name!r}")
 
     def __bool__(self) -> bool:
         return True  # not len(): a stream is always something, even an empty one
@@ -263,6 +322,39 @@ def _owned(item: Any) -> Any:
     return item
 
 
+_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def user_frames(tb: types.TracebackType | None) -> types.TracebackType | None:
+    """``tb`` without the library's own frames, unless ``PESCADOR_FP_FULL_TRACEBACK=1``.
+
+    An error in a pass (yours, in a ``map``, or a worker's, raised again in
+    your process) then shows your loop and your code, not the seven frames
+    of the pass, the merge and the channel it came through.
+
+    >>> import traceback, pescador_fp as pf
+    >>> try:
+    ...     next(iter(pf.from_iterable([0]) | pf.map(lambda x: 1 // x)))
+    ... except ZeroDivisionError as error:
+    ...     frames = traceback.extract_tb(error.__traceback__)
+    >>> [frame.name for frame in frames][-1]
+    '<lambda>'
+    >>> any(frame.filename.startswith(_PACKAGE) for frame in frames)
+    False
+    """
+    if os.environ.get("PESCADOR_FP_FULL_TRACEBACK", "") not in ("", "0"):
+        return tb
+    kept: list[types.TracebackType] = []
+    while tb is not None:
+        if not tb.tb_frame.f_code.co_filename.startswith(_PACKAGE):
+            kept.append(tb)
+        tb = tb.tb_next
+    trimmed = None
+    for entry in reversed(kept):
+        trimmed = types.TracebackType(trimmed, entry.tb_frame, entry.tb_lasti, entry.tb_lineno)
+    return trimmed
+
+
 def drop(items: Iterator[T], n: int) -> Iterator[T]:
     """``items`` after taking and dropping ``n`` of them (fewer where it ends first).
 
@@ -326,7 +418,13 @@ class Pass(Iterator[T]):
         return self
 
     def __next__(self) -> T:
-        item = next(self._items)
+        __tracebackhide__ = True  # IPython and pytest hide this frame
+        try:
+            item = next(self._items)
+        except Exception as error:  # free until it catches (zero-cost try)
+            if not isinstance(error, StopIteration):
+                error.__traceback__ = user_frames(error.__traceback__)
+            raise
         self.taken += 1
         return item
 
@@ -397,6 +495,9 @@ class Operator(Generic[T, U]):
     _per_item = False
     #: Exactly one output per input item (map, tuples).
     _one_to_one = False
+    #: May leave a remainder of fewer items than it gathers at the end of its input (batch):
+    #: ``background`` then pools the remainders of its parts in the consumer (``_divide``).
+    _has_remainder = False
     #: Iterates its upstream more than once (cycle), so it cannot run over items
     #: that a feeder process hands out once.
     _reopens_upstream = False
@@ -462,7 +563,9 @@ class Operator(Generic[T, U]):
     def __iter__(self) -> Iterator[Any]:
         raise TypeError(
             f"{self!r} is an operator, not a stream, and cannot be iterated; "
-            "apply it to one: pf.from_iterable(xs) | op"
+            "apply it to one: pf.from_iterable(xs) | op. (A dict's keys or items on the left of | "
+            "make a set union, which iterates the operator: stream them with "
+            "pf.from_iterable(list(d.items())) | op)"
         )
 
 

@@ -30,9 +30,9 @@ from ._ipc.workers import dump_stack_on_signal, ignore_interrupts, watch_parent
 from ._seed import SeedContext
 from ._stream import Applied, Stream, _run, from_item
 from .errors import WorkerError
-from .ops.batch import new_axis_batch, sample_groups, stack
+from .ops.batch import batch_length, is_keeping_rest, keeping_rest, new_axis_batch, rows, sample_groups, stack
 
-__all__ = ["FEEDER_DONE", "RECORD_MARK", "Marked", "feed", "work"]
+__all__ = ["FEEDER_DONE", "RECORD_MARK", "Leftover", "Marked", "feed", "part_stream", "work"]
 
 # (item layer) A worker's outputs of one input item are complete: the merge moves to the next worker.
 RECORD_MARK = 16
@@ -69,10 +69,13 @@ def work(recipe: bytes, handle: RingHandle, parent_pid: int, inbox: RingHandle |
                 send_error(ring, wrapped, alive)
             return
         ring.put(RECORD_READY, b"", alive=alive)
-        stream = _worker_stream(plan_part, grouped, ring, fed, alive)
+        rest: list[Any] = []
+        stream = _worker_stream(plan_part, grouped, ring, fed, alive, rest.extend)
         encoder = Encoder()
         try:
-            _write_all(stream, ctx, start, encoder, ring, alive)
+            _write_all(stream, ctx, start, encoder, ring, alive, rest.extend)
+            if rest:
+                encoder.write(ring, Leftover(rest), alive)
         except Stopped:
             raise
         except _Forwarded as forwarded:
@@ -91,7 +94,13 @@ def work(recipe: bytes, handle: RingHandle, parent_pid: int, inbox: RingHandle |
 
 
 def _write_all(
-    stream: Stream[Any], ctx: SeedContext, start: int, encoder: Encoder, ring: Ring, alive: Any
+    stream: Stream[Any],
+    ctx: SeedContext,
+    start: int,
+    encoder: Encoder,
+    ring: Ring,
+    alive: Any,
+    keep: Callable[[list[Any]], None],
 ) -> None:
     """Write every item of ``stream`` from item ``start`` on (a resumed pass) into ``ring``.
 
@@ -100,7 +109,8 @@ def _write_all(
     instead of stacking into a fresh array and copying that: row slices of
     ``from_arrays``, or the samples that the operators below yield when they
     are arrays or flat dicts of arrays of one layout. Anything else is stacked
-    as ``batch`` does (and raises what it raises).
+    as ``batch`` does (and raises what it raises). A batch that keeps its
+    rest (``keeping_rest``) gives its short last group to ``keep``.
     """
     batching = new_axis_batch(stream.op) if isinstance(stream, Applied) else None
     if batching is None:
@@ -108,13 +118,20 @@ def _write_all(
         return
     assert isinstance(stream, Applied)
     size, partial = batching
+    keeps = is_keeping_rest(stream.op)
     upstream = stream.upstream
     row_batches = upstream._row_batches(size, partial, start * size)
     if row_batches is not None:
         for item in row_batches:
+            if keeps and batch_length(item) < size:
+                keep(list(rows(item)))
+                return
             encoder.write_columns(ring, item, alive)
         return
     for samples in _sample_groups(from_item(upstream, start * size), ctx, size, partial):
+        if keeps and len(samples) < size:
+            keep(samples)
+            return
         if not encoder.write_stacked(ring, samples, alive):
             encoder.write(ring, stack(samples), alive)
         del samples
@@ -125,7 +142,9 @@ def _sample_groups(upstream: Stream[Any], ctx: SeedContext, size: int, partial: 
     yield from sample_groups(upstream._open(ctx), size, partial)
 
 
-def _worker_stream(part: Part, grouped: bool, ring: Ring, fed: Ring | None, alive: Any) -> Stream[Any]:
+def _worker_stream(
+    part: Part, grouped: bool, ring: Ring, fed: Ring | None, alive: Any, keep: Callable[[list[Any]], None]
+) -> Stream[Any]:
     """The stream a worker runs: its part's operators over its source or over the feeder's items."""
     source = part.source
     if source is None:
@@ -133,7 +152,26 @@ def _worker_stream(part: Part, grouped: bool, ring: Ring, fed: Ring | None, aliv
         source = _Fed(functools.partial(_fed_items, fed, alive), part.depth, part.dealt)
     if grouped:
         source = Marked(source, functools.partial(ring.put, RECORD_MARK, b"", alive=alive))
-    return rebuild(source, part.ops)
+    return part_stream(part, source, keep)
+
+
+def part_stream(part: Part, source: Stream[Any], keep: Callable[[list[Any]], None]) -> Stream[Any]:
+    """``part``'s operators over ``source``; its batch that pools its rest (``Part.rest``) gives it to
+    ``keep``, which the part sends last, as a :class:`Leftover`."""
+    ops = list(part.ops)
+    if part.rest is not None:
+        ops[part.rest] = keeping_rest(ops[part.rest], keep)
+    return rebuild(source, ops)
+
+
+@dataclass(frozen=True)
+class Leftover:
+    """(item layer) A part's last item where its batch pools its rest: the short last group of samples.
+
+    The consumer pools them all and batches them at the end of the pass (``_divide.Plan.rest_stream``).
+    """
+
+    samples: list[Any]
 
 
 @dataclass(frozen=True, repr=False, eq=False)

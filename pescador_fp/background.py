@@ -29,7 +29,7 @@ from ._ipc.ring import (
     shared_memory_free,
 )
 from ._ipc.workers import Workers, default_start_method
-from ._merge import Channel, Tally, merge, merge_groups
+from ._merge import Channel, Pool, Reader, Tally, merge, merge_groups
 from ._seed import MERGE_SEED, SeedContext
 from ._stats import register_channels
 from ._stream import Operator, Stream, drop, stage_key
@@ -92,9 +92,11 @@ def _resumable(
     saved = ctx.run.restored.get(stage_key(ctx, depth)) if ctx.run is not None else None
     if saved is not None:
         plan = divide(upstream, op.workers)
-        resume = None if plan.fed else Tally.taken_at(saved, start, len(plan.parts))
+        # Past the workers' items: in the batches of the parts' pooled remainders (_divide).
+        pooled = max(0, start - Tally.total(saved)) if plan.pools_rest else 0
+        resume = None if plan.fed else Tally.taken_at(saved, start - pooled, len(plan.parts))
         if resume is not None:
-            return _background_items(op, upstream, ctx, depth, resume)
+            return _background_items(op, upstream, ctx, depth, resume, pooled)
     return drop(_background_items(op, upstream, ctx, depth), start)
 
 
@@ -104,6 +106,7 @@ def _background_items(
     ctx: SeedContext,
     depth: int,
     resume: tuple[list[int], set[int]] | None = None,
+    pooled: int = 0,
 ) -> Iterator[Any]:
     if multiprocessing.current_process().daemon:
         raise WorkerError(
@@ -175,13 +178,19 @@ def _background_items(
         ]
         register_channels(ctx.run, upstream, [channel.counts for channel in channels])  # for it.stats()
         weights = [part.weight for part in plan.parts]
+        pool = Pool(channels, op.zero_copy) if plan.pools_rest else None
+        readers: list[Reader] = pool.readers() if pool is not None else list(channels)
         if plan.grouped:
-            yield from merge_groups(channels, weights, ctx.generator(MERGE_SEED, depth))
+            yield from merge_groups(readers, weights, ctx.generator(MERGE_SEED, depth))
         else:
             tally = Tally(count)
             if ctx.run is not None and not plan.fed:  # a fed pass resumes by replaying
                 ctx.run.states[stage_key(ctx, depth)] = tally.state
-            yield from merge(channels, weights, ctx.generator(MERGE_SEED, depth), tally, resume)
+            yield from merge(readers, weights, ctx.generator(MERGE_SEED, depth), tally, resume)
+        if pool is not None:  # the parts' batches' remainders, batched here (_divide: "Remainders")
+            rest = plan.rest_stream(pool.samples())
+            rest_ctx = plan.rest_context(ctx)
+            yield from rest._open_at(rest_ctx, pooled) if pooled else rest._open(rest_ctx)
     finally:
         ended = time.perf_counter()
         for channel in channels:  # (stats) a closed or failed pass's rates stay as they were

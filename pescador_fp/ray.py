@@ -42,12 +42,12 @@ from typing import Any
 import numpy as np
 
 from ._check import check_int
-from ._divide import components, divide, rebuild
+from ._divide import components, divide
 from ._ipc.codec import RemoteTraceback, loads_recipe
-from ._merge import MARK, Tally, merge, merge_groups
+from ._merge import MARK, Pool, Reader, Tally, merge, merge_groups
 from ._seed import MERGE_SEED, SeedContext
 from ._stream import NOTHING, Applied, Operator, Stream, _run
-from ._worker import Marked
+from ._worker import Leftover, Marked, part_stream
 from .background import recipe_bytes
 from .errors import WorkerError
 
@@ -156,9 +156,13 @@ def _part_items(recipe: bytes) -> Iterator[tuple[int, int, Any]]:
     groups = _Groups()
     if grouped:
         source = Marked(source, groups.next)
+    rest: list[Any] = []
     place = 0
-    for place, item in enumerate(_run(rebuild(source, part.ops), ctx), 1):
+    for place, item in enumerate(_run(part_stream(part, source, rest.extend), ctx), 1):
         yield place - 1, groups.count, item
+    if rest:  # the short last group of the part's batch, which the consumer pools (as background's)
+        yield place, groups.count, Leftover(rest)
+        place += 1
     if grouped:  # the groups after the last item, which gave nothing: marks too, as background's
         yield place, groups.count, _GroupsEnd()
 
@@ -338,10 +342,14 @@ def _remote_items(op: _Remote, upstream: Stream[Any], ctx: SeedContext, depth: i
         # The channels read like background's, so the parts merge exactly as background merges them.
         weights = [part.weight for part in plan.parts]
         rng = ctx.generator(MERGE_SEED, depth)
+        pool = Pool(channels) if plan.pools_rest else None
+        readers: list[Reader] = pool.readers() if pool is not None else list(channels)
         if plan.grouped:
-            yield from merge_groups(channels, weights, rng)
+            yield from merge_groups(readers, weights, rng)
         else:
-            yield from merge(channels, weights, rng, Tally(len(channels)))
+            yield from merge(readers, weights, rng, Tally(len(channels)))
+        if pool is not None:
+            yield from plan.rest_stream(pool.samples())._open(plan.rest_context(ctx))
     finally:
         # Not after ray.shutdown(), which ended the tasks (and a call would start Ray again).
         if ray.is_initialized():

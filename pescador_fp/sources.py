@@ -470,7 +470,7 @@ def from_iterable(items: Iterable[T]) -> Stream[T]:
     ...
     TypeError: from_iterable needs a re-iterable collection, got a one-shot generator; use pf.stream(...) ...
     """
-    if isinstance(items, Iterator):
+    if isinstance(items, Iterator) and not isinstance(items, Stream):  # (a Stream refuses next() itself)
         raise TypeError(
             f"from_iterable needs a re-iterable collection, got a one-shot {type(items).__name__}; "
             "use pf.stream(fn, *args) with the function that makes it, so every pass starts afresh"

@@ -103,6 +103,20 @@ def test_remote_yields_what_background_yields(cluster, name, workers):
     assert same_items(got, expected)
 
 
+@pytest.mark.parametrize("partial", [False, True])
+@pytest.mark.parametrize("fed", [False, True])
+def test_remote_batches_as_the_foreground_does(cluster, fed, partial):
+    # Each part dropped (or yielded short) the last batch of its own rows: 100 rows | batch(32) in
+    # 4 parts gave 0 batches, not 3; the parts' remainders are now pooled as background pools them.
+    head = pf.stream(_gen, 100) | pf.map(lambda x: x) if fed else pf.from_arrays(np.arange(100))
+    stream = head | pf.batch(32, partial=partial)
+    got = list((stream | pfr.remote(workers=4, resources={"CPU": 0.5})).iterate(seed=2))
+    assert [len(b) for b in got] == [len(b) for b in stream] == ([32, 32, 32, 4] if partial else [32] * 3)
+    assert same_items(got, list((stream | pf.background(workers=4)).iterate(seed=2)))
+    rows = sorted(int(r) for b in got for r in b)
+    assert rows == list(range(100)) if partial else len(set(rows)) == 96
+
+
 def test_a_pure_pipeline_is_pure_without_a_pass_seed(cluster):
     stream = pf.from_iterable(range(40)) | pf.shuffle(8, seed=3) | pf.map(lambda x: x * 2)
     op = pfr.remote(workers=2)

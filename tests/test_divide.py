@@ -338,3 +338,103 @@ def test_an_unpicklable_source_inside_a_mux_is_named():
     s = pf.mux([pf.from_iterable(range(3)), bad], 2) | pf.map(str) | pf.background(workers=2)
     with pytest.raises(TypeError, match=r"stream\(<lambda>\) could not be pickled"):
         next(iter(s))
+
+
+# ---------------------------------------------------------------- remainders of batch in the parts
+
+
+def _rows_of(batches):
+    return sorted(int(r) for b in batches for r in np.asarray(b["i"] if isinstance(b, dict) else b).ravel())
+
+
+def _counted_rows(n):
+    yield from range(n)
+
+
+def _remainder_pipeline(kind, n, size, partial):
+    if kind == "from_arrays":
+        head = pf.from_arrays({"i": np.arange(n)})
+    elif kind == "from_iterable":
+        head = pf.from_iterable(list(range(n)))
+    elif kind == "mux":  # divided at its sources, weighted
+        cut = n // 3
+        pieces = [range(0, cut), range(cut, 2 * cut), range(2 * cut, n)]
+        sources = [pf.from_iterable(list(p)) for p in pieces]
+        head = pf.mux(sources, 3, None, weights=[1, 2, 3], mode="exhaustive", seed=0)
+        head = head | pf.map(lambda x: x)
+    else:  # fed: a generator that nothing divides
+        head = pf.stream(_counted_rows, n) | pf.map(lambda x: x)
+    return head | pf.batch(size, partial=partial)
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    kind=st.sampled_from(["from_arrays", "from_iterable", "mux", "fed"]),
+    n=st.integers(0, 90),
+    size=st.integers(1, 40),
+    workers=st.integers(2, 4),
+    partial=st.booleans(),
+)
+def test_batch_under_background_gives_the_foreground_number_of_batches_and_rows(
+    kind, n, size, workers, partial
+):
+    # Each worker dropped (or yielded short) the last batch of its own part: 100 rows | batch(32) in
+    # 4 workers gave 0 batches, not 3. Now the parts' remainders are pooled and batched once.
+    stream = _remainder_pipeline(kind, n, size, partial)
+    foreground = list(stream.iterate(seed=1))
+    background = list((stream | pf.background(workers=workers)).iterate(seed=1))
+    assert len(background) == len(foreground)
+    got = _rows_of(background)
+    assert len(got) == len(set(got))  # every row at most once
+    if partial:
+        assert got == _rows_of(foreground) == list(range(n))  # every row exactly once
+        assert sum(len(np.asarray(b["i"] if isinstance(b, dict) else b)) < size for b in background) <= 1
+    else:
+        assert len(got) == len(_rows_of(foreground)) > n - size  # fewer than size rows dropped in all
+    again = list((stream | pf.background(workers=workers)).iterate(seed=1))
+    assert same_items(again, background)  # same seed and workers: same output
+
+
+@pytest.mark.parametrize(
+    "ops",
+    [
+        (pf.map(lambda b: b * 2),),  # per-item above: run over the pooled batches in the consumer
+        (pf.filter(lambda b: len(b) == 20),),  # (a predicate on contents would see other batches)
+        (pf.unbatch(),),
+        (pf.shuffle(2, seed=0),),  # not per-item above: the batch runs undivided, in the feeder
+        (pf.unbatch(), pf.batch(5)),  # two batches: the lower one runs undivided
+    ],
+)
+def test_batch_with_operators_above_it_keeps_the_foreground_rows(ops):
+    # 3 workers with 34, 33 and 33 rows: one batch of 20 each, and 40 rows left over in all.
+    stream = pf.from_iterable(list(range(100))) | pf.batch(20)
+    for op in ops:
+        stream = stream | op
+    foreground = list(stream.iterate(seed=2))
+    background = list((stream | pf.background(workers=3)).iterate(seed=2))
+    assert len(background) == len(foreground)
+    assert sorted(_flat(background)) == sorted(_flat(foreground))
+
+
+def _flat(items):
+    return [int(x) for item in items for x in np.atleast_1d(item)]
+
+
+def test_a_batch_that_cannot_pool_its_remainder_runs_undivided_and_shard_keeps_its_own():
+    stream = pf.from_iterable(list(range(10))) | pf.batch(3) | pf.shuffle(2)
+    assert divide(stream, 2).fed  # the batch joins the feeder's head
+    assert not divide(pf.from_iterable(list(range(10))) | pf.batch(3), 2).fed
+    # ranks have no consumer in common: each keeps or drops its own remainder, as documented
+    ranks = [list(pf.from_iterable(list(range(10))) | pf.batch(3) | pf.shard(i, 2)) for i in range(2)]
+    assert [len(r) for r in ranks] == [1, 1]
+
+
+def test_a_pass_resumed_in_the_pooled_batches_yields_exactly_the_rest():
+    stream = pf.from_arrays(np.arange(100)) | pf.batch(8, partial=True) | pf.background(workers=3)
+    whole = [b.tolist() for b in stream.iterate(seed=3)]
+    assert len(whole) == 13  # 100 rows in batches of 8, the last short
+    for taken in (0, 5, len(whole) - 2, len(whole) - 1):
+        items = stream.iterate(seed=3)
+        head = [next(items).tolist() for _ in range(taken)]
+        state = items.state()
+        assert head + [b.tolist() for b in stream.iterate(seed=3, state=state)] == whole

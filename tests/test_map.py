@@ -70,6 +70,26 @@ def test_stop_iteration_from_user_function_in_a_worker_reaches_the_consumer(work
     assert "StopIteration: from user code" in str(caught.value.__cause__)
 
 
+class _IterStops:
+    """An iterable whose ``__iter__`` raises StopIteration (a bug in user code, not an empty result)."""
+
+    def __iter__(self):
+        raise StopIteration("from __iter__")
+
+
+@pytest.mark.parametrize("rng", [False, True])
+def test_stop_iteration_from_iter_of_mapcat_result_is_a_runtime_error(rng):
+    # chain.from_iterable called iter() outside the guard: the StopIteration ended the stream silently.
+    fn = (
+        (lambda x, rng: [x] if x < 2 else _IterStops()) if rng else (lambda x: [x] if x < 2 else _IterStops())
+    )
+    it = iter(pf.from_iterable(range(5)) | pf.mapcat(fn, rng=rng))
+    assert [next(it), next(it)] == [0, 1]
+    with pytest.raises(RuntimeError, match=r"raised StopIteration") as caught:
+        next(it)
+    assert caught.value.__cause__.args == ("from __iter__",)
+
+
 def test_stop_iteration_ending_the_outputs_of_mapcat_is_their_end_not_an_error():
     class Two:
         def __init__(self):

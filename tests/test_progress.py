@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 
 import pytest
@@ -9,6 +11,8 @@ import pytest
 import pescador_fp as pf
 
 tqdm_auto = pytest.importorskip("tqdm.auto")
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_items_pass_unchanged_and_the_bar_counts_them(capsys):
@@ -55,3 +59,40 @@ def test_without_tqdm_building_says_how_to_install_it(monkeypatch):
     monkeypatch.setitem(sys.modules, "tqdm", None)
     with pytest.raises(ImportError, match=r"pescador_fp\[progress\]"):
         pf.progress()
+
+
+# A notebook's kernel as tqdm.auto recognises it (the module of ipykernel's shell is loaded); the
+# display is then made for real, by tqdm.
+_KERNEL = """
+import sys, types, warnings
+import IPython
+sys.modules["ipykernel.zmqshell"] = types.ModuleType("ipykernel.zmqshell")
+{setup}
+warnings.simplefilter("error")
+import pescador_fp as pf
+from pescador_fp.ops.progress import _bar_class
+{run}
+print(" ".join(cls.__module__ for cls in _bar_class().__mro__))  # the bar's class and its bases
+"""
+
+
+def _in_kernel(setup: str, run: str) -> subprocess.CompletedProcess[str]:
+    code = _KERNEL.format(setup=setup, run=run)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))}
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+
+
+def test_a_notebook_without_ipywidgets_gets_the_text_bar_without_tqdm_s_warning():
+    # tqdm.auto warned "IProgress not found" and drew text: the progress extra alone brought no widget.
+    run = "assert list(pf.from_iterable(range(5)) | pf.progress()) == list(range(5))"
+    result = _in_kernel('sys.modules["ipywidgets"] = None  # not installed', run)
+    assert result.returncode == 0, result.stderr
+    assert "tqdm.notebook" not in result.stdout.split()
+    assert "5/5" in result.stderr and "IProgress" not in result.stderr
+
+
+def test_a_notebook_with_ipywidgets_gets_the_widget():
+    pytest.importorskip("ipywidgets")
+    result = _in_kernel("", "")
+    assert result.returncode == 0, result.stderr
+    assert "tqdm.notebook" in result.stdout.split()

@@ -246,6 +246,29 @@ def test_background_waits_on_a_slow_producer_and_not_on_a_fast_one() -> None:
     assert heaviest["stage"].startswith("background(")
 
 
+def test_a_consumer_that_waits_little_on_background_is_where_the_time_goes() -> None:
+    # The table marked background while the consumer's own loop had most of the pass (it waited 18 %).
+    with nothing_left_behind():
+        stats = background_stats(fast_array, 10 * SLEEP_S)
+    assert stats["consumer_s"] > stats["waiting_s"]
+    text = str(stats)
+    assert "where the time goes: the consumer's loop" in text
+    assert "* background(" not in text
+
+
+def test_stats_show_as_a_table_in_notebooks_and_ipython() -> None:
+    from IPython.lib.pretty import pretty
+
+    s = pf.from_iterable(range(50)) | pf.map(plus_one) | pf.map(slow)
+    it = s.iterate(seed=0)
+    list(it)
+    stats = it.stats()
+    assert pretty(stats) == str(stats)  # not the raw dict
+    html = stats._repr_html_()
+    assert html.count("<table>") == 1 and "<th>own time</th>" in html
+    assert "<td>map(slow)</td>" in html.replace("<td>* ", "<td>") and "where the time goes: map(slow)" in html
+
+
 def test_background_stats_after_close_keep_their_numbers() -> None:
     with nothing_left_behind():
         it = (pf.from_iterable(range(1000)) | pf.map(fast_array) | pf.background(workers=2)).iterate()

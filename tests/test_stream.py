@@ -343,3 +343,64 @@ def test_head_copies_the_views_of_a_zero_copy_background():
     first = s.head(20)
     assert [int(a[0]) for a in first] == list(range(20))
     assert all((a == a[0]).all() for a in first)
+
+
+# ---------------------------------------------------------------- a newcomer's mistakes, and their fixes
+
+
+def _no_internal_class(message):
+    return not any(name in message for name in ("Applied", "_Map", "_From", "ArrayStream", "_Batch"))
+
+
+def test_next_on_a_stream_says_how_to_start_a_pass():
+    s = pf.from_iterable(range(3)) | pf.map(abs)
+    with pytest.raises(TypeError) as caught:
+        next(s)
+    message = str(caught.value)
+    assert "iter(s)" in message and "s.iterate(seed)" in message and "s.head(n)" in message
+    assert _no_internal_class(message)
+    assert list(s) == [0, 1, 2]  # still a stream, re-iterable
+
+
+def test_indexing_a_stream_says_how_to_take_items():
+    s = pf.from_iterable(range(3)) | pf.map(abs)
+    for index in (0, slice(0, 2)):
+        with pytest.raises(TypeError) as caught:
+            s[index]
+        message = str(caught.value)
+        assert "s.head(n)" in message and "pf.take(n)" in message and "iter(s)" in message
+        assert _no_internal_class(message)
+
+
+@pytest.mark.parametrize("view", ["items", "keys"])
+def test_a_dict_view_piped_into_an_operator_says_how_to_stream_a_dict(view):
+    # d.items() | op is a set union in Python: it iterates the operator.
+    d = {"a": 1, "b": 2}
+    with pytest.raises(TypeError, match=r"pf\.from_iterable\(list\(d\.items\(\)\)\) \| op"):
+        getattr(d, view)() | OP
+    assert sorted(pf.from_iterable(list(d.items())) | pf.map(lambda kv: kv[0])) == ["a", "b"]
+
+
+def test_a_stream_is_accepted_where_a_collection_is():
+    s = pf.from_iterable(range(3))
+    assert list(pf.from_iterable(s)) == [0, 1, 2]
+
+
+@pytest.mark.parametrize("name", ["shuffle", "batch", "map", "background"])
+def test_a_method_chain_as_in_other_libraries_says_operators_go_after_a_pipe(name):
+    s = pf.from_iterable(range(3))
+    fix = rf"operators are applied with \|, as in s \| pf\.{name}\(\.\.\.\)"
+    with pytest.raises(AttributeError, match=fix):
+        getattr(s | pf.map(abs), name)
+    with pytest.raises(AttributeError) as caught:
+        s.no_such_thing  # noqa: B018
+    assert _no_internal_class(str(caught.value))
+    assert not hasattr(s, "weights") and getattr(s, "weights", None) is None
+
+
+def test_adding_streams_names_chain_and_the_multiplexers():
+    a, b = pf.from_iterable([1]), pf.from_iterable([2])
+    with pytest.raises(TypeError, match=r"pf\.chain\(\[a, b\]\)") as caught:
+        a + b | pf.map(abs)
+    assert _no_internal_class(str(caught.value))
+    assert list(pf.chain([a, b])) == [1, 2]

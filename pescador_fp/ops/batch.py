@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,7 +15,17 @@ from .._stream import Operator, Stream, from_item
 from .._tree import flatten, format_path, unflatten
 from ..errors import DataError
 
-__all__ = ["batch", "new_axis_batch", "sample_groups", "stack", "unbatch"]
+__all__ = [
+    "batch",
+    "batch_length",
+    "is_keeping_rest",
+    "keeping_rest",
+    "new_axis_batch",
+    "rows",
+    "sample_groups",
+    "stack",
+    "unbatch",
+]
 
 _CONTAINERS = (dict, tuple, list)
 
@@ -200,7 +210,7 @@ def _batches(items: Iterator[Any], size: int, partial: bool, axis: int | None) -
 
 @dataclass(frozen=True, repr=False)
 class _Batch(Operator[Any, Any]):
-    _splittable = True
+    _splittable = _has_remainder = True
     size: int
     partial: bool
     axis: int | None
@@ -220,11 +230,64 @@ class _Batch(Operator[Any, Any]):
         return f"batch({self.size}{options})"
 
 
+@dataclass(frozen=True, repr=False)
+class _KeepingRest(_Batch):
+    """(a background worker's part) ``batch`` whose short last group of samples goes to ``keep``, neither
+    yielded nor dropped: the consumer pools the groups of all parts (``_divide.Part.rest``)."""
+
+    keep: Callable[[list[Any]], None]
+
+    def _open(self, upstream: Stream[Any], ctx: SeedContext, depth: int) -> Iterator[Any]:
+        return _full_batches(upstream._open(ctx), self.size, self.axis, self.keep)
+
+
+def _full_batches(
+    items: Iterator[Any], size: int, axis: int | None, keep: Callable[[list[Any]], None]
+) -> Iterator[Any]:
+    for samples in sample_groups(items, size, True):
+        if len(samples) < size:
+            keep(samples)
+            return
+        yield stack(samples, axis)
+
+
+def keeping_rest(op: Operator[Any, Any], keep: Callable[[list[Any]], None]) -> Operator[Any, Any]:
+    """``op`` (a ``batch``) yielding full batches only, handing its short last group of samples to ``keep``.
+
+    >>> kept = []
+    >>> [b.tolist() for b in range(5) | keeping_rest(batch(2), kept.extend)], kept
+    ([[0, 1], [2, 3]], [4])
+    """
+    assert isinstance(op, _Batch)
+    return _KeepingRest(op.size, True, op.axis, keep)
+
+
+def is_keeping_rest(op: Operator[Any, Any]) -> bool:
+    """Whether ``op`` is a batch from :func:`keeping_rest`.
+
+    >>> is_keeping_rest(keeping_rest(batch(2), print)), is_keeping_rest(batch(2))
+    (True, False)
+    """
+    return type(op) is _KeepingRest
+
+
 def new_axis_batch(op: Operator[Any, Any]) -> tuple[int, bool] | None:
-    """``(size, partial)`` if ``op`` is a ``batch`` that stacks on a new axis, else ``None``."""
-    if type(op) is _Batch and op.axis is None:
+    """``(size, partial)`` if ``op`` is a ``batch`` that stacks on a new axis, else ``None``.
+
+    (A batch from :func:`keeping_rest` says ``partial``: its short last group comes out, to be kept.)
+    """
+    if isinstance(op, _Batch) and op.axis is None:
         return op.size, op.partial
     return None
+
+
+def batch_length(item: Any) -> int:
+    """The number of samples in a batch (the leading length of its first leaf).
+
+    >>> batch_length({"x": np.zeros((3, 2)), "y": np.zeros(3)})
+    3
+    """
+    return len(flatten(item)[0][0])
 
 
 def batch(size: int, partial: bool = False, axis: int | None = None) -> Operator[Any, Any]:
@@ -254,7 +317,12 @@ def batch(size: int, partial: bool = False, axis: int | None = None) -> Operator
     return _Batch(size, partial, axis)
 
 
-def _rows(batch: Any) -> Iterator[Any]:
+def rows(batch: Any) -> Iterator[Any]:
+    """The samples of a batch, along the leading axis (what ``unbatch`` yields for it).
+
+    >>> [r["y"].tolist() for r in rows({"y": np.array([1, 2])})]
+    [1, 2]
+    """
     leaves, spec = flatten(batch)
     lengths = []
     for leaf in leaves:
@@ -274,7 +342,7 @@ def _rows(batch: Any) -> Iterator[Any]:
 
 def _unbatched(items: Iterator[Any]) -> Iterator[Any]:
     for b in items:
-        yield from _rows(b)
+        yield from rows(b)
 
 
 @dataclass(frozen=True, repr=False)

@@ -62,6 +62,18 @@ def _calls(op: Operator[Any, Any], fn: Callable[[Any], U], items: Iterator[Any])
         raise _stopped(op, fn) from stop
 
 
+def _iterators(
+    op: Operator[Any, Any], fn: Callable[[Any], Iterable[U]], items: Iterator[Any]
+) -> Iterator[Iterator[U]]:
+    # iter() here, inside the guard: a StopIteration from the result's __iter__ would otherwise leave
+    # chain.from_iterable, which the loop above it takes for the end of the stream.
+    try:
+        for item in items:
+            yield iter(fn(item))
+    except StopIteration as stop:
+        raise _stopped(op, fn) from stop
+
+
 def _kept(op: Operator[Any, Any], pred: Callable[[Any], object], items: Iterator[T]) -> Iterator[T]:
     try:
         for item in items:
@@ -102,7 +114,7 @@ class _Mapcat(Operator[Any, Any]):
 
     def _open(self, upstream: Stream[Any], ctx: SeedContext, depth: int) -> Iterator[Any]:
         # only the calls go through the generator: the outputs flow through C
-        return itertools.chain.from_iterable(_calls(self, self.fn, upstream._open(ctx)))
+        return itertools.chain.from_iterable(_iterators(self, self.fn, upstream._open(ctx)))
 
     def __repr__(self) -> str:
         return f"mapcat({describe_callable(self.fn)})"

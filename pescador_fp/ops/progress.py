@@ -1,13 +1,16 @@
 """``progress``: a tqdm progress display over the items that pass (a widget in notebooks).
 
-tqdm is an optional extra (``pip install "pescador_fp[progress]"``), imported
-when a pass starts; building the operator checks that it is installed.
+tqdm is an optional extra (``pip install "pescador_fp[progress]"``, which
+brings ipywidgets for the notebook widget), imported when a pass starts;
+building the operator checks that it is installed. In a notebook's kernel
+with ipywidgets the display is tqdm's widget, elsewhere its text bar.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import reprlib
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -21,11 +24,34 @@ __all__ = ["progress"]
 T = TypeVar("T")
 
 
-def _shown(items: Iterator[Any], total: int | None, desc: str | None) -> Iterator[Any]:
-    # tqdm.auto: a widget in Jupyter, a bar in a terminal.
-    from tqdm.auto import tqdm  # type: ignore[import-untyped, import-not-found, unused-ignore]
+def _in_notebook() -> bool:
+    """Whether this process is a notebook's kernel (what ``tqdm.auto`` asks)."""
+    return "ipykernel.zmqshell" in sys.modules or "IPython.utils._process_emscripten" in sys.modules
 
-    bar = tqdm(total=total, desc=desc, unit="item")
+
+def _bar_class() -> Any:
+    """tqdm's widget in a notebook that can draw it (its kernel has ipywidgets), else its text bar.
+
+    ``tqdm.auto`` in a kernel without ipywidgets warns ("IProgress not found")
+    and falls back to text; here the text bar comes without the warning.
+
+    >>> _bar_class().__module__  # not in a notebook
+    'tqdm.std'
+    """
+    if _in_notebook() and importlib.util.find_spec("ipywidgets") is not None:
+        from tqdm.notebook import IProgress  # type: ignore[import-untyped, import-not-found, unused-ignore]
+
+        if IProgress is not None:
+            from tqdm.auto import tqdm  # type: ignore[import-untyped, import-not-found, unused-ignore]
+
+            return tqdm
+    from tqdm.std import tqdm  # type: ignore[import-untyped, import-not-found, unused-ignore]
+
+    return tqdm
+
+
+def _shown(items: Iterator[Any], total: int | None, desc: str | None) -> Iterator[Any]:
+    bar = _bar_class()(total=total, desc=desc, unit="item")
     try:
         for item in items:
             bar.update()
