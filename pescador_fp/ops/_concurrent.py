@@ -57,11 +57,14 @@ async def _gathered_async(outputs: Any) -> list[Any]:
 
 
 def _flattened(results: Iterator[list[Any]]) -> Iterator[Any]:
-    for outputs in results:
-        if outputs and type(outputs[-1]) is _Failed:
-            yield from outputs[:-1]
-            raise outputs[-1].error
-        yield from outputs
+    try:
+        for outputs in results:
+            if outputs and type(outputs[-1]) is _Failed:
+                yield from outputs[:-1]
+                raise outputs[-1].error
+            yield from outputs
+    finally:  # the pool stops now: the error's traceback holds ``results`` in a cycle that only gc breaks
+        close_iterator(results)
 
 
 def _placed(items: Iterator[Any], places: Iterator[int]) -> Iterator[tuple[int, Any]]:
