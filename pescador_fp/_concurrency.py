@@ -331,8 +331,10 @@ class _Loop(_Pool):
             start = perf()
             try:
                 result = (True, await call(unit))
-            except asyncio.CancelledError:
-                return  # closing: the consumer takes nothing more
+            except asyncio.CancelledError as error:
+                if self.stopping:
+                    return  # closing cancelled it: the consumer takes nothing more
+                result = (False, error)  # the call's own (a task it awaited was cancelled): its result
             except BaseException as error:  # it crosses to the consumer, as itself
                 result = (False, error)
             finally:

@@ -137,6 +137,43 @@ def test_mapcat_outputs_before_an_error_in_an_items_iterable_come_first():
     assert got == expected == [0, 0, 1, -1, 2]
 
 
+def test_an_error_half_way_through_an_items_outputs_stops_the_threads_without_gc():
+    # The error's traceback held the pool's generator in a reference cycle: its threads waited
+    # for work until a garbage collection.
+    def outputs(i):
+        yield i
+        if i == 2:
+            raise ValueError("half way")
+
+    before = _threads()
+    gc.disable()
+    try:
+        with pytest.raises(ValueError, match="half way"):
+            list(range(50) | pf.mapcat(outputs, concurrency=4))
+        assert _no_new_threads(before)
+    finally:
+        gc.enable()
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_a_cancelled_error_raised_by_an_async_call_is_its_error(k):
+    # It was taken for the pool's own cancellation: the worker ended silently and the pass
+    # hung (k > 1) or failed with "the workers ... ended" (k = 1).
+    async def call(i):
+        await asyncio.sleep(0.001)
+        if i == 2:
+            raise asyncio.CancelledError("the request was cancelled")
+        return i
+
+    got = []
+    before = _threads()
+    with pytest.raises(asyncio.CancelledError, match="the request was cancelled"):
+        for x in range(6) | pf.map(call, concurrency=k):
+            got.append(x)
+    assert got == [0, 1]
+    assert _no_new_threads(before)
+
+
 def test_stop_iteration_from_the_function_is_a_runtime_error_as_without_concurrency():
     def stops(i):
         if i == 2:
