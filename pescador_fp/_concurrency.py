@@ -332,7 +332,7 @@ class _Loop(_Pool):
             try:
                 result = (True, await call(unit))
             except asyncio.CancelledError as error:
-                if self.stopping:
+                if self._closing():
                     return  # closing cancelled it: the consumer takes nothing more
                 result = (False, error)  # the call's own (a task it awaited was cancelled): its result
             except BaseException as error:  # it crosses to the consumer, as itself
@@ -343,6 +343,10 @@ class _Loop(_Pool):
             counts.calls[slot] += 1
             del unit
             self._file(number, result)
+
+    def _closing(self) -> bool:
+        """Whether the pool is closing (read afresh: an ``await`` has passed since the last look)."""
+        return self.stopping
 
     def _cancel(self) -> None:
         self._wake()
