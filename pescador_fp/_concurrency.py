@@ -396,11 +396,18 @@ def call_results(
 # ---------------------------------------------------------------- async iterators as sources
 
 
-async def _next_of(items: AsyncIterator[Any]) -> tuple[bool, Any]:
+_ITEM, _END, _RAISED = 0, 1, 2  # what ``_next_of`` read
+
+
+async def _next_of(items: AsyncIterator[Any]) -> tuple[int, Any]:
     try:
-        return False, await items.__anext__()
+        return _ITEM, await items.__anext__()
     except StopAsyncIteration:
-        return True, None
+        return _END, None
+    except (KeyboardInterrupt, SystemExit) as error:
+        # Raised out of a task, they stop the event loop itself, which then never
+        # answers the read: the consumer waited forever. They cross as values.
+        return _RAISED, error
 
 
 def async_items(items: AsyncIterator[Any]) -> Generator[Any, None, None]:
@@ -424,13 +431,15 @@ def async_items(items: AsyncIterator[Any]) -> Generator[Any, None, None]:
         while True:
             future = asyncio.run_coroutine_threadsafe(_next_of(items), loop)
             try:
-                end, item = future.result()
+                what, item = future.result()
             except BaseException:
                 future.cancel()  # interrupted (Ctrl-C): the read in flight ends before aclose
                 concurrent.futures.wait([future], _JOIN_TIMEOUT_S)
                 raise
-            if end:
+            if what == _END:
                 return
+            if what == _RAISED:
+                raise item
             yield item
     finally:
         aclose = getattr(items, "aclose", None)

@@ -112,3 +112,21 @@ def test_an_async_source_works_where_the_callers_thread_runs_an_event_loop():
 
     assert asyncio.run(main()) == [0, 1, 2, 3]
     assert log.closed == 1
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("error", [KeyboardInterrupt("stop now"), SystemExit(3)])
+def test_a_keyboard_interrupt_or_exit_in_the_async_generator_reaches_the_consumer(error):
+    # Out of a task they stopped the event loop itself, which never answered the read: a hang.
+    async def items(n):
+        for i in range(n):
+            yield i
+        raise error
+
+    before = set(threading.enumerate())
+    got = []
+    with pytest.raises(type(error)) as raised:
+        for x in pf.stream(items, 2):
+            got.append(x)
+    assert got == [0, 1] and raised.value is error
+    assert _no_new_threads(before)
