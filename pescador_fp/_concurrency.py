@@ -261,7 +261,11 @@ class _Threads(_Pool):
 
 
 class _Loop(_Pool):
-    """``concurrency`` coroutines on one event loop, in a thread of its own (started at the first unit)."""
+    """Up to ``concurrency`` coroutines on one event loop, in a thread of its own (started at the first unit).
+
+    Coroutines start as work waits for them (``_grow``), as threads do: a pass
+    of 3 items at ``concurrency=100_000`` starts 3, not 100 000 (4 s).
+    """
 
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
@@ -270,6 +274,7 @@ class _Loop(_Pool):
         self.asleep = False  # every coroutine waits for work: handing some over must wake them
         self.wakeup: asyncio.Event | None = None
         self.tasks: list[asyncio.Future[None]] = []
+        self.sleeping = 0  # coroutines waiting on ``wakeup`` (read and written on the loop's thread)
 
     def _hand_over(self, batch: list[tuple[int, Any]]) -> None:
         with self.lock:
@@ -281,6 +286,8 @@ class _Loop(_Pool):
             self.loop = asyncio.new_event_loop()
             self.thread = threading.Thread(target=self._run, name="pescador_fp-event-loop", daemon=True)
             self.thread.start()
+        elif len(self.tasks) < self.concurrency:  # a stale length only costs a look
+            self._soon(self._more)
         elif wake:
             self._soon(self._wake)
 
@@ -292,6 +299,17 @@ class _Loop(_Pool):
     def _wake(self) -> None:
         if self.wakeup is not None:
             self.wakeup.set()
+
+    def _more(self) -> None:
+        """(the loop) Wake the coroutines asleep and start more for the units they will not take."""
+        self._wake()
+        self._grow()
+
+    def _grow(self) -> None:
+        """(the loop) Start coroutines for the units waiting beyond those asleep, up to ``concurrency``."""
+        tasks = self.tasks
+        for _ in range(min(self.concurrency - len(tasks), len(self.todo) - self.sleeping)):
+            tasks.append(asyncio.ensure_future(self._work(len(tasks), self.call_for())))
 
     def _run(self) -> None:
         loop = self.loop
@@ -305,10 +323,12 @@ class _Loop(_Pool):
 
     async def _main(self) -> None:
         self.wakeup = asyncio.Event()
-        self.tasks = [
-            asyncio.ensure_future(self._work(slot, self.call_for())) for slot in range(self.concurrency)
-        ]
-        await asyncio.gather(*self.tasks, return_exceptions=True)
+        self._grow()
+        while True:  # until every coroutine has ended (closing), those started meanwhile included
+            tasks = list(self.tasks)
+            await asyncio.gather(*tasks, return_exceptions=True)
+            if len(self.tasks) == len(tasks):
+                return
 
     async def _work(self, slot: int, call: Callable[[Any], Awaitable[Any]]) -> None:
         perf = time.perf_counter
@@ -325,7 +345,11 @@ class _Loop(_Pool):
                     self.asleep = True
                     number = _NONE
             if number == _NONE:
-                await wakeup.wait()
+                self.sleeping += 1
+                try:
+                    await wakeup.wait()
+                finally:
+                    self.sleeping -= 1
                 continue
             counts.running[slot] = 1
             start = perf()

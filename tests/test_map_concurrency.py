@@ -396,3 +396,29 @@ def test_concurrent_operators_are_picklable_pure_values_and_empty_in_gives_empty
     assert repr(again) == repr(s)
     assert sorted(again) == sorted(s) == sorted(s)
     assert list([] | op) == []
+
+
+def test_async_coroutines_start_as_work_waits_and_reach_k():
+    # All k coroutines were started at the first item: 100 000 of them for a pass of 3 items (~4 s).
+    tasks_seen = []
+
+    async def call(i):
+        tasks_seen.append(len(asyncio.all_tasks()))
+        return i
+
+    assert list(range(3) | pf.map(call, concurrency=100_000)) == [0, 1, 2]
+    assert max(tasks_seen) <= 3 + 1  # the calls' coroutines and the loop's main task
+
+    # started as work waits, they still reach k calls at once: each call waits for the 8th
+    started, all_in = [0], []
+
+    async def meet(i):
+        if not all_in:
+            all_in.append(asyncio.Event())
+        started[0] += 1
+        if started[0] >= 8:
+            all_in[0].set()
+        await asyncio.wait_for(all_in[0].wait(), 20)
+        return i
+
+    assert list(range(30) | pf.map(meet, concurrency=8)) == list(range(30))
