@@ -137,6 +137,26 @@ def test_mapcat_outputs_before_an_error_in_an_items_iterable_come_first():
     assert got == expected == [0, 0, 1, -1, 2]
 
 
+def test_outputs_before_a_keyboard_interrupt_in_an_items_iterable_come_first():
+    # Only an Exception kept the outputs before it: a KeyboardInterrupt dropped them.
+    def outputs(i):
+        yield i
+        if i == 2:
+            raise KeyboardInterrupt("half way")
+        yield -i
+
+    async def outputs_async(i):
+        for x in outputs(i):
+            yield x
+
+    for s in [pf.mapcat(outputs), pf.mapcat(outputs, concurrency=3), pf.mapcat(outputs_async, concurrency=3)]:
+        got = []
+        with pytest.raises(KeyboardInterrupt, match="half way"):
+            for x in range(5) | s:
+                got.append(x)
+        assert got == [0, 0, 1, -1, 2], s
+
+
 def test_an_error_half_way_through_an_items_outputs_stops_the_threads_without_gc():
     # The error's traceback held the pool's generator in a reference cycle: its threads waited
     # for work until a garbage collection.
