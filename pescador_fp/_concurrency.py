@@ -24,11 +24,14 @@ a coroutine is cancelled at its next ``await``.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import concurrent.futures
 import contextlib
 import itertools
+import sys
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterator
 from typing import Any
@@ -448,6 +451,30 @@ def async_items(items: AsyncIterator[Any]) -> Generator[Any, None, None]:
     >>> list(async_items(count(3)))
     [0, 1, 2]
     """
+    read = _read(items)
+    _open_sources.add(read)
+    return read
+
+
+#: The async sources of this process not yet closed: closed at exit, while their loops can still run.
+_open_sources: weakref.WeakSet[Generator[Any, None, None]] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_open_sources() -> None:
+    """(at exit) Close the async sources still open: their ``aclose`` runs while their threads can.
+
+    Finalized later, with the interpreter's daemon threads frozen, a source
+    left open (an iterator never closed) waited ``_JOIN_TIMEOUT_S`` for its
+    loop and printed a ``TimeoutError``.
+    """
+    for read in list(_open_sources):
+        with contextlib.suppress(Exception):  # running in another thread, or failing to close
+            read.close()
+
+
+def _read(items: AsyncIterator[Any]) -> Generator[Any, None, None]:
+    """(``async_items``) Read ``items`` on a loop of its own; closing closes them and ends the loop."""
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=_run_loop, args=(loop,), name="pescador_fp-async-source", daemon=True)
     thread.start()
@@ -466,13 +493,19 @@ def async_items(items: AsyncIterator[Any]) -> Generator[Any, None, None]:
                 raise item
             yield item
     finally:
-        aclose = getattr(items, "aclose", None)
-        try:
-            if aclose is not None:
-                asyncio.run_coroutine_threadsafe(aclose(), loop).result(_JOIN_TIMEOUT_S)
-        finally:
-            loop.call_soon_threadsafe(loop.stop)
-            thread.join(_JOIN_TIMEOUT_S)
+        if not sys.is_finalizing():  # else the loop's thread is frozen: neither aclose nor a join would end
+            _end(items, loop, thread)
+
+
+def _end(items: AsyncIterator[Any], loop: asyncio.AbstractEventLoop, thread: threading.Thread) -> None:
+    """(``_read``) Close ``items`` (``aclose``) on ``loop``, then stop the loop and join its thread."""
+    aclose = getattr(items, "aclose", None)
+    try:
+        if aclose is not None:
+            asyncio.run_coroutine_threadsafe(aclose(), loop).result(_JOIN_TIMEOUT_S)
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(_JOIN_TIMEOUT_S)
 
 
 def _run_loop(loop: asyncio.AbstractEventLoop) -> None:
