@@ -28,6 +28,7 @@ import atexit
 import concurrent.futures
 import contextlib
 import itertools
+import os
 import sys
 import threading
 import time
@@ -452,12 +453,13 @@ def async_items(items: AsyncIterator[Any]) -> Generator[Any, None, None]:
     [0, 1, 2]
     """
     read = _read(items)
-    _open_sources.add(read)
+    _open_sources[read] = os.getpid()
     return read
 
 
-#: The async sources of this process not yet closed: closed at exit, while their loops can still run.
-_open_sources: weakref.WeakSet[Generator[Any, None, None]] = weakref.WeakSet()
+#: The async sources not yet closed, with the process that opened them (a forked child has their
+#: generators but not their loops' threads): closed at exit, while their loops can still run.
+_open_sources: weakref.WeakKeyDictionary[Generator[Any, None, None], int] = weakref.WeakKeyDictionary()
 
 
 @atexit.register
@@ -468,7 +470,8 @@ def _close_open_sources() -> None:
     left open (an iterator never closed) waited ``_JOIN_TIMEOUT_S`` for its
     loop and printed a ``TimeoutError``.
     """
-    for read in list(_open_sources):
+    me = os.getpid()
+    for read in [read for read, pid in list(_open_sources.items()) if pid == me]:
         with contextlib.suppress(Exception):  # running in another thread, or failing to close
             read.close()
 
