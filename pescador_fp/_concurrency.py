@@ -7,7 +7,8 @@ streams, seeds or numpy. ``ops/map.py`` (``concurrency=k``) and ``sources.py``
 How a pool runs (after torchdata.nodes' ``ParallelMapper``): the consumer's
 thread pulls the input itself (so the stages below never run in two threads),
 numbers each unit and hands the units over in batches (one lock and one
-notify per batch, not a future per unit); up to ``concurrency`` workers (threads,
+notify per batch, not a future per unit; a batch is cut after ``_RUN_S`` of
+reading, so that a slow input's calls start as its units come); up to ``concurrency`` workers (threads,
 or coroutines on one event loop) take them, call, and file each result under its
 number; the consumer takes the results by number (``ordered``) or as they
 finish. At most ``max(2 * concurrency, 64)`` units are taken from the input and
@@ -47,6 +48,9 @@ __all__ = ["async_items", "call_results"]
 #: than an instant call, so a small window would cost ~20 us an item in thread switches.
 _AHEAD = 2
 _WINDOW = 64
+#: How long the consumer reads its input before it hands over what it read: a slow input's
+#: items start their calls (and done results are given out) without waiting for a full run.
+_RUN_S = 0.001
 #: How long closing waits for the threads (calls still running) or the event loop to end, in all.
 _JOIN_TIMEOUT_S = 10.0
 #: How often a consumer waiting on a result checks that its workers are alive.
@@ -90,20 +94,27 @@ class _Pool:
         given = taken = 0  # units handed over / results given out
         failed: BaseException | None = None  # the input's own error, raised after all before it
         more = True
+        perf = time.perf_counter
         try:
             while True:
                 if more and given - taken <= k:
                     batch = []
+                    want = window - (given - taken)
+                    cut = perf() + _RUN_S
                     try:
-                        for unit in itertools.islice(units, window - (given - taken)):
+                        for unit in itertools.islice(units, want):
                             batch.append((given, unit))
                             given += 1
+                            if perf() > cut:  # a slow input: the calls start on what is read
+                                break
+                        else:
+                            more = len(batch) == want  # fewer: the input has ended
                     except Exception as error:
-                        failed = error
-                    if failed is not None or given - taken < window:
-                        more = False
+                        failed, more = error, False
                     if batch:
                         self._hand_over(batch)
+                    if more and given - taken <= k and not self._ready(taken):
+                        continue  # read on while the next result is not done
                 if given == taken:
                     if failed is not None:
                         raise failed
@@ -124,6 +135,10 @@ class _Pool:
 
     def _alive(self) -> bool:
         raise NotImplementedError
+
+    def _ready(self, number: int) -> bool:
+        """Whether the result to give out next is done (``ordered``: that of unit ``number``)."""
+        return number in self.done if self.ordered else bool(self.finished)
 
     def _take(self, number: int) -> tuple[bool, Any]:
         done, finished = self.done, self.finished

@@ -442,3 +442,23 @@ def test_async_coroutines_start_as_work_waits_and_reach_k():
         return i
 
     assert list(range(30) | pf.map(meet, concurrency=8)) == list(range(30))
+
+
+@pytest.mark.parametrize("is_async", [False, True])
+def test_a_slow_inputs_first_result_comes_before_a_run_of_it_is_read(is_async):
+    # The consumer read a full run (max(2k, 64) items) before any call of it started: under an
+    # input that waits for each item, the first result came only after 64 of them.
+    read = []
+
+    def slow_input():
+        for i in range(3 * WINDOW):
+            time.sleep(0.002)
+            read.append(i)
+            yield i
+
+    fn = _sleepy_async([0]) if is_async else _sleepy([0])
+    it = iter(pf.stream(slow_input) | pf.map(fn, concurrency=4))
+    assert next(it) == 0
+    read_at_first = len(read)
+    assert list(it) == [i * 10 for i in range(1, 3 * WINDOW)]
+    assert read_at_first < WINDOW
