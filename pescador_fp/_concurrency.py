@@ -7,7 +7,8 @@ streams, seeds or numpy. ``ops/map.py`` (``concurrency=k``) and ``sources.py``
 How a pool runs (after torchdata.nodes' ``ParallelMapper``): the consumer's
 thread pulls the input itself (so the stages below never run in two threads),
 numbers each unit and hands the units over in batches (one lock and one
-notify per batch, not a future per unit); up to ``concurrency`` workers (threads,
+notify per batch, not a future per unit; a batch is cut after ``_RUN_S`` of
+reading, so that a slow input's calls start as its units come); up to ``concurrency`` workers (threads,
 or coroutines on one event loop) take them, call, and file each result under its
 number; the consumer takes the results by number (``ordered``) or as they
 finish. At most ``max(2 * concurrency, 64)`` units are taken from the input and
@@ -24,11 +25,15 @@ a coroutine is cancelled at its next ``await``.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import concurrent.futures
 import contextlib
 import itertools
+import os
+import sys
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterator
 from typing import Any
@@ -43,6 +48,9 @@ __all__ = ["async_items", "call_results"]
 #: than an instant call, so a small window would cost ~20 us an item in thread switches.
 _AHEAD = 2
 _WINDOW = 64
+#: How long the consumer reads its input before it hands over what it read: a slow input's
+#: items start their calls (and done results are given out) without waiting for a full run.
+_RUN_S = 0.001
 #: How long closing waits for the threads (calls still running) or the event loop to end, in all.
 _JOIN_TIMEOUT_S = 10.0
 #: How often a consumer waiting on a result checks that its workers are alive.
@@ -86,20 +94,27 @@ class _Pool:
         given = taken = 0  # units handed over / results given out
         failed: BaseException | None = None  # the input's own error, raised after all before it
         more = True
+        perf = time.perf_counter
         try:
             while True:
                 if more and given - taken <= k:
                     batch = []
+                    want = window - (given - taken)
+                    cut = perf() + _RUN_S
                     try:
-                        for unit in itertools.islice(units, window - (given - taken)):
+                        for unit in itertools.islice(units, want):
                             batch.append((given, unit))
                             given += 1
+                            if perf() > cut:  # a slow input: the calls start on what is read
+                                break
+                        else:
+                            more = len(batch) == want  # fewer: the input has ended
                     except Exception as error:
-                        failed = error
-                    if failed is not None or given - taken < window:
-                        more = False
+                        failed, more = error, False
                     if batch:
                         self._hand_over(batch)
+                    if more and given - taken <= k and not self._ready(taken):
+                        continue  # read on while the next result is not done
                 if given == taken:
                     if failed is not None:
                         raise failed
@@ -120,6 +135,10 @@ class _Pool:
 
     def _alive(self) -> bool:
         raise NotImplementedError
+
+    def _ready(self, number: int) -> bool:
+        """Whether the result to give out next is done (``ordered``: that of unit ``number``)."""
+        return number in self.done if self.ordered else bool(self.finished)
 
     def _take(self, number: int) -> tuple[bool, Any]:
         done, finished = self.done, self.finished
@@ -261,7 +280,11 @@ class _Threads(_Pool):
 
 
 class _Loop(_Pool):
-    """``concurrency`` coroutines on one event loop, in a thread of its own (started at the first unit)."""
+    """Up to ``concurrency`` coroutines on one event loop, in a thread of its own (started at the first unit).
+
+    Coroutines start as work waits for them (``_grow``), as threads do: a pass
+    of 3 items at ``concurrency=100_000`` starts 3, not 100 000 (4 s).
+    """
 
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
@@ -270,6 +293,7 @@ class _Loop(_Pool):
         self.asleep = False  # every coroutine waits for work: handing some over must wake them
         self.wakeup: asyncio.Event | None = None
         self.tasks: list[asyncio.Future[None]] = []
+        self.sleeping = 0  # coroutines waiting on ``wakeup`` (read and written on the loop's thread)
 
     def _hand_over(self, batch: list[tuple[int, Any]]) -> None:
         with self.lock:
@@ -281,6 +305,8 @@ class _Loop(_Pool):
             self.loop = asyncio.new_event_loop()
             self.thread = threading.Thread(target=self._run, name="pescador_fp-event-loop", daemon=True)
             self.thread.start()
+        elif len(self.tasks) < self.concurrency:  # a stale length only costs a look
+            self._soon(self._more)
         elif wake:
             self._soon(self._wake)
 
@@ -292,6 +318,17 @@ class _Loop(_Pool):
     def _wake(self) -> None:
         if self.wakeup is not None:
             self.wakeup.set()
+
+    def _more(self) -> None:
+        """(the loop) Wake the coroutines asleep and start more for the units they will not take."""
+        self._wake()
+        self._grow()
+
+    def _grow(self) -> None:
+        """(the loop) Start coroutines for the units waiting beyond those asleep, up to ``concurrency``."""
+        tasks = self.tasks
+        for _ in range(min(self.concurrency - len(tasks), len(self.todo) - self.sleeping)):
+            tasks.append(asyncio.ensure_future(self._work(len(tasks), self.call_for())))
 
     def _run(self) -> None:
         loop = self.loop
@@ -305,10 +342,12 @@ class _Loop(_Pool):
 
     async def _main(self) -> None:
         self.wakeup = asyncio.Event()
-        self.tasks = [
-            asyncio.ensure_future(self._work(slot, self.call_for())) for slot in range(self.concurrency)
-        ]
-        await asyncio.gather(*self.tasks, return_exceptions=True)
+        self._grow()
+        while True:  # until every coroutine has ended (closing), those started meanwhile included
+            tasks = list(self.tasks)
+            await asyncio.gather(*tasks, return_exceptions=True)
+            if len(self.tasks) == len(tasks):
+                return
 
     async def _work(self, slot: int, call: Callable[[Any], Awaitable[Any]]) -> None:
         perf = time.perf_counter
@@ -325,14 +364,20 @@ class _Loop(_Pool):
                     self.asleep = True
                     number = _NONE
             if number == _NONE:
-                await wakeup.wait()
+                self.sleeping += 1
+                try:
+                    await wakeup.wait()
+                finally:
+                    self.sleeping -= 1
                 continue
             counts.running[slot] = 1
             start = perf()
             try:
                 result = (True, await call(unit))
-            except asyncio.CancelledError:
-                return  # closing: the consumer takes nothing more
+            except asyncio.CancelledError as error:
+                if self._closing():
+                    return  # closing cancelled it: the consumer takes nothing more
+                result = (False, error)  # the call's own (a task it awaited was cancelled): its result
             except BaseException as error:  # it crosses to the consumer, as itself
                 result = (False, error)
             finally:
@@ -341,6 +386,10 @@ class _Loop(_Pool):
             counts.calls[slot] += 1
             del unit
             self._file(number, result)
+
+    def _closing(self) -> bool:
+        """Whether the pool is closing (read afresh: an ``await`` has passed since the last look)."""
+        return self.stopping
 
     def _cancel(self) -> None:
         self._wake()
@@ -390,11 +439,18 @@ def call_results(
 # ---------------------------------------------------------------- async iterators as sources
 
 
-async def _next_of(items: AsyncIterator[Any]) -> tuple[bool, Any]:
+_ITEM, _END, _RAISED = 0, 1, 2  # what ``_next_of`` read
+
+
+async def _next_of(items: AsyncIterator[Any]) -> tuple[int, Any]:
     try:
-        return False, await items.__anext__()
+        return _ITEM, await items.__anext__()
     except StopAsyncIteration:
-        return True, None
+        return _END, None
+    except (KeyboardInterrupt, SystemExit) as error:
+        # Raised out of a task, they stop the event loop itself, which then never
+        # answers the read: the consumer waited forever. They cross as values.
+        return _RAISED, error
 
 
 def async_items(items: AsyncIterator[Any]) -> Generator[Any, None, None]:
@@ -411,6 +467,32 @@ def async_items(items: AsyncIterator[Any]) -> Generator[Any, None, None]:
     >>> list(async_items(count(3)))
     [0, 1, 2]
     """
+    read = _read(items)
+    _open_sources[read] = os.getpid()
+    return read
+
+
+#: The async sources not yet closed, with the process that opened them (a forked child has their
+#: generators but not their loops' threads): closed at exit, while their loops can still run.
+_open_sources: weakref.WeakKeyDictionary[Generator[Any, None, None], int] = weakref.WeakKeyDictionary()
+
+
+@atexit.register
+def _close_open_sources() -> None:
+    """(at exit) Close the async sources still open: their ``aclose`` runs while their threads can.
+
+    Finalized later, with the interpreter's daemon threads frozen, a source
+    left open (an iterator never closed) waited ``_JOIN_TIMEOUT_S`` for its
+    loop and printed a ``TimeoutError``.
+    """
+    me = os.getpid()
+    for read in [read for read, pid in list(_open_sources.items()) if pid == me]:
+        with contextlib.suppress(Exception):  # running in another thread, or failing to close
+            read.close()
+
+
+def _read(items: AsyncIterator[Any]) -> Generator[Any, None, None]:
+    """(``async_items``) Read ``items`` on a loop of its own; closing closes them and ends the loop."""
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=_run_loop, args=(loop,), name="pescador_fp-async-source", daemon=True)
     thread.start()
@@ -418,22 +500,30 @@ def async_items(items: AsyncIterator[Any]) -> Generator[Any, None, None]:
         while True:
             future = asyncio.run_coroutine_threadsafe(_next_of(items), loop)
             try:
-                end, item = future.result()
+                what, item = future.result()
             except BaseException:
                 future.cancel()  # interrupted (Ctrl-C): the read in flight ends before aclose
                 concurrent.futures.wait([future], _JOIN_TIMEOUT_S)
                 raise
-            if end:
+            if what == _END:
                 return
+            if what == _RAISED:
+                raise item
             yield item
     finally:
-        aclose = getattr(items, "aclose", None)
-        try:
-            if aclose is not None:
-                asyncio.run_coroutine_threadsafe(aclose(), loop).result(_JOIN_TIMEOUT_S)
-        finally:
-            loop.call_soon_threadsafe(loop.stop)
-            thread.join(_JOIN_TIMEOUT_S)
+        if not sys.is_finalizing():  # else the loop's thread is frozen: neither aclose nor a join would end
+            _end(items, loop, thread)
+
+
+def _end(items: AsyncIterator[Any], loop: asyncio.AbstractEventLoop, thread: threading.Thread) -> None:
+    """(``_read``) Close ``items`` (``aclose``) on ``loop``, then stop the loop and join its thread."""
+    aclose = getattr(items, "aclose", None)
+    try:
+        if aclose is not None:
+            asyncio.run_coroutine_threadsafe(aclose(), loop).result(_JOIN_TIMEOUT_S)
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(_JOIN_TIMEOUT_S)
 
 
 def _run_loop(loop: asyncio.AbstractEventLoop) -> None:

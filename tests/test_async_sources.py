@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
+import subprocess
+import sys
 import threading
 import time
 
@@ -112,3 +115,53 @@ def test_an_async_source_works_where_the_callers_thread_runs_an_event_loop():
 
     assert asyncio.run(main()) == [0, 1, 2, 3]
     assert log.closed == 1
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("error", [KeyboardInterrupt("stop now"), SystemExit(3)])
+def test_a_keyboard_interrupt_or_exit_in_the_async_generator_reaches_the_consumer(error):
+    # Out of a task they stopped the event loop itself, which never answered the read: a hang.
+    async def items(n):
+        for i in range(n):
+            yield i
+        raise error
+
+    before = set(threading.enumerate())
+    got = []
+    with pytest.raises(type(error)) as raised:
+        for x in pf.stream(items, 2):
+            got.append(x)
+    assert got == [0, 1] and raised.value is error
+    assert _no_new_threads(before)
+
+
+_LEFT_OPEN = """
+import asyncio, sys
+import pescador_fp as pf
+
+async def items(path):
+    try:
+        for i in range(100):
+            await asyncio.sleep(0)
+            yield i
+    finally:
+        await asyncio.sleep(0)
+        with open(path, "w") as f:
+            f.write("closed")
+
+it = pf.stream(items, sys.argv[1]).iterate()
+print(next(it), next(it))
+"""
+
+
+def test_an_async_source_left_open_at_exit_is_closed_there(tmp_path):
+    # Finalized with the interpreter's threads frozen, it waited 10 s for its loop, printed a
+    # TimeoutError and never ran its cleanup.
+    script, marker = tmp_path / "left_open.py", tmp_path / "closed.txt"
+    script.write_text(_LEFT_OPEN)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    done = subprocess.run([sys.executable, str(script), str(marker)], capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["0", "1"]
+    assert done.stderr == ""
+    assert marker.read_text() == "closed"

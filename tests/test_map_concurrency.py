@@ -137,6 +137,63 @@ def test_mapcat_outputs_before_an_error_in_an_items_iterable_come_first():
     assert got == expected == [0, 0, 1, -1, 2]
 
 
+def test_outputs_before_a_keyboard_interrupt_in_an_items_iterable_come_first():
+    # Only an Exception kept the outputs before it: a KeyboardInterrupt dropped them.
+    def outputs(i):
+        yield i
+        if i == 2:
+            raise KeyboardInterrupt("half way")
+        yield -i
+
+    async def outputs_async(i):
+        for x in outputs(i):
+            yield x
+
+    for s in [pf.mapcat(outputs), pf.mapcat(outputs, concurrency=3), pf.mapcat(outputs_async, concurrency=3)]:
+        got = []
+        with pytest.raises(KeyboardInterrupt, match="half way"):
+            for x in range(5) | s:
+                got.append(x)
+        assert got == [0, 0, 1, -1, 2], s
+
+
+def test_an_error_half_way_through_an_items_outputs_stops_the_threads_without_gc():
+    # The error's traceback held the pool's generator in a reference cycle: its threads waited
+    # for work until a garbage collection.
+    def outputs(i):
+        yield i
+        if i == 2:
+            raise ValueError("half way")
+
+    before = _threads()
+    gc.disable()
+    try:
+        with pytest.raises(ValueError, match="half way"):
+            list(range(50) | pf.mapcat(outputs, concurrency=4))
+        assert _no_new_threads(before)
+    finally:
+        gc.enable()
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_a_cancelled_error_raised_by_an_async_call_is_its_error(k):
+    # It was taken for the pool's own cancellation: the worker ended silently and the pass
+    # hung (k > 1) or failed with "the workers ... ended" (k = 1).
+    async def call(i):
+        await asyncio.sleep(0.001)
+        if i == 2:
+            raise asyncio.CancelledError("the request was cancelled")
+        return i
+
+    got = []
+    before = _threads()
+    with pytest.raises(asyncio.CancelledError, match="the request was cancelled"):
+        for x in range(6) | pf.map(call, concurrency=k):
+            got.append(x)
+    assert got == [0, 1]
+    assert _no_new_threads(before)
+
+
 def test_stop_iteration_from_the_function_is_a_runtime_error_as_without_concurrency():
     def stops(i):
         if i == 2:
@@ -359,3 +416,49 @@ def test_concurrent_operators_are_picklable_pure_values_and_empty_in_gives_empty
     assert repr(again) == repr(s)
     assert sorted(again) == sorted(s) == sorted(s)
     assert list([] | op) == []
+
+
+def test_async_coroutines_start_as_work_waits_and_reach_k():
+    # All k coroutines were started at the first item: 100 000 of them for a pass of 3 items (~4 s).
+    tasks_seen = []
+
+    async def call(i):
+        tasks_seen.append(len(asyncio.all_tasks()))
+        return i
+
+    assert list(range(3) | pf.map(call, concurrency=100_000)) == [0, 1, 2]
+    assert max(tasks_seen) <= 3 + 1  # the calls' coroutines and the loop's main task
+
+    # started as work waits, they still reach k calls at once: each call waits for the 8th
+    started, all_in = [0], []
+
+    async def meet(i):
+        if not all_in:
+            all_in.append(asyncio.Event())
+        started[0] += 1
+        if started[0] >= 8:
+            all_in[0].set()
+        await asyncio.wait_for(all_in[0].wait(), 20)
+        return i
+
+    assert list(range(30) | pf.map(meet, concurrency=8)) == list(range(30))
+
+
+@pytest.mark.parametrize("is_async", [False, True])
+def test_a_slow_inputs_first_result_comes_before_a_run_of_it_is_read(is_async):
+    # The consumer read a full run (max(2k, 64) items) before any call of it started: under an
+    # input that waits for each item, the first result came only after 64 of them.
+    read = []
+
+    def slow_input():
+        for i in range(3 * WINDOW):
+            time.sleep(0.002)
+            read.append(i)
+            yield i
+
+    fn = _sleepy_async([0]) if is_async else _sleepy([0])
+    it = iter(pf.stream(slow_input) | pf.map(fn, concurrency=4))
+    assert next(it) == 0
+    read_at_first = len(read)
+    assert list(it) == [i * 10 for i in range(1, 3 * WINDOW)]
+    assert read_at_first < WINDOW

@@ -8,6 +8,7 @@ call, so that an item draws what it draws without concurrency.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -37,7 +38,7 @@ def _gathered(outputs: Iterable[Any]) -> list[Any]:
     gathered: list[Any] = []
     try:
         gathered.extend(outputs)
-    except Exception as error:
+    except BaseException as error:  # a KeyboardInterrupt too comes after the outputs before it
         gathered.append(_Failed(error))
     return gathered
 
@@ -51,17 +52,22 @@ async def _gathered_async(outputs: Any) -> list[Any]:
                 gathered.append(output)
         else:
             gathered.extend(await outputs)
-    except Exception as error:
+    except asyncio.CancelledError:
+        raise  # closing the pool cancels it: nothing is taken after
+    except BaseException as error:  # a KeyboardInterrupt too comes after the outputs before it
         gathered.append(_Failed(error))
     return gathered
 
 
 def _flattened(results: Iterator[list[Any]]) -> Iterator[Any]:
-    for outputs in results:
-        if outputs and type(outputs[-1]) is _Failed:
-            yield from outputs[:-1]
-            raise outputs[-1].error
-        yield from outputs
+    try:
+        for outputs in results:
+            if outputs and type(outputs[-1]) is _Failed:
+                yield from outputs[:-1]
+                raise outputs[-1].error
+            yield from outputs
+    finally:  # the pool stops now: the error's traceback holds ``results`` in a cycle that only gc breaks
+        close_iterator(results)
 
 
 def _placed(items: Iterator[Any], places: Iterator[int]) -> Iterator[tuple[int, Any]]:
