@@ -39,7 +39,8 @@ def as_tensors(item: Any) -> Any:
     """Turn the arrays of ``item`` into tensors, through dicts, tuples and lists; other leaves pass through.
 
     A writable array becomes a tensor over the same memory (``torch.from_numpy``,
-    no copy); a read-only one (``background(zero_copy=True)``) is copied, and an
+    no copy: ``background``'s arrays stay in their shared memory blocks); a
+    read-only one is copied, and an
     array of a dtype torch has no tensor for (strings, objects) stays an array.
 
     >>> import numpy as np
