@@ -3,11 +3,13 @@
 This layer knows blocks, not streams or items. It has two ends:
 
 - :class:`Pool` (the worker's): hands out blocks and learns of their release.
-  Blocks come in size classes, powers of two from :data:`BLOCK_MIN` up, so a
-  block holds at most twice the bytes asked for. They are carved from
-  segments that the worker makes as it needs them (a segment of a class
-  holds as many blocks as the class has so far, up to :data:`SEGMENT_MAX`
-  bytes: a pool that grows makes few segments). A new segment's descriptor
+  Blocks come in size classes from :data:`BLOCK_MIN` up, four between two
+  powers of two, so a block holds at most 1.25 times the bytes asked for (a
+  held array pins that much, never a neighbour's block). They are carved
+  from segments that the worker makes as it needs them (a segment of a
+  class holds a quarter as many blocks as the class has so far, up to
+  :data:`SEGMENT_MAX` bytes: a pool that grows makes few segments, and
+  reserves at most a quarter more than it needs). A new segment's descriptor
   goes to the consumer over a unix socket (``SCM_RIGHTS``) before any record
   that points into it, so it reaches the consumer even if the worker dies
   right after. The segment has no name: on the linux transport it never
@@ -84,12 +86,15 @@ def available() -> bool:
 
 
 def size_class(nbytes: int) -> int:
-    """The block size for ``nbytes``: the power of two that holds it, at least :data:`BLOCK_MIN`.
+    """The block size for ``nbytes``: at least :data:`BLOCK_MIN`, four classes per power of two.
 
-    >>> size_class(1), size_class(2**20), size_class(2**20 + 1)
-    (65536, 1048576, 2097152)
+    >>> size_class(1), size_class(2**20), size_class(2**20 + 1), size_class(9 * 2**20 + 1)
+    (65536, 1048576, 1310720, 10485760)
     """
-    return max(BLOCK_MIN, 1 << (nbytes - 1).bit_length())
+    if nbytes <= BLOCK_MIN:
+        return BLOCK_MIN
+    step = 1 << ((nbytes - 1).bit_length() - 3)  # an eighth of the power of two that holds it
+    return -(-nbytes // step) * step
 
 
 @dataclass(frozen=True)
@@ -289,7 +294,7 @@ class Pool:
         """A new segment of blocks of ``size``: the first block's number; -1 if shared memory is short."""
         if now < self._short_until:
             return -1
-        count = max(1, min(self._blocks_of[size], SEGMENT_MAX // size))
+        count = max(1, min(self._blocks_of[size] // 4, SEGMENT_MAX // size))
         while True:
             try:
                 segment = self._announce(count * size, size)
