@@ -62,7 +62,17 @@ import numpy as np
 
 from .ring import NAME_PREFIX, Ring, _LinuxSegment, _short_of_memory, shared_memory_free
 
-__all__ = ["BLOCK_MIN", "COLD_S", "SEGMENT_MAX", "Blocks", "Pool", "PoolHandle", "available", "pool_pair"]
+__all__ = [
+    "BLOCK_MIN",
+    "COLD_S",
+    "SEGMENT_MAX",
+    "Blocks",
+    "Pool",
+    "PoolHandle",
+    "available",
+    "pool_pair",
+    "segment_at",
+]
 
 #: The smallest block, and the smallest array that travels in one (smaller ones are copied
 #: through the ring, which measures faster: see docs/background.md).
@@ -73,7 +83,9 @@ SEGMENT_MAX = 64 * 2**20
 COLD_S = 1.0
 
 _QUEUE_ENTRIES = 8192
-_Q_HEAD, _Q_TAIL, _Q_SENT = 0, 8, 16  # u64 words on their own cache lines: consumer's, worker's, worker's
+# u64 words on their own cache lines: consumer's, worker's, worker's. _Q_KEEP (consumer's): keep the
+# memory of free blocks (CUDA has the segments registered: its pages must stay where they are).
+_Q_HEAD, _Q_TAIL, _Q_SENT, _Q_KEEP = 0, 8, 16, 24
 _Q_FIRST = 32  # the first entry
 _QUEUE_BYTES = (_Q_FIRST + _QUEUE_ENTRIES) * 8
 _ANNOUNCE = struct.Struct("<qQQ")  # segment number, bytes, block bytes
@@ -270,7 +282,7 @@ class Pool:
         """Give back the memory of blocks free since the last sweep; note those free now."""
         self._swept = now
         remove = getattr(mmap, "MADV_REMOVE", None)
-        if remove is not None:
+        if remove is not None and not self._queue[_Q_KEEP]:
             for number in self._idle - self._cold:
                 segment, slot = number >> 32, number & 0xFFFFFFFF
                 size = self._block_bytes[segment]
@@ -367,8 +379,15 @@ class Blocks:
             self._maps[number] = (mapped, block)
             if number == 0:
                 self._queue = memoryview(mapped).cast("Q")
+            else:
+                _note_segment(mapped, size, self)
             if number == wanted:
                 return mapped, block
+
+    def keep_memory(self) -> None:
+        """Ask the worker never to give the memory of free blocks back (CUDA has its segments registered)."""
+        if self._queue is not None:
+            self._queue[_Q_KEEP] = 1
 
     def release(self, number: int) -> None:
         """Give block ``number`` back to the worker (a finalizer: any thread, never waits)."""
@@ -389,3 +408,26 @@ class Blocks:
             else:
                 backlog.append(number)
             self._head = queue[_Q_HEAD] = head
+
+
+# (consumer) The segments mapped in this process, by start address: (bytes, the mapping, its Blocks).
+_SEGMENTS: dict[int, tuple[int, weakref.ref[mmap.mmap], Blocks]] = {}
+
+
+def _note_segment(mapped: mmap.mmap, size: int, blocks: Blocks) -> None:
+    start = np.frombuffer(mapped, np.uint8, 1).ctypes.data
+    _SEGMENTS[start] = (size, weakref.ref(mapped), blocks)
+    weakref.finalize(mapped, _SEGMENTS.pop, start, None)
+
+
+def segment_at(address: int) -> tuple[int, int, mmap.mmap, Blocks] | None:
+    """(consumer) The pool segment that holds ``address``: (start, bytes, mapping, its Blocks), or ``None``.
+
+    >>> segment_at(0) is None
+    True
+    """
+    for start, (size, ref, blocks) in list(_SEGMENTS.items()):
+        mapped = ref()
+        if mapped is not None and start <= address < start + size:
+            return start, size, mapped, blocks
+    return None
