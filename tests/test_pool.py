@@ -343,3 +343,33 @@ def test_a_consumer_killed_while_holding_leaves_nothing_in_dev_shm(transport):
     assert [name for name in got["left"] if not name.startswith("sem.")] == []
     if transport == "linux":
         assert got["left"] == [] and got["used"] == 0
+
+
+KEPT: list[object] = []
+
+
+def _drop_what_the_fork_inherited(i: int) -> int:
+    KEPT.clear()  # in a forked worker: its copies of the consumer's arrays go
+    gc.collect()
+    return i
+
+
+def _slowly(i: int) -> np.ndarray:
+    time.sleep(0.002)
+    return np.full(2**15, i)
+
+
+def test_a_forked_worker_dropping_inherited_arrays_returns_no_block():
+    # The first pass's worker keeps taking blocks (a large budget in flight) while the second runs.
+    first = iter(pf.from_iterable(range(3000)) | pf.map(_slowly) | pf.background(workers=1, ring_bytes=2**28))
+    KEPT.extend(next(first) for _ in range(20))
+    try:
+        # Another pass, forked while the consumer holds the first one's arrays.
+        second = pf.from_iterable(range(4)) | pf.map(_drop_what_the_fork_inherited)
+        assert list(second | pf.background(workers=2, start_method="fork")) == [0, 1, 2, 3]
+        for _ in range(400):  # the first pass's worker writes on: never into a block still held
+            next(first)
+        assert all((x == i).all() for i, x in enumerate(KEPT))
+    finally:
+        KEPT.clear()
+        first.close()

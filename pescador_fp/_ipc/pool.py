@@ -330,10 +330,25 @@ class Pool:
             self.short = str(error) if "shared memory" in str(error) else str(_short_of_memory(size, error))
 
 
+# How many times this process is a fork's child: a child that drops an array it inherited must not
+# return the block, which its parent still holds (the parent's worker would write it again).
+_forks = 0
+
+
+def _forked() -> None:
+    global _forks
+    _forks += 1
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forked)
+
+
 class Blocks:
     """(consumer) One worker's blocks: maps its segments, makes arrays over blocks, returns dropped ones."""
 
     def __init__(self, sock: socket.socket, shared: dict[str, Any]) -> None:
+        self._forks = _forks
         self._sock = sock
         self.shared = shared
         self._maps: dict[int, tuple[mmap.mmap, int]] = {}
@@ -391,6 +406,8 @@ class Blocks:
 
     def release(self, number: int) -> None:
         """Give block ``number`` back to the worker (a finalizer: any thread, never waits)."""
+        if self._forks != _forks:
+            return  # a forked child dropping its copy: the block is its parent's
         with self._lock:
             queue = self._queue
             head = self._head
