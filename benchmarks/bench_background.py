@@ -39,6 +39,11 @@ G. (``--goals``) The goals of issues 13 and 21: items/s of each contender as
    ``from_iterable | shuffle(1024) | map(row + 1) | batch(64) | background(workers=2)``
    at 128 KiB, 1 MiB and 9 MiB batches (issue 21: <= 20 us each).
 
+I. (``--threshold``) Where arrays should switch from the ring (copied out) to
+   pool blocks (owned): for a reused array of 4 KiB to 256 KiB, items/s and
+   the consumer's CPU per item (``time.thread_time``) with every array in a
+   block against every array in the ring, rounds interleaved.
+
 H. (``--stats-overhead``) What ``it.stats()`` costs, at 64 KiB items: the same
    runs with ``pescador_fp._stats.ENABLED`` on and off, in turn. Off stops the
    per-stage counting; background's per-worker counters (a few integer
@@ -985,6 +990,53 @@ def leftovers() -> dict[str, Any]:
     }
 
 
+# ---------------------------------------------------------------- I. the block threshold
+
+
+def threshold_once(nbytes: int, blocks: bool, count: int) -> tuple[float, float]:
+    """(items/s, consumer CPU us per item) for a reused array of ``nbytes``: blocks, or the ring."""
+    from pescador_fp._ipc import codec, pool
+
+    pool.BLOCK_MIN = codec.BLOCK_MIN = 4096 if blocks else 2**62  # read by the worker: fork inherits it
+    try:
+        items = background_items(same_items, nbytes // FLOAT, start_method="fork")(count + 50)
+        for _ in range(50):
+            next(items)
+        start, cpu = time.perf_counter(), time.thread_time()
+        for _ in range(count):
+            next(items)
+        wall, cpu = time.perf_counter() - start, time.thread_time() - cpu
+        items.close()
+    finally:
+        pool.BLOCK_MIN = codec.BLOCK_MIN = 64 * KIB
+    return count / wall, cpu / count * 1e6
+
+
+def bench_threshold(repeats: int) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    for nbytes in (4 * KIB, 16 * KIB, 32 * KIB, 64 * KIB, 128 * KIB, 256 * KIB):
+        count = max(1000, min(8000, 128 * MIB // nbytes))
+        runs: dict[str, list[tuple[float, float]]] = {"ring": [], "block": []}
+        for _ in range(repeats):
+            for name in runs:
+                runs[name].append(threshold_once(nbytes, name == "block", count))
+        entry = {
+            name: {"items_per_s": spread([r for r, _ in got]), "consumer_us": spread([c for _, c in got])}
+            for name, got in runs.items()
+        }
+        results[size_name(nbytes)] = entry
+        print(
+            f"  {size_name(nbytes):>7}  "
+            + "  |  ".join(
+                f"{name}: items/s median {e['items_per_s']['median']:8.0f}, "
+                f"consumer us/item median {e['consumer_us']['median']:6.1f} "
+                f"[{e['consumer_us']['min']:.1f}-{e['consumer_us']['max']:.1f}]"
+                for name, e in entry.items()
+            )
+        )
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -1008,9 +1060,17 @@ def main() -> None:
         "--stats-overhead", action="store_true", help="only H: what it.stats() costs at 64 KiB"
     )
     parser.add_argument(
+        "--threshold", action="store_true", help="only I: ring copies against pool blocks, 4 to 256 KiB"
+    )
+    parser.add_argument(
         "--repeats", type=int, default=7, help="rounds for --goals and --stats-overhead (default 7)"
     )
     args = parser.parse_args()
+    if args.threshold:
+        print(f"I. Ring or blocks, {args.repeats} rounds; load average {os.getloadavg()[0]:.2f}")
+        write_json(args.json, bench_threshold(args.repeats))
+        print(f"load average now {os.getloadavg()[0]:.2f}")
+        return
     if args.stats_overhead:
         print(f"load average {os.getloadavg()[0]:.2f}, CPUs {os.cpu_count()}")
         overhead = bench_stats_overhead(0.3, args.repeats)

@@ -279,7 +279,7 @@ def background(
             ``/dev/shm`` is small); it grows when a sample needs more. It
             also bounds the bytes of arrays written and not yet received.
         copy: give arrays in the consumer's private memory (copied out of
-            the ring). By default arrays of 64 KiB or more are the shared
+            the ring). By default arrays of 128 KiB or more are the shared
             memory blocks the worker wrote them into: no copy, writable, and
             yours for as long as you reference them; the block goes back to
             its worker when the last reference goes.

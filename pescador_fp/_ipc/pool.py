@@ -76,7 +76,7 @@ __all__ = [
 
 #: The smallest block, and the smallest array that travels in one (smaller ones are copied
 #: through the ring, which measures faster: see docs/background.md).
-BLOCK_MIN = 64 * 2**10
+BLOCK_MIN = 128 * 2**10
 #: The largest segment a pool makes for several blocks (a larger block has a segment of its own).
 SEGMENT_MAX = 64 * 2**20
 #: A block free this long (between two sweeps) gives its memory back to the system.
@@ -101,7 +101,7 @@ def size_class(nbytes: int) -> int:
     """The block size for ``nbytes``: at least :data:`BLOCK_MIN`, four classes per power of two.
 
     >>> size_class(1), size_class(2**20), size_class(2**20 + 1), size_class(9 * 2**20 + 1)
-    (65536, 1048576, 1310720, 10485760)
+    (131072, 1048576, 1310720, 10485760)
     """
     if nbytes <= BLOCK_MIN:
         return BLOCK_MIN
