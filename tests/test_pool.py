@@ -227,7 +227,7 @@ def test_torch_tensors_share_the_blocks_and_keep_them():
 
 
 def test_block_sizes_pin_at_most_a_quarter_more():
-    for n in [BLOCK_MIN + 1, 100_000, 2**20, 2**20 + 1, 3 * 2**20 - 1, 9 * 2**20 + 7]:
+    for n in [BLOCK_MIN + 1, 200_000, 2**20, 2**20 + 1, 3 * 2**20 - 1, 9 * 2**20 + 7]:
         assert n <= size_class(n) <= 1.25 * n
         assert size_class(n) % 4096 == 0
 
@@ -255,7 +255,7 @@ gc.collect()
 flat = []
 t0 = time.monotonic()
 count = 0
-while count < 3000 or time.monotonic() - t0 < 2.5:  # dropped at once: the blocks are reused
+while count < 3000 or time.monotonic() - t0 < 4.0:  # dropped at once: the blocks are reused
     x = next(it)
     assert (x == x[0]).all()
     del x
