@@ -14,7 +14,8 @@ This layer knows blocks, not streams or items. It has two ends:
   that points into it, so it reaches the consumer even if the worker dies
   right after. The segment has no name: on the linux transport it never
   had one (an ``O_TMPFILE`` file in ``/dev/shm``, or a ``memfd``), on the
-  portable one its name is unlinked as soon as the worker has a descriptor.
+  portable one (POSIX ``shm_open``) its name is unlinked right after it is
+  made and sized, before anything else.
   Its memory is reserved when it is made (``posix_fallocate``), so a short
   shared memory is an ``OSError`` the pool answers (``take`` returns ``None``:
   the caller sends the bytes another way) and never a SIGBUS.
@@ -45,6 +46,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import importlib
 import mmap
 import os
 import secrets
@@ -55,12 +57,15 @@ import time
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
-from multiprocessing.shared_memory import SharedMemory
 from typing import Any
 
 import numpy as np
 
 from .ring import NAME_PREFIX, Ring, _LinuxSegment, _short_of_memory, shared_memory_free
+
+_posixshmem: Any = None  # POSIX shared memory (what multiprocessing.shared_memory uses): not on Windows
+with contextlib.suppress(ImportError):  # (Windows has no descriptors to pass either: see available())
+    _posixshmem = importlib.import_module("_posixshmem")
 
 __all__ = [
     "BLOCK_MIN",
@@ -94,7 +99,7 @@ _NO_BLOCK = -1
 
 def available() -> bool:
     """Whether this system can hand descriptors between processes (``socket.send_fds``): not Windows."""
-    return hasattr(socket, "send_fds") and hasattr(socket, "AF_UNIX")
+    return hasattr(socket, "send_fds") and hasattr(socket, "AF_UNIX") and _posixshmem is not None
 
 
 def size_class(nbytes: int) -> int:
@@ -135,12 +140,17 @@ def _make_segment(size: int, transport: str) -> tuple[int, mmap.mmap]:
     free = shared_memory_free()
     if free is not None and size > free:
         raise _short_of_memory(size, OSError(28, os.strerror(28)))  # ENOSPC
-    shm = SharedMemory(f"{NAME_PREFIX}{os.getpid()}_{secrets.token_hex(6)}", create=True, size=size)
+    # POSIX shm_open, sized and unlinked at once (three system calls: a process killed between
+    # them is all that could leave a name), never registered with the resource tracker.
+    name = f"/{NAME_PREFIX}{os.getpid()}_{secrets.token_hex(6)}"
+    fd = _posixshmem.shm_open(name, os.O_CREAT | os.O_EXCL | os.O_RDWR, mode=0o600)
     try:
-        fd = os.dup(shm._fd)  # type: ignore[attr-defined]
+        os.ftruncate(fd, size)
+    except OSError as error:
+        os.close(fd)
+        raise _short_of_memory(size, error) from None
     finally:
-        shm.close()
-        shm.unlink()  # the descriptor keeps it: a killed process leaves no name behind
+        _posixshmem.shm_unlink(name)
     try:
         if hasattr(os, "posix_fallocate"):
             os.posix_fallocate(fd, 0, size)
