@@ -31,9 +31,10 @@ returning a block costs no system call.
 
 What bounds memory:
 
-- in flight (written, not yet received): the worker waits until the
-  consumer has received older records while more than two blocks and more
-  than ``budget`` bytes (the ring's capacity) are in flight;
+- in flight (written, not yet received): where two records or more and
+  more than ``budget`` bytes (the ring's capacity) would be in flight, the
+  worker waits until the consumer has received enough of them to free half
+  the budget (or all but one);
 - held by the consumer: nothing. The pool grows when no block of the
   class is free; it never waits for the consumer to drop anything;
 - freed: a block free for a whole sweep (:data:`COLD_S`, at least a
@@ -263,11 +264,19 @@ class Pool:
         self._queue[_Q_SENT] = self._sent
 
     def _wait_in_flight(self, nbytes: int, ring: Ring, alive: Callable[[], bool] | None) -> None:
+        """Wait, where two records or more and more than ``budget`` bytes would be in flight, until
+        half the budget is free (or one record is left): one wake-up for many records, as the ring's."""
         self._forget_read(ring)
         in_flight = self._in_flight
-        while len(in_flight) >= 2 and self._in_flight_bytes + nbytes > self.budget:
-            ring.wait_read(in_flight[0][1], alive)
-            self._forget_read(ring)
+        if len(in_flight) < 2 or self._in_flight_bytes + nbytes <= self.budget:
+            return
+        left, count, until = self._in_flight_bytes, len(in_flight), 0
+        for _, position, size in in_flight:  # (all written since the ring last moved: see _forget_read)
+            left, count, until = left - size, count - 1, position
+            if left + nbytes <= self.budget // 2 or count == 1:
+                break
+        ring.wait_read(until, alive)
+        self._forget_read(ring)
 
     def _forget_read(self, ring: Ring) -> None:
         """Drop the records the consumer has read (all of them, where the ring has moved since)."""
