@@ -10,15 +10,25 @@ which gives back the order of the undivided stream.
 from __future__ import annotations
 
 import collections
-import copy
 import functools
 import os
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
 
 from ._ipc.codec import Decoder, RemoteTraceback, load_error
-from ._ipc.ring import RECORD_ARRAYS, RECORD_DATA, RECORD_END, RECORD_ERROR, Ring
+from ._ipc.pool import Blocks
+from ._ipc.ring import (
+    RECORD_ARRAY_BLOCKS,
+    RECORD_ARRAYS,
+    RECORD_DATA,
+    RECORD_DATA_BLOCKS,
+    RECORD_END,
+    RECORD_ERROR,
+    RECORD_SHORT,
+    Ring,
+)
 from ._ipc.workers import Workers, stack_of
 from ._sampling import Picker
 from ._stats import ChannelCounts
@@ -26,7 +36,7 @@ from ._stream import NOTHING
 from ._worker import FEEDER_DONE, RECORD_MARK, Leftover
 from .errors import WorkerError
 
-__all__ = ["MARK", "RECENT_PICKS", "Channel", "Pool", "Reader", "Tally", "merge", "merge_groups"]
+__all__ = ["MARK", "RECENT_PICKS", "Channel", "Leftovers", "Reader", "Tally", "merge", "merge_groups"]
 
 
 def _raise_remote(metadata: memoryview, index: int) -> None:
@@ -217,7 +227,7 @@ def merge_groups(
             yield item
 
 
-class Pool:
+class Leftovers:
     """The short last groups of samples that the parts' batch sends last (``Leftover``), kept per part.
 
     The merges read the parts through :meth:`readers`, which keep those
@@ -228,9 +238,8 @@ class Pool:
 
     __slots__ = ("pooling",)
 
-    def __init__(self, channels: Sequence[Reader], copies: bool = False) -> None:
-        # copies: the channels give views into their rings (zero-copy), valid only until their next read.
-        self.pooling = [_Pooling(channel, copies) for channel in channels]
+    def __init__(self, channels: Sequence[Reader]) -> None:
+        self.pooling = [_Pooling(channel) for channel in channels]
 
     def readers(self) -> list[Reader]:
         """The channels, each keeping its part's ``Leftover`` here instead of giving it out."""
@@ -257,18 +266,17 @@ class Pool:
 class _Pooling:
     """(consumer) One part's items, its ``Leftover`` kept in ``rest``."""
 
-    __slots__ = ("channel", "copies", "ended", "rest")
+    __slots__ = ("channel", "ended", "rest")
 
-    def __init__(self, channel: Reader, copies: bool) -> None:
+    def __init__(self, channel: Reader) -> None:
         self.channel = channel
-        self.copies = copies
         self.rest: list[Any] = []
         self.ended = False
 
     def next_item(self) -> Any:
         item = self.channel.next_item()
         if type(item) is Leftover:
-            self.rest = copy.deepcopy(item.samples) if self.copies else item.samples
+            self.rest = item.samples
             item = self.channel.next_item()  # its end
         if item is NOTHING:
             self.ended = True
@@ -290,7 +298,7 @@ class Channel:
         index: int,
         rings: list[Ring],
         workers: Workers,
-        zero_copy: bool,
+        blocks: Blocks | None,
         timeout: float | None,
         feeder: int | None,
         stacks: list[Any],
@@ -298,13 +306,14 @@ class Channel:
         self.index = index
         self.rings = rings  # shared with the caller, who frees them (a ring grows in place, in get)
         self.workers = workers
-        self.decoder = Decoder(zero_copy)
+        self.blocks = blocks  # the consumer's end of the worker's pool (None: copy=True)
+        self.decoder = Decoder(blocks)
         self.feeder = feeder
         self.timeout = timeout
         self.deadline = 0.0
         self.started = False  # the worker has loaded its pipeline: the timeout counts from then
         self.stacks = stacks  # per process (the feeder's last): where its stack comes, on a signal
-        self.counts = ChannelCounts(rings[index].capacity)  # (stats) items, waits, ring fill
+        self.counts = ChannelCounts(rings[index].capacity)  # (stats) items, waits, ring and pool fill
         self.marks = 0  # marks still to give of the last run of marks read
 
     def alive(self) -> bool:
@@ -352,7 +361,7 @@ class Channel:
             # (stats) The bytes published past the record being read. None: get() will wait
             # (or skip a wrap marker), and is timed.
             ahead = ring.ahead()
-            counts.ahead += ahead
+            counts.ahead += ahead + (self.blocks.in_flight() if self.blocks is not None else 0)
             counts.reads += 1
             try:
                 if ahead:
@@ -370,7 +379,7 @@ class Channel:
             if record is None:
                 raise self.workers.failure(self.index)
             kind, metadata, buffers = record
-            if kind in (RECORD_ARRAYS, RECORD_DATA):
+            if kind in _ITEMS:
                 counts.items += 1
                 return self.decoder.read(ring, kind, metadata, buffers)
             if kind == RECORD_MARK:  # with the marks right after it, taken at once
@@ -384,11 +393,33 @@ class Channel:
                 return NOTHING
             if kind == RECORD_ERROR:
                 _raise_remote(metadata, self.index)
+            elif kind == RECORD_SHORT:
+                self._warn_short(bytes(metadata).decode())
+                ring.release()
             else:  # RECORD_READY
                 ring.release()
                 self.started = True
                 if self.timeout is not None:
                     self.deadline = time.monotonic() + self.timeout
+
+    def _warn_short(self, why: str) -> None:
+        """Say once per pass (``blocks.shared`` is the pass's) that items are copied: shared memory short."""
+        shared = self.blocks.shared if self.blocks is not None else {}
+        if shared.get("warned"):
+            return
+        shared["warned"] = True
+        warnings.warn(
+            f"background worker {self.index}: {why}; shared memory is short, so items that would be "
+            "handed over in shared memory blocks are copied through the ring instead (a copy per item "
+            "on the consumer's side) until blocks are free again. To give a container more shared "
+            "memory: docker run --shm-size=2g (or a larger /dev/shm: Kubernetes, an emptyDir volume "
+            "with medium: Memory, mounted at /dev/shm)",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+
+
+_ITEMS = (RECORD_ARRAYS, RECORD_DATA, RECORD_ARRAY_BLOCKS, RECORD_DATA_BLOCKS)
 
 
 def _renamed(error: WorkerError, index: int, name: str) -> WorkerError:

@@ -16,12 +16,14 @@ from typing import Any
 
 from ._divide import Part, rebuild
 from ._ipc.codec import Decoder, Encoder, loads_recipe, send_error
+from ._ipc.pool import Pool, PoolHandle
 from ._ipc.ring import (
     RECORD_ARRAYS,
     RECORD_DATA,
     RECORD_END,
     RECORD_ERROR,
     RECORD_READY,
+    RECORD_SHORT,
     Ring,
     RingHandle,
     Stopped,
@@ -48,18 +50,34 @@ class _Forwarded(Exception):
         self.payload = payload
 
 
-def work(recipe: bytes, handle: RingHandle, parent_pid: int, inbox: RingHandle | None, stack: Any) -> None:
+def work(
+    recipe: bytes,
+    handle: RingHandle,
+    parent_pid: int,
+    inbox: RingHandle | None,
+    stack: Any,
+    pool_handle: PoolHandle | None = None,
+) -> None:
     """A worker's life: load the recipe, say ready, write every item, then the end (or the error).
 
     ``inbox``: the ring the feeder deals this worker's input items into.
     ``stack``: where to write this worker's stack when the consumer asks (a timeout).
+    ``pool_handle``: where to make the pool whose blocks the consumer gets
+    large arrays in (``None``: everything through the ring, copied out).
     """
     ignore_interrupts()
     dump_stack_on_signal(stack)
     alive = watch_parent(parent_pid)
     ring = Ring.attach(handle)
     fed = Ring.attach(inbox) if inbox is not None else None
+    pool = None
     try:
+        if pool_handle is not None:
+            try:
+                pool = Pool(pool_handle, ring.capacity)
+            except OSError as error:  # shared memory short: everything through the ring
+                pool_handle.sock.close()
+                ring.put(RECORD_SHORT, str(error).encode(), alive=alive)
         try:
             plan_part, grouped, ctx, start = loads_recipe(recipe)
         except BaseException as error:
@@ -71,7 +89,7 @@ def work(recipe: bytes, handle: RingHandle, parent_pid: int, inbox: RingHandle |
         ring.put(RECORD_READY, b"", alive=alive)
         rest: list[Any] = []
         stream = _worker_stream(plan_part, grouped, ring, fed, alive, rest.extend)
-        encoder = Encoder()
+        encoder = Encoder(pool)
         try:
             _write_all(stream, ctx, start, encoder, ring, alive, rest.extend)
             if rest:
@@ -91,6 +109,8 @@ def work(recipe: bytes, handle: RingHandle, parent_pid: int, inbox: RingHandle |
         ring.close()
         if fed is not None:
             fed.close()
+        if pool is not None:
+            pool.close()
 
 
 def _write_all(
@@ -230,7 +250,7 @@ def _marked(items: Iterator[Any], mark: Callable[[], None]) -> Iterator[Any]:
 
 def _fed_items(fed: Ring, alive: Any) -> Iterator[Any]:
     """(worker) The items the feeder deals this worker, until its end record."""
-    decoder = Decoder(zero_copy=False)
+    decoder = Decoder()
     while True:
         if decoder.pending:
             yield decoder.pending.popleft()

@@ -2,7 +2,8 @@
 
 This module only orchestrates. It asks ``_divide`` how to split the stream,
 sends each worker its recipe (``_ipc.codec``), makes one ring per worker
-(``_ipc.ring``), starts the workers and the feeder (``_ipc.workers``, running
+(``_ipc.ring``) and the socket its pool announces its segments on
+(``_ipc.pool``), starts the workers and the feeder (``_ipc.workers``, running
 ``_worker``), merges their outputs (``_merge``), and makes sure that every way
 out of the loop stops the processes and frees the shared memory.
 """
@@ -23,13 +24,15 @@ import cloudpickle
 from ._check import check_bool, check_int, check_seconds
 from ._divide import components, divide
 from ._ipc.codec import dumps_recipe
+from ._ipc.pool import Blocks, PoolHandle, pool_pair
+from ._ipc.pool import available as pools_available
 from ._ipc.ring import (
     Ring,
     default_transport,
     shared_memory_free,
 )
 from ._ipc.workers import Workers, default_start_method
-from ._merge import Channel, Pool, Reader, Tally, merge, merge_groups
+from ._merge import Channel, Leftovers, Reader, Tally, merge, merge_groups
 from ._seed import MERGE_SEED, SeedContext
 from ._stats import register_channels
 from ._stream import Operator, Stream, drop, stage_key
@@ -130,6 +133,8 @@ def _background_items(
         resource_tracker.ensure_running()
     rings: list[Ring] = []
     inboxes: list[Ring] = []
+    # Each worker's pool (its blocks, handed to the consumer): its handle, and the consumer's end.
+    pools: list[tuple[PoolHandle, Blocks]] = []
     stacks: list[tuple[Any, Any]] = []
     channels: list[Channel] = []
     try:
@@ -143,6 +148,9 @@ def _background_items(
                 raise WorkerError(
                     f"background: {error.strerror or error}; free shared memory or pass a smaller ring_bytes"
                 ) from error
+        if not op.copy and pools_available():
+            shared: dict[str, Any] = {}  # the pass's: whether it warned that shared memory is short
+            pools = [pool_pair(rings[0].handle.transport, shared) for _ in range(count)]
         parent = os.getpid()
         stacks = [workers.context.Pipe(duplex=False) for _ in range(count + plan.fed)] if op.timeout else []
         workers.start(
@@ -154,10 +162,13 @@ def _background_items(
                     parent,
                     inboxes[i].handle if inboxes else None,
                     stacks[i][1] if stacks else None,
+                    pools[i][0] if pools else None,
                 )
                 for i in range(count)
             ],
         )
+        for handle, _ in pools:
+            handle.sock.close()  # the worker's end: the worker has its own now
         if feeder_recipe is not None:
             handles = [inbox.handle for inbox in inboxes]
             feeder_args = (feeder_recipe, handles, parent, stacks[-1][1] if stacks else None)
@@ -169,7 +180,7 @@ def _background_items(
                 i,
                 rings,
                 workers,
-                op.zero_copy,
+                pools[i][1] if pools else None,
                 op.timeout,
                 count if plan.fed else None,
                 [reader for reader, _ in stacks],
@@ -178,8 +189,8 @@ def _background_items(
         ]
         register_channels(ctx.run, upstream, [channel.counts for channel in channels])  # for it.stats()
         weights = [part.weight for part in plan.parts]
-        pool = Pool(channels, op.zero_copy) if plan.pools_rest else None
-        readers: list[Reader] = pool.readers() if pool is not None else list(channels)
+        leftovers = Leftovers(channels) if plan.pools_rest else None
+        readers: list[Reader] = leftovers.readers() if leftovers is not None else list(channels)
         if plan.grouped:
             yield from merge_groups(readers, weights, ctx.generator(MERGE_SEED, depth))
         else:
@@ -187,8 +198,8 @@ def _background_items(
             if ctx.run is not None and not plan.fed:  # a fed pass resumes by replaying
                 ctx.run.states[stage_key(ctx, depth)] = tally.state
             yield from merge(readers, weights, ctx.generator(MERGE_SEED, depth), tally, resume)
-        if pool is not None:  # the parts' batches' remainders, batched here (_divide: "Remainders")
-            rest = plan.rest_stream(pool.samples())
+        if leftovers is not None:  # the parts' batches' remainders, batched here (_divide: "Remainders")
+            rest = plan.rest_stream(leftovers.samples())
             rest_ctx = plan.rest_context(ctx)
             yield from rest._open_at(rest_ctx, pooled) if pooled else rest._open(rest_ctx)
     finally:
@@ -203,6 +214,9 @@ def _background_items(
             ring.close()
         for reader, _ in stacks:
             reader.close()
+        for handle, blocks in pools:
+            handle.sock.close()
+            blocks.close()  # the arrays still held keep their blocks mapped
 
 
 @dataclass(frozen=True, repr=False)
@@ -210,7 +224,7 @@ class _Background(Operator[Any, Any]):
     _starts_workers = True
     workers: int
     ring_bytes: int | None
-    zero_copy: bool
+    copy: bool
     start_method: str | None
     timeout: float | None = None
 
@@ -238,8 +252,8 @@ class _Background(Operator[Any, Any]):
         options = [f"workers={self.workers}"]
         if self.ring_bytes is not None:
             options.append(f"ring_bytes={self.ring_bytes}")
-        if self.zero_copy:
-            options.append("zero_copy=True")
+        if self.copy:
+            options.append("copy=True")
         if self.start_method is not None:
             options.append(f"start_method={self.start_method!r}")
         if self.timeout is not None:
@@ -251,9 +265,10 @@ def background(
     workers: int = 1,
     *,
     ring_bytes: int | None = None,
-    zero_copy: bool = False,
+    copy: bool = False,
     start_method: str | None = None,
     timeout: object = None,
+    **removed: object,
 ) -> Operator[Any, Any]:
     """Run everything upstream in ``workers`` processes; items come back through shared memory.
 
@@ -269,10 +284,14 @@ def background(
 
     Args:
         workers: number of worker processes.
-        ring_bytes: shared memory per worker (default 8 MiB, less if
-            ``/dev/shm`` is small); it grows when a sample needs more.
-        zero_copy: yield read-only array views into the ring, valid until the
-            next item, instead of arrays the consumer owns.
+        ring_bytes: the ring of records per worker (default 8 MiB, less if
+            ``/dev/shm`` is small); it grows when a sample needs more. It
+            also bounds the bytes of arrays written and not yet received.
+        copy: give arrays in the consumer's private memory (copied out of
+            the ring). By default arrays of 128 KiB or more are the shared
+            memory blocks the worker wrote them into: no copy, writable, and
+            yours for as long as you reference them; the block goes back to
+            its worker when the last reference goes.
         start_method: ``"fork"``, ``"forkserver"`` or ``"spawn"``; the default
             is ``fork`` in a single-threaded process, else ``forkserver``.
         timeout: seconds to wait for a worker's next item (counted from the
@@ -285,6 +304,13 @@ def background(
     >>> [int(x[0]) for x in s]
     [0, 1, 2, 3, 4, 5]
     """
+    if "zero_copy" in removed:
+        raise TypeError(
+            "background: zero_copy= is gone: by default background now hands over arrays in shared "
+            "memory that you own (no copy, valid while referenced); pass copy=True for private copies"
+        )
+    if removed:
+        raise TypeError(f"background() got an unexpected keyword argument {next(iter(removed))!r}")
     workers = check_int("background", "workers", workers, 1)
     if ring_bytes is not None:
         # Bound below, not by check_int: the message says how large a ring may be.
@@ -300,5 +326,5 @@ def background(
             f"got {start_method!r}"
         )
     seconds = check_seconds("background", "timeout", timeout)
-    zero_copy = check_bool("background", "zero_copy", zero_copy)
-    return _Background(workers, ring_bytes, zero_copy, start_method, seconds)
+    copy = check_bool("background", "copy", copy)
+    return _Background(workers, ring_bytes, copy, start_method, seconds)

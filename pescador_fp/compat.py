@@ -395,10 +395,11 @@ def _ndarray_dict(data: Any) -> Any:
 class ZMQStreamer(Streamer):
     """Pescador's ZMQStreamer, moved onto ``pf.background``: the streamer runs in a worker process.
 
-    The port, copy and timeout arguments are accepted for compatibility and
-    not needed: items travel through shared memory, always as arrays the
-    consumer owns. Errors in the worker are raised here instead of ending the
-    stream early.
+    The port and timeout arguments are accepted for compatibility and not
+    needed: items travel through shared memory, always as arrays the consumer
+    owns (large ones in shared memory blocks, as ``pf.background`` gives
+    them; ``copy=True`` gives private copies, ``pf.background(copy=True)``).
+    Errors in the worker are raised here instead of ending the stream early.
     """
 
     def __init__(
@@ -412,7 +413,8 @@ class ZMQStreamer(Streamer):
     ) -> None:
         if inspect.isgenerator(streamer):
             raise PescadorError(_zmq_generator_message(streamer))
-        self._adopt(streamer, (), {}, _stream_of(streamer) | _map(_ndarray_dict) | _background(workers=1))
+        stream = _stream_of(streamer) | _map(_ndarray_dict) | _background(workers=1, copy=bool(copy))
+        self._adopt(streamer, (), {}, stream)
         self.min_port, self.max_port, self.max_tries, self.copy, self.timeout = (
             min_port,
             max_port,

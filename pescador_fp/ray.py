@@ -44,7 +44,7 @@ import numpy as np
 from ._check import check_int
 from ._divide import components, divide
 from ._ipc.codec import RemoteTraceback, loads_recipe
-from ._merge import MARK, Pool, Reader, Tally, merge, merge_groups
+from ._merge import MARK, Leftovers, Reader, Tally, merge, merge_groups
 from ._seed import MERGE_SEED, SeedContext
 from ._stream import NOTHING, Applied, Operator, Stream, _run
 from ._worker import Leftover, Marked, part_stream
@@ -342,14 +342,14 @@ def _remote_items(op: _Remote, upstream: Stream[Any], ctx: SeedContext, depth: i
         # The channels read like background's, so the parts merge exactly as background merges them.
         weights = [part.weight for part in plan.parts]
         rng = ctx.generator(MERGE_SEED, depth)
-        pool = Pool(channels) if plan.pools_rest else None
-        readers: list[Reader] = pool.readers() if pool is not None else list(channels)
+        leftovers = Leftovers(channels) if plan.pools_rest else None
+        readers: list[Reader] = leftovers.readers() if leftovers is not None else list(channels)
         if plan.grouped:
             yield from merge_groups(readers, weights, rng)
         else:
             yield from merge(readers, weights, rng, Tally(len(channels)))
-        if pool is not None:
-            yield from plan.rest_stream(pool.samples())._open(plan.rest_context(ctx))
+        if leftovers is not None:
+            yield from plan.rest_stream(leftovers.samples())._open(plan.rest_context(ctx))
     finally:
         # Not after ray.shutdown(), which ended the tasks (and a call would start Ray again).
         if ray.is_initialized():

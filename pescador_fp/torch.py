@@ -12,6 +12,7 @@ Import this module only where torch is installed (``pip install
 from __future__ import annotations
 
 import reprlib
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +29,7 @@ except ImportError as error:  # pragma: no cover - the message is the point
     ) from error
 
 from ._check import check_bool, check_int
+from ._ipc.pool import segment_at
 from ._seed import SeedContext
 from ._stream import Operator, Pass, Stream, as_stream
 from .ops.shard import shard
@@ -39,7 +41,8 @@ def as_tensors(item: Any) -> Any:
     """Turn the arrays of ``item`` into tensors, through dicts, tuples and lists; other leaves pass through.
 
     A writable array becomes a tensor over the same memory (``torch.from_numpy``,
-    no copy); a read-only one (``background(zero_copy=True)``) is copied, and an
+    no copy: ``background``'s arrays stay in their shared memory blocks); a
+    read-only one is copied, and an
     array of a dtype torch has no tensor for (strings, objects) stays an array.
 
     >>> import numpy as np
@@ -76,9 +79,41 @@ def _tensor(array: np.ndarray) -> Any:
         return array
 
 
+# The start addresses of the pool segments registered with CUDA (page-locked in place).
+_REGISTERED: set[int] = set()
+
+
+def _pinned_in_place(tensor: torch.Tensor) -> bool:
+    """Whether ``tensor`` lies in a ``background`` pool segment that CUDA has page-locked (done now, once).
+
+    The segment is registered whole (``cudaHostRegister``), so the copy to the
+    device runs straight from the block: no pinning copy. Its worker is asked
+    to keep the memory of free blocks from then on (CUDA holds the pages), and
+    the segment is unregistered when its mapping goes.
+    """
+    found = segment_at(tensor.data_ptr())
+    if found is None:
+        return False
+    start, size, mapped, blocks = found
+    if start not in _REGISTERED:
+        blocks.keep_memory()  # before registering: the worker must not give its pages back after
+        cudart: Any = torch.cuda.cudart()  # type: ignore[no-untyped-call]
+        error = cudart.cudaHostRegister(start, size, 0)
+        if int(getattr(error, "value", error)) != 0:
+            return False
+        _REGISTERED.add(start)
+        weakref.finalize(mapped, _unregister, start)
+    return True
+
+
+def _unregister(start: int) -> None:
+    _REGISTERED.discard(start)
+    torch.cuda.cudart().cudaHostUnregister(start)  # type: ignore[no-untyped-call]
+
+
 def _moved(item: Any, device: torch.device | None, pin: bool) -> Any:
     if isinstance(item, torch.Tensor):
-        if pin:
+        if pin and not _pinned_in_place(item):
             item = item.pin_memory()
         return item if device is None else item.to(device, non_blocking=True)
     if isinstance(item, dict):
@@ -126,10 +161,14 @@ def tensors(device: str | torch.device | None = None, pin_memory: bool = False) 
     """Turn arrays into tensors (``as_tensors``); pin them and move them to ``device`` when asked.
 
     Put it after ``background``: the workers send arrays through shared memory,
-    and the tensors are made in the training process. With a ``device``, each
-    tensor is copied with ``non_blocking=True``, from pinned memory when
-    ``pin_memory=True`` (skipped where there is no accelerator), so the copy
-    overlaps the training step.
+    and the tensors are made in the training process, over the shared memory
+    blocks that the workers wrote (no copy). With a ``device``, each tensor is
+    copied with ``non_blocking=True``, from pinned memory when
+    ``pin_memory=True`` (skipped where there is no CUDA device), so the copy
+    overlaps the training step. A tensor over a ``background`` block is
+    pinned in place: its pool's segment is registered with CUDA once
+    (``cudaHostRegister``), and the copy runs from the block itself; other
+    tensors are copied into pinned memory (``Tensor.pin_memory``).
 
     >>> import numpy as np, pescador_fp as pf
     >>> s = pf.from_iterable([np.ones(2), np.zeros(2)]) | tensors(device="cpu")

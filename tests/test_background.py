@@ -78,12 +78,12 @@ def odd_samples():
     ]
 
 
-@pytest.mark.parametrize("zero_copy", [False, True])
-def test_samples_travel_unchanged(zero_copy):
+@pytest.mark.parametrize("copy", [False, True])
+def test_samples_travel_unchanged(copy):
     samples = odd_samples()
     count = 0
-    for got, sent in zip(pf.from_iterable(samples) | pf.background(zero_copy=zero_copy), samples):
-        assert same(got, sent), (got, sent)  # compared at once: zero-copy views last until the next item
+    for got, sent in zip(pf.from_iterable(samples) | pf.background(copy=copy), samples):
+        assert same(got, sent), (got, sent)
         count += 1
     assert count == len(samples)
     out = list(pf.from_iterable(samples) | pf.background())
@@ -92,11 +92,12 @@ def test_samples_travel_unchanged(zero_copy):
     assert isinstance(out[2], Pair) and out[1][2]["nested"] == (True, b"bytes")
 
 
-def test_zero_copy_views_are_read_only_and_valid_until_the_next_item():
-    s = pf.from_iterable(range(50)) | pf.map(lambda i: np.full(1000, i)) | pf.background(zero_copy=True)
-    for i, x in enumerate(s):
-        assert not x.flags.writeable
-        assert (x == i).all()
+def test_zero_copy_is_gone_and_says_what_took_its_place():
+    for value in (True, False):
+        with pytest.raises(TypeError, match=r"zero_copy= is gone.*shared memory that you own.*copy=True"):
+            pf.background(zero_copy=value)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'ring'"):
+        pf.background(ring=5)
 
 
 def test_copies_belong_to_the_consumer():
@@ -483,6 +484,7 @@ def test_a_slow_but_steady_worker_is_not_timed_out():
         ({"ring_bytes": 10}, ValueError, "ring_bytes must be an integer >= 4096, got 10"),
         ({"start_method": "thread"}, ValueError, "start_method must be one of"),
         ({"zero_copy": "yes"}, TypeError, "zero_copy"),
+        ({"copy": "yes"}, TypeError, "copy must be"),
         ({"ring_bytes": 2**63}, ValueError, r"ring_bytes must be at most 2\*\*56 .*got 9223372036854775808"),
         ({"ring_bytes": 1.5}, TypeError, "ring_bytes must be an integer"),
         ({"timeout": 0}, ValueError, "timeout must be a positive, finite number of seconds, got 0"),
@@ -503,10 +505,10 @@ def test_bad_arguments_are_refused_when_built(kwargs, error, text):
 
 def test_repr_and_pickling():
     assert repr(pf.background(timeout=2.5)) == "background(workers=1, timeout=2.5)"
-    op = pf.background(workers=2, zero_copy=True)
-    assert repr(op) == "background(workers=2, zero_copy=True)"
+    op = pf.background(workers=2, copy=True)
+    assert repr(op) == "background(workers=2, copy=True)"
     s = pf.from_iterable([1, 2]) | op
-    assert repr(s) == "from_iterable([1, 2]) | background(workers=2, zero_copy=True)"
+    assert repr(s) == "from_iterable([1, 2]) | background(workers=2, copy=True)"
     assert same(list(s), [1, 2])
 
 
@@ -536,22 +538,24 @@ def test_background_equals_foreground(items, workers):
     assert same_items(list(s | pf.background(workers=workers)), list(s))
 
 
-def test_a_zero_copy_view_kept_after_close_stays_readable():
-    it = iter(pf.from_iterable(range(5)) | pf.map(lambda i: np.full(10, i)) | pf.background(zero_copy=True))
+def test_an_array_kept_after_close_stays_readable_and_writable():
+    it = iter(pf.from_iterable(range(5)) | pf.map(lambda i: np.full(2**17, i)) | pf.background())
     kept = next(it)
     it.close()
-    assert kept.tolist() == [0] * 10  # the mapping lives as long as the view
+    assert (kept == 0).all()  # the mapping lives as long as the array
+    kept[:] = 7
+    assert (kept == 7).all()
 
 
-@pytest.mark.parametrize("zero_copy", [False, True])
-def test_runs_of_small_arrays_keep_their_layouts(zero_copy):
+@pytest.mark.parametrize("copy", [False, True])
+def test_runs_of_small_arrays_keep_their_layouts(copy):
     # Same byte size, different dtypes and shapes, in runs and alone: the quick paths for
     # repeated layouts (worker) and for runs of them (consumer) must not mix them up.
     layouts = [(np.float32, (256,)), (np.float64, (128,)), (np.int16, (16, 32)), (np.uint8, (1024,))]
     plan = [k % 4 for k in range(40)] + [0] * 300 + [1] * 5 + [3] * 50 + [2]
     expected = [np.full(layouts[k][1], i % 200, dtype=layouts[k][0]) for i, k in enumerate(plan)]
     got = 0
-    for x, want in zip(pf.from_iterable(expected) | pf.background(zero_copy=zero_copy), expected):
+    for x, want in zip(pf.from_iterable(expected) | pf.background(copy=copy), expected):
         assert same(x, want)
         got += 1
     assert got == len(expected)

@@ -31,12 +31,8 @@ def _arr(i):
     return np.full(64, i, np.float32)
 
 
-def test_head_with_zero_copy_returns_the_first_items() -> None:
-    s = (
-        pf.from_iterable(range(100))
-        | pf.map(_big)
-        | pf.background(workers=1, zero_copy=True, ring_bytes=300000)
-    )
+def test_head_of_a_background_returns_the_first_items() -> None:
+    s = pf.from_iterable(range(100)) | pf.map(_big) | pf.background(workers=1, ring_bytes=300000)
     got = s.head(20)
     assert [int(x[0]) for x in got] == list(range(20))
 

@@ -334,11 +334,11 @@ def test_repr_pretty_lists_the_stages_and_a_mux_sums_up_its_weights():
     assert "weights 1 to 10 (sum 55)" in s._repr_html_()
 
 
-def test_head_copies_the_views_of_a_zero_copy_background():
+def test_head_keeps_the_first_items_of_a_background_intact():
     s = (
         pf.from_iterable(range(60))
         | pf.map(lambda i: np.full(4096, i, np.float32))
-        | pf.background(workers=1, zero_copy=True, ring_bytes=2**18)
+        | pf.background(workers=1, ring_bytes=2**18)
     )
     first = s.head(20)
     assert [int(a[0]) for a in first] == list(range(20))

@@ -127,6 +127,30 @@ def test_tensors_pins_and_moves_to_cuda():
     assert all(t.device.type == "cuda" for t in got)
 
 
+def test_tensors_after_background_share_its_blocks():
+    from pescador_fp._ipc.pool import segment_at
+
+    stream = pf.from_arrays({"x": np.ones((64, 2**12), np.float32)}) | pf.batch(16) | pf.background()
+    got = list(stream | pft.tensors())
+    assert len(got) == 4 and all(segment_at(b["x"].data_ptr()) is not None for b in got)
+    assert all((b["x"] == 1).all() for b in got)
+
+
+@pytest.mark.skipif(
+    not torch.cuda.is_available(),
+    reason="pinning background's blocks in place (cudaHostRegister) needs a CUDA device; there is none here",
+)
+def test_tensors_pin_background_blocks_in_place_and_move_them():
+    from pescador_fp._ipc.pool import segment_at
+
+    stream = pf.from_iterable(range(200)) | pf.map(lambda i: np.full(2**18, i, np.float32)) | pf.background()
+    for i, t in enumerate(stream | pft.tensors(pin_memory=True)):
+        assert segment_at(t.data_ptr()) is not None and t.is_pinned()  # no pinning copy
+        assert float(t[0]) == i
+    moved = list(stream | pft.tensors(device="cuda", pin_memory=True))
+    assert [float(t[-1]) for t in moved] == list(range(200))
+
+
 def test_tensors_checks_its_arguments_when_built():
     with pytest.raises(ValueError, match="tensors: device must name a torch device, got 'gpu0'"):
         pft.tensors(device="gpu0")

@@ -24,6 +24,7 @@ import linecache
 import marshal
 import os
 import pickle
+import struct
 import sys
 import traceback
 import types
@@ -34,7 +35,16 @@ from typing import Any
 import cloudpickle
 import numpy as np
 
-from .ring import RECORD_ARRAYS, RECORD_DATA, RECORD_ERROR, Ring
+from .pool import BLOCK_MIN, Blocks, Pool
+from .ring import (
+    RECORD_ARRAY_BLOCKS,
+    RECORD_ARRAYS,
+    RECORD_DATA,
+    RECORD_DATA_BLOCKS,
+    RECORD_ERROR,
+    RECORD_SHORT,
+    Ring,
+)
 
 __all__ = [
     "Decoder",
@@ -54,6 +64,19 @@ _NO_BYTES = memoryview(b"")
 _RUN_ITEMS = 256
 _RUN_BYTES = 256 * 2**10
 _RUN_ITEM_BYTES = 16 * 2**10
+# A record whose buffers are (some of them) in blocks starts with their count, then a block
+# number (-1: this buffer is in the ring) and a byte count per buffer.
+_COUNT = struct.Struct("<I")
+
+
+class _Refs(dict[int, struct.Struct]):
+    def __missing__(self, n: int) -> struct.Struct:
+        made = self[n] = struct.Struct(f"<I{2 * n}Q")
+        return made
+
+
+_REFS = _Refs()
+_IN_RING = 2**64 - 1
 
 
 def _bytes_of(array: np.ndarray) -> memoryview:
@@ -110,9 +133,15 @@ def _with_dtype(array: np.ndarray, dtype: np.dtype[Any]) -> np.ndarray:
 
 
 class Encoder:
-    """(worker) Writes items into a ring; remembers what the other side already has."""
+    """(worker) Writes items into a ring; remembers what the other side already has.
 
-    def __init__(self) -> None:
+    With a ``pool``, buffers of :data:`~pescador_fp._ipc.pool.BLOCK_MIN` bytes or
+    more are written into its blocks instead of the ring (the record says
+    which), and the consumer gets arrays over those blocks.
+    """
+
+    def __init__(self, pool: Pool | None = None) -> None:
+        self.pool = pool
         self._sent: Any = None  # the last array layout
         # Its dtype and shape where it is one non-empty array: the quick path's check.
         self._dtype: Any = None
@@ -128,7 +157,8 @@ class Encoder:
     @sent.setter
     def sent(self, layout: Any) -> None:
         self._sent = layout
-        if layout is not None and not layout[0] and _nbytes(layout[1], layout[2]):
+        nbytes = _nbytes(layout[1], layout[2]) if layout is not None and not layout[0] else 0
+        if nbytes and (self.pool is None or nbytes < BLOCK_MIN):  # (the quick path writes into the ring)
             self._dtype, self._shape = layout[1], layout[2]
         else:
             self._dtype = self._shape = None
@@ -166,7 +196,8 @@ class Encoder:
                     return
         encoded = self._encode(item)
         if encoded is not None:
-            ring.put(RECORD_ARRAYS, encoded[0], encoded[1], alive)
+            if not self._put_blocks(ring, RECORD_ARRAY_BLOCKS, encoded[0], encoded[1], alive):
+                ring.put(RECORD_ARRAYS, encoded[0], encoded[1], alive)
             return
         buffers: list[pickle.PickleBuffer] = []
         which = self.picklers.get(type(item), 0)
@@ -182,7 +213,51 @@ class Encoder:
                     raise
                 which = self.picklers[type(item)] = which + 1
                 buffers.clear()
-        ring.put(RECORD_DATA, metadata, [b.raw() for b in buffers], alive)
+        raw = [b.raw() for b in buffers]
+        if not self._put_blocks(ring, RECORD_DATA_BLOCKS, metadata, raw, alive):
+            ring.put(RECORD_DATA, metadata, raw, alive)
+
+    def _put_blocks(
+        self, ring: Ring, kind: int, metadata: bytes, views: list[memoryview], alive: Any
+    ) -> bool:
+        """Write the large ``views`` into blocks and the record into the ring; ``False``: nothing written."""
+        taken = self._take_blocks(ring, [view.nbytes for view in views], alive)
+        if taken is None:
+            return False
+        rest, total = [], 0
+        for (_, block), view in zip(taken, views):
+            if block is None:
+                rest.append(view)
+            else:
+                block[:] = view
+                total += view.nbytes
+        refs = _REFS[len(views)].pack(len(views), *_flat_refs(taken, views))
+        taken.clear()
+        del block
+        ring.put(kind, refs + metadata, rest, alive)
+        assert self.pool is not None
+        self.pool.sent(ring, total)
+        return True
+
+    def _take_blocks(self, ring: Ring, sizes: list[int], alive: Any) -> list[tuple[int, Any]] | None:
+        """A block for each size of at least ``BLOCK_MIN`` ((-1, None) for the others), or ``None``:
+        no pool, no size as large, or shared memory short (said once, in a record)."""
+        pool = self.pool
+        if pool is None or max(sizes, default=0) < BLOCK_MIN:
+            return None
+        taken: list[tuple[int, Any]] = []
+        for size in sizes:
+            got = pool.take(size, ring, alive) if size >= BLOCK_MIN else (-1, None)
+            if got is None:
+                for number, _ in taken:
+                    if number >= 0:
+                        pool.put_back(number)
+                if pool.short:
+                    ring.put(RECORD_SHORT, pool.short.encode(), alive=alive)
+                    pool.short = ""
+                return None
+            taken.append(got)
+        return taken
 
     def write_stacked(self, ring: Ring, samples: list[Any], alive: Any) -> bool:
         """Stack ``samples`` on a new leading axis straight into a ring record: one pass over their bytes.
@@ -218,7 +293,21 @@ class Encoder:
         layout: Any = (True, tuple(fields)) if keyed else (False, fields[0][1], fields[0][2])
         metadata = b"" if layout == self.sent else pickle.dumps(layout)
         sizes = [_nbytes(dtype, shape) for _, dtype, shape in fields]
-        views = ring.reserve(RECORD_ARRAYS, metadata, sizes, alive)
+        taken = self._take_blocks(ring, sizes, alive)
+        if taken is None:
+            views = ring.reserve(RECORD_ARRAYS, metadata, sizes, alive)
+        else:
+            refs = _REFS[len(sizes)].pack(len(sizes), *_flat_refs(taken, sizes))
+            in_ring = iter(
+                ring.reserve(
+                    RECORD_ARRAY_BLOCKS,
+                    refs + metadata,
+                    [size for (number, _), size in zip(taken, sizes) if number < 0],
+                    alive,
+                )
+            )
+            views = [next(in_ring) if block is None else block for _, block in taken]
+            del in_ring
         for view, (_, dtype, shape), column in zip(views, fields, columns.values()):
             if not view.nbytes:
                 continue
@@ -230,6 +319,10 @@ class Encoder:
             del out
         views.clear()
         ring.commit()
+        if taken is not None:
+            assert self.pool is not None
+            self.pool.sent(ring, sum(size for (number, _), size in zip(taken, sizes) if number >= 0))
+            taken.clear()
         self.sent = layout
 
     def _encode(self, item: Any) -> tuple[bytes, list[memoryview]] | None:
@@ -256,6 +349,14 @@ class Encoder:
             return b"", views
         self.sent = layout
         return pickle.dumps(layout), views
+
+
+def _flat_refs(taken: list[tuple[int, Any]], sizes: Any) -> list[int]:
+    """Block numbers (-1: in the ring) and byte counts, interleaved, for a record's head."""
+    flat: list[int] = []
+    for (number, _), size in zip(taken, sizes):
+        flat += (number & 0xFFFFFFFFFFFFFFFF, size if isinstance(size, int) else size.nbytes)
+    return flat
 
 
 def _nbytes(dtype: np.dtype[Any], shape: tuple[int, ...]) -> int:
@@ -322,36 +423,60 @@ def _columns(samples: list[Any]) -> dict[Any, list[np.ndarray]] | None:
 
 
 class Decoder:
-    """(consumer) Turns records of one ring back into items."""
+    """(consumer) Turns records of one ring back into items.
 
-    def __init__(self, zero_copy: bool) -> None:
-        self.zero_copy = zero_copy
+    ``blocks``: the consumer's end of the producer's pool, where the producer
+    has one; arrays in its blocks come out as arrays over them (no copy).
+    Anything in the ring is copied out, into memory of its own.
+    """
+
+    def __init__(self, blocks: Blocks | None = None) -> None:
+        self.blocks = blocks
         self.received: Any = None  # the last array layout
         self.classes: dict[int, type] = {}  # the classes the other side sent by name, by number
         # Items already decoded (a run of small arrays) and not yet handed out.
         self.pending: collections.deque[Any] = collections.deque()
 
     def read(self, ring: Ring, kind: int, metadata: memoryview, buffers: list[memoryview]) -> Any:
-        """The item in the record that ``ring.get`` returned; frees it unless zero-copy."""
+        """The item in the record that ``ring.get`` returned (a kind that carries one); frees the record."""
+        if kind in (RECORD_ARRAY_BLOCKS, RECORD_DATA_BLOCKS):
+            return self._read_blocks(ring, kind, metadata, buffers)
         arrays = kind == RECORD_ARRAYS
-        zero_copy = self.zero_copy
-        if arrays and not zero_copy and not len(metadata) and len(buffers) == 1:
+        if arrays and not len(metadata) and len(buffers) == 1:
             layout = self.received
             if layout is not None and not layout[0] and 0 < buffers[0].nbytes <= _RUN_ITEM_BYTES:
                 items = self._decode_run(ring, buffers[0].nbytes, layout[1], layout[2])
                 self.pending.extend(items[1:])
                 return items[0]
-        # Zero-copy: read-only views into the ring, freed when the next item is asked for.
-        # Otherwise each buffer is copied into memory of its own.
-        views: list[Any] = [b.toreadonly() if zero_copy else bytearray(b) for b in buffers]
+        views: list[Any] = [bytearray(b) for b in buffers]  # each into memory of its own
         if arrays:
             item = self._decode(metadata, views)
         elif metadata[0] == _PROTO:
             item = pickle.loads(metadata, buffers=views)
         else:
             item = _loads(metadata, views, self.classes)
-        if not zero_copy:
-            ring.release()
+        ring.release()
+        return item
+
+    def _read_blocks(self, ring: Ring, kind: int, metadata: memoryview, buffers: list[memoryview]) -> Any:
+        """An item whose large buffers are blocks: arrays over them, the rest copied out of the ring."""
+        blocks = self.blocks
+        assert blocks is not None, "a record with blocks, and no pool to take them from"
+        (n,) = _COUNT.unpack_from(metadata)
+        refs = _REFS[n].unpack_from(metadata)
+        rest = iter(buffers)
+        views: list[Any] = []
+        for i in range(1, 2 * n + 1, 2):
+            number = refs[i]
+            views.append(bytearray(next(rest)) if number == _IN_RING else blocks.array(number, refs[i + 1]))
+        inner = metadata[_COUNT.size + 16 * n :]
+        if kind == RECORD_ARRAY_BLOCKS:
+            item = self._decode(inner, views)
+        elif inner[0] == _PROTO:
+            item = pickle.loads(inner, buffers=views)
+        else:
+            item = _loads(inner, views, self.classes)
+        ring.release()
         return item
 
     def _decode(self, metadata: memoryview, buffers: list[Any]) -> Any:

@@ -71,10 +71,13 @@ from typing import Any
 __all__ = [
     "NAME_PREFIX",
     "RECORD_ARRAYS",
+    "RECORD_ARRAY_BLOCKS",
     "RECORD_DATA",
+    "RECORD_DATA_BLOCKS",
     "RECORD_END",
     "RECORD_ERROR",
     "RECORD_READY",
+    "RECORD_SHORT",
     "SHM_DIR",
     "TRANSPORTS",
     "TRANSPORT_VARIABLE",
@@ -92,6 +95,9 @@ RECORD_READY = 4
 _RECORD_WRAP = 5
 _RECORD_GROW = 6  # the producer needs a larger ring for its next record; ``get`` answers it
 RECORD_ARRAYS = 7  # an item in a compact encoding of the layer above
+RECORD_ARRAY_BLOCKS = 8  # the same, its large arrays in blocks of a pool (``pool``) rather than in the ring
+RECORD_DATA_BLOCKS = 9  # a pickled item, its large buffers in blocks of a pool
+RECORD_SHORT = 10  # the producer's pool could not grow (shared memory short): why, said once
 
 _ALIGN = 64
 _CONTROL_BYTES = 4 * _ALIGN
@@ -463,6 +469,7 @@ class Ring:
         self._room_until = 0  # (producer) where the free room ended when it last looked at the tail
         self._named = bool(segment.name)  # (consumer) the segment may still have a name to remove
         self._spin_rounds = _DATA_SPIN_ROUNDS  # (consumer) how long it looks before it sleeps
+        self.moves = 0  # (producer) how many times it moved to a larger ring
 
     # ------------------------------------------------------------ lifetime
 
@@ -695,7 +702,37 @@ class Ring:
         )
         segment.forget()  # the consumer made it, and this process has it mapped now
         self._unmap()
+        moves = self.moves
         self.__dict__.update(larger.__dict__)
+        self.moves = moves + 1  # positions start again at 0: the consumer has read all before
+
+    @property
+    def written(self) -> int:
+        """(producer) Where the records written so far end: the consumer has read them once it is past."""
+        return self._head
+
+    def read_position(self) -> int:
+        """(producer) How far the consumer has read (and freed)."""
+        return int(self._control[_TAIL])
+
+    def wait_read(self, position: int, alive: Callable[[], bool] | None) -> None:
+        """(producer) Wait until the consumer has read up to ``position``; ``Stopped`` as :meth:`put`.
+
+        Asks to be woken as for space: the consumer wakes a producer that waits
+        for ``capacity - (head - position)`` free bytes once it is past ``position``.
+        """
+        control = self._control
+        wait_s = _FIRST_WAIT_S
+        while control[_TAIL] < position:
+            if control[_STOP]:
+                raise Stopped
+            for _ in range(_SPINS):
+                if control[_TAIL] >= position:
+                    return
+            control[_PRODUCER_WAITING] = max(1, self.capacity - (self._head - position))
+            if control[_TAIL] < position:
+                self._doze(alive, wait_s)
+                wait_s = _WAIT_SLICE_S
 
     def _wait_for_space(self, size: int, alive: Callable[[], bool] | None) -> None:
         """Wait until ``size`` bytes are free; ``Stopped`` if asked to stop or the consumer is gone.
