@@ -9,9 +9,12 @@ out of the loop stops the processes and frees the shared memory.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import multiprocessing
 import os
 import reprlib
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,7 +31,13 @@ from ._ipc.ring import (
     default_transport,
     shared_memory_free,
 )
-from ._ipc.workers import Workers, default_start_method
+from ._ipc.workers import (
+    Workers,
+    default_start_method,
+    interrupts_deferred,
+    out_of_descriptors,
+    uninterrupted,
+)
 from ._merge import Channel, Tally, merge, merge_groups
 from ._seed import MERGE_SEED, SeedContext
 from ._stats import register_channels
@@ -36,7 +45,7 @@ from ._stream import Operator, Stream, drop, stage_key
 from ._worker import feed, work
 from .errors import PescadorError, WorkerError
 
-__all__ = ["background", "recipe_bytes"]
+__all__ = ["background", "closed_by", "recipe_bytes"]
 
 START_METHODS = ("fork", "forkserver", "spawn")
 # The default ring per worker (shrunk to fit half of the free shared memory): small, so
@@ -120,59 +129,69 @@ def _background_items(
     ]
     feeder_recipe = recipe_bytes((plan.head, ctx), upstream) if plan.head is not None else None
     workers = Workers(op.start_method or default_start_method())
-    if os.name == "posix" and default_transport() == "portable":
-        # A portable ring's segment and semaphores have names, registered with multiprocessing's
-        # resource tracker, which removes them if this process is killed: start it before any
-        # name exists (a linux ring has none: a file with no name, eventfds).
-        resource_tracker.ensure_running()
     rings: list[Ring] = []
     inboxes: list[Ring] = []
     stacks: list[tuple[Any, Any]] = []
     channels: list[Channel] = []
     try:
-        capacity = _ring_bytes(op.ring_bytes, count)
-        for _ in range(count):
-            try:
-                rings.append(Ring.create(capacity, workers.semaphore, creator_consumes=True))
-                if plan.fed:
-                    inboxes.append(Ring.create(capacity, workers.semaphore))
-            except OSError as error:
-                raise WorkerError(
-                    f"background: {error.strerror or error}; free shared memory or pass a smaller ring_bytes"
-                ) from error
-        parent = os.getpid()
-        stacks = [workers.context.Pipe(duplex=False) for _ in range(count + plan.fed)] if op.timeout else []
-        workers.start(
-            work,
-            [
-                (
-                    recipes[i],
-                    rings[i].handle,
-                    parent,
-                    inboxes[i].handle if inboxes else None,
-                    stacks[i][1] if stacks else None,
+        # Made under a held Ctrl-C: an interrupt lands after, with everything made in the lists
+        # that the cleanup frees (and the processes in `workers`).
+        with interrupts_deferred(), _descriptors_named():
+            if os.name == "posix" and default_transport() == "portable":
+                # A portable ring's segment and semaphores have names, registered with
+                # multiprocessing's resource tracker, which removes them if this process is killed:
+                # start it before any name exists (a linux ring has none: a file with no name, eventfds).
+                resource_tracker.ensure_running()
+            capacity = _ring_bytes(op.ring_bytes, count)
+            for _ in range(count):
+                try:
+                    rings.append(Ring.create(capacity, workers.semaphore, creator_consumes=True))
+                    if plan.fed:
+                        inboxes.append(Ring.create(capacity, workers.semaphore))
+                except OSError as error:
+                    if out_of_descriptors(error) is not None:
+                        raise
+                    raise WorkerError(
+                        f"background: {error.strerror or error}; "
+                        "free shared memory or pass a smaller ring_bytes"
+                    ) from error
+            parent = os.getpid()
+            if op.timeout:
+                for _ in range(count + plan.fed):
+                    stacks.append(workers.context.Pipe(duplex=False))
+            workers.start(
+                work,
+                [
+                    (
+                        recipes[i],
+                        rings[i].handle,
+                        parent,
+                        inboxes[i].handle if inboxes else None,
+                        stacks[i][1] if stacks else None,
+                    )
+                    for i in range(count)
+                ],
+            )
+            if feeder_recipe is not None:
+                handles = [inbox.handle for inbox in inboxes]
+                feeder_args = (feeder_recipe, handles, parent, stacks[-1][1] if stacks else None)
+                workers.start(feed, [feeder_args], name="pescador_fp-feeder", reports=True)
+            for _, writer in stacks:
+                writer.close()
+            stop = getattr(_closing, "event", None)
+            channels = [
+                Channel(
+                    i,
+                    rings,
+                    workers,
+                    op.zero_copy,
+                    op.timeout,
+                    count if plan.fed else None,
+                    [reader for reader, _ in stacks],
+                    stop,
                 )
                 for i in range(count)
-            ],
-        )
-        if feeder_recipe is not None:
-            handles = [inbox.handle for inbox in inboxes]
-            feeder_args = (feeder_recipe, handles, parent, stacks[-1][1] if stacks else None)
-            workers.start(feed, [feeder_args], name="pescador_fp-feeder")
-        for _, writer in stacks:
-            writer.close()
-        channels = [
-            Channel(
-                i,
-                rings,
-                workers,
-                op.zero_copy,
-                op.timeout,
-                count if plan.fed else None,
-                [reader for reader, _ in stacks],
-            )
-            for i in range(count)
-        ]
+            ]
         register_channels(ctx.run, upstream, [channel.counts for channel in channels])  # for it.stats()
         weights = [part.weight for part in plan.parts]
         if plan.grouped:
@@ -183,17 +202,67 @@ def _background_items(
                 ctx.run.states[stage_key(ctx, depth)] = tally.state
             yield from merge(channels, weights, ctx.generator(MERGE_SEED, depth), tally, resume)
     finally:
-        ended = time.perf_counter()
-        for channel in channels:  # (stats) a closed or failed pass's rates stay as they were
-            channel.counts.ended = channel.counts.ended or ended
-        for ring in rings + inboxes:
-            ring.request_stop()
-        workers.stop()
-        for ring in rings + inboxes:
-            ring.unlink()
-            ring.close()
-        for reader, _ in stacks:
-            reader.close()
+        # A second Ctrl-C waits until everything is freed.
+        uninterrupted(functools.partial(_free, channels, rings + inboxes, workers, stacks))
+
+
+def _free(
+    channels: list[Channel], rings: list[Ring], workers: Workers, stacks: list[tuple[Any, Any]]
+) -> None:
+    """Stop the workers and free the rings and pipes of a pass; idempotent."""
+    ended = time.perf_counter()
+    for channel in channels:  # (stats) a closed or failed pass's rates stay as they were
+        channel.counts.ended = channel.counts.ended or ended
+    for ring in rings:
+        ring.request_stop()
+    workers.stop()
+    for ring in rings:
+        ring.unlink()
+        ring.close()
+    for reader, writer in stacks:
+        reader.close()
+        writer.close()
+
+
+@contextlib.contextmanager
+def _descriptors_named() -> Iterator[None]:
+    """Say that file descriptors ran out where they did, not what failed for the want of one."""
+    try:
+        yield
+    except OSError as error:
+        short = out_of_descriptors(error)
+        if short is None:
+            raise
+        raise short from error
+
+
+# The event that stops the background passes opened in this thread (closed_by), if any.
+_closing = threading.local()
+
+
+@contextlib.contextmanager
+def closed_by(event: threading.Event) -> Iterator[None]:
+    """(a thread that iterates a pass for a consumer in another thread) Passes that this thread
+    opens meanwhile stop waiting for their workers once ``event`` is set: the consumer's way to
+    close them while this thread waits inside ``next()``, which no other thread can interrupt.
+
+    A pass that stops so raises :class:`~pescador_fp.PescadorError` in this thread, and frees
+    its workers and shared memory as any closed pass does.
+
+    >>> import pescador_fp as pf
+    >>> event = threading.Event()
+    >>> with closed_by(event):
+    ...     it = iter(pf.from_iterable(range(3)) | pf.background())
+    ...     first = next(it)
+    >>> first, next(it)
+    (0, 1)
+    """
+    outer = getattr(_closing, "event", None)
+    _closing.event = event
+    try:
+        yield
+    finally:
+        _closing.event = outer
 
 
 @dataclass(frozen=True, repr=False)

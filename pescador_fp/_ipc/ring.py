@@ -548,6 +548,10 @@ class Ring:
         self._control[_STOP] = 1
         self.handle.space_ready.release()
 
+    def stop_requested(self) -> bool:
+        """Whether the consumer has asked the producer to stop (:meth:`request_stop`)."""
+        return bool(self._control[_STOP])
+
     def put(
         self,
         kind: int,
