@@ -26,7 +26,13 @@ from ._ipc.ring import (
     RingHandle,
     Stopped,
 )
-from ._ipc.workers import dump_stack_on_signal, ignore_interrupts, say_done, watch_parent
+from ._ipc.workers import (
+    dump_stack_on_signal,
+    exit_when_out_of_descriptors,
+    ignore_interrupts,
+    say_done,
+    watch_parent,
+)
 from ._seed import SeedContext
 from ._stream import Applied, Stream, _run, from_item
 from .errors import WorkerError
@@ -55,8 +61,9 @@ def work(recipe: bytes, handle: RingHandle, parent_pid: int, inbox: RingHandle |
     ignore_interrupts()
     dump_stack_on_signal(stack)
     alive = watch_parent(parent_pid)
-    ring = Ring.attach(handle)
-    fed = Ring.attach(inbox) if inbox is not None else None
+    with exit_when_out_of_descriptors():  # (under fork a worker starts with all its parent's)
+        ring = Ring.attach(handle)
+        fed = Ring.attach(inbox) if inbox is not None else None
     try:
         try:
             plan_part, grouped, ctx, start = loads_recipe(recipe)
@@ -229,7 +236,8 @@ def feed(recipe: bytes, handles: list[RingHandle], parent_pid: int, stack: Any, 
     ignore_interrupts()
     dump_stack_on_signal(stack)
     alive = watch_parent(parent_pid)
-    rings = [Ring.attach(handle) for handle in handles]
+    with exit_when_out_of_descriptors():
+        rings = [Ring.attach(handle) for handle in handles]
     ended: set[int] = set()
     try:
         turn = 0

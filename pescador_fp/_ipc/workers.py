@@ -28,6 +28,7 @@ __all__ = [
     "Workers",
     "default_start_method",
     "dump_stack_on_signal",
+    "exit_when_out_of_descriptors",
     "ignore_interrupts",
     "interrupts_deferred",
     "out_of_descriptors",
@@ -48,8 +49,13 @@ _KILL_TIMEOUT_S = 1.0
 _WATCH_SLICE_S = 0.2
 # The exit status of a worker whose parent died.
 _ORPHANED_EXIT_CODE = 70
+# The exit status of a worker that could not attach its rings for want of file descriptors, before it
+# has anywhere to send an error (sysexits' EX_OSERR).
+_NO_DESCRIPTORS_EXIT_CODE = 71
 # What a process sends through its report pipe once its work is done (say_done).
 _DONE = b"done"
+# The descriptors a process start may open at once (forkserver: a socket, two pipes, a copy).
+_START_DESCRIPTORS = 8
 # How many times `uninterrupted` starts again a step that an interrupt cut short before it began.
 _RETRIES = 3
 
@@ -270,26 +276,61 @@ def say_done(report: Any) -> None:
     report.close()
 
 
-def out_of_descriptors(error: OSError, who: str = "background") -> Exception | None:
+@contextlib.contextmanager
+def exit_when_out_of_descriptors() -> Iterator[None]:
+    """(in a worker, before it can send errors back) End the process with a status that says that file
+    descriptors ran out, which :meth:`Workers.failure` reads, if they do inside."""
+    try:
+        yield
+    except OSError as error:
+        if error.errno not in (errno.EMFILE, errno.ENFILE):
+            raise
+        raise SystemExit(_NO_DESCRIPTORS_EXIT_CODE) from None
+
+
+def out_of_descriptors(error: OSError) -> WorkerError | None:
     """The error to raise for ``error`` where it says that file descriptors ran out, else ``None``."""
-    said = os.strerror(error.errno or 0)
     if error.errno == errno.ENFILE:
         return WorkerError(
-            f"{who}: the system has run out of file descriptors (ENFILE: {said}); each worker needs a "
-            "few: close programs that hold many, or raise the system's limit (fs.file-max)"
+            "background: the system has run out of file descriptors (ENFILE); each worker needs a few: "
+            "close programs that hold many, or raise the system's limit (fs.file-max)"
         )
     if error.errno != errno.EMFILE:
         return None
-    limit = ""
+    return WorkerError(
+        f"background: this process has run out of file descriptors (EMFILE, {_descriptor_limit()} at "
+        f"most){_RAISE_THE_LIMIT}"
+    )
+
+
+def _descriptor_limit() -> str:
     with contextlib.suppress(ImportError, OSError, ValueError):
         import resource
 
-        limit = f", {resource.getrlimit(resource.RLIMIT_NOFILE)[0]} at most"
-    return WorkerError(
-        f"{who}: this process has run out of file descriptors (EMFILE: {said}{limit}); each "
-        "worker needs a few: raise the limit (`ulimit -n 65536` in the shell that starts Python, or "
-        "resource.setrlimit(resource.RLIMIT_NOFILE, ...)) or close files that the program holds open"
-    )
+        return f"{resource.getrlimit(resource.RLIMIT_NOFILE)[0]}"
+    return "?"
+
+
+_RAISE_THE_LIMIT = (
+    "; each worker needs a few: raise the limit (`ulimit -n 65536` in the shell that starts Python, "
+    "or resource.setrlimit(resource.RLIMIT_NOFILE, ...)) or close files that the program holds open"
+)
+
+
+def _room_for_descriptors(count: int) -> None:
+    """Raise ``OSError(EMFILE)`` unless ``count`` more descriptors can be opened now.
+
+    Python's process start leaks the first of the pipes it makes where the
+    second cannot be made (``multiprocessing.popen_fork``, ``forkserver``):
+    so ask for the room first, and take nothing.
+    """
+    taken: list[int] = []
+    try:
+        while len(taken) < count:
+            taken.extend(os.pipe())
+    finally:
+        for fd in taken:
+            os.close(fd)
 
 
 def parent_alive(parent_pid: int) -> Callable[[], bool]:
@@ -411,6 +452,7 @@ class Workers:
                     daemon=True,
                 )
                 try:
+                    _room_for_descriptors(_START_DESCRIPTORS)
                     process.start()
                 finally:
                     if writer is not None:
@@ -433,6 +475,12 @@ class Workers:
         """The error that says how worker ``index`` ended without finishing its stream."""
         process = self.processes[index]
         process.join(_KILL_TIMEOUT_S)
+        if process.exitcode == _NO_DESCRIPTORS_EXIT_CODE:
+            return WorkerError(
+                f"background worker {index} (pid {process.pid}) could not start: it ran out of file "
+                f"descriptors (EMFILE, exit code {process.exitcode}; {_descriptor_limit()} at most in a "
+                f"process){_RAISE_THE_LIMIT}"
+            )
         return WorkerError(
             f"background worker {index} (pid {process.pid}) {_describe_exit(process.exitcode)} "
             "before finishing its stream"
