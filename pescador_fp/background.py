@@ -334,7 +334,9 @@ def background(
         zero_copy: yield read-only array views into the ring, valid until the
             next item, instead of arrays the consumer owns.
         start_method: ``"fork"``, ``"forkserver"`` or ``"spawn"``; the default
-            is ``fork`` in a single-threaded process, else ``forkserver``.
+            is ``fork`` in a single-threaded process (threads started in C
+            count), else ``forkserver``, and always ``forkserver`` once torch,
+            JAX or TensorFlow is imported.
         timeout: seconds to wait for a worker's next item (counted from the
             moment it has loaded its pipeline) before raising
             :class:`~pescador_fp.WorkerError` that names the worker and where

@@ -164,8 +164,9 @@ def device_put(stream: Stream[Any], sharding_or_device: Any = None, *, prefetch:
     and each array is assembled with ``jax.make_array_from_process_local_data``
     (the leading axis is the global batch). The result is a stream: iterate it
     per epoch with ``iterate(seed=epoch)``. Closing the iterator (``break``,
-    an exception, the end) stops the thread and closes the upstream, workers
-    of a ``background`` included.
+    an exception, Ctrl-C, the end) stops the thread and closes the upstream,
+    workers of a ``background`` included, without waiting for the
+    background's next item (the thread stops waiting for it at once).
 
     >>> import numpy as np, pescador_fp as pf
     >>> s = device_put(pf.from_arrays(np.arange(8.0)) | pf.batch(4))
