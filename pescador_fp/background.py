@@ -129,69 +129,64 @@ def _background_items(
     ]
     feeder_recipe = recipe_bytes((plan.head, ctx), upstream) if plan.head is not None else None
     workers = Workers(op.start_method or default_start_method())
+    if os.name == "posix" and default_transport() == "portable":
+        # A portable ring's segment and semaphores have names, registered with multiprocessing's
+        # resource tracker, which removes them if this process is killed: start it before any
+        # name exists (a linux ring has none: a file with no name, eventfds).
+        resource_tracker.ensure_running()
     rings: list[Ring] = []
     inboxes: list[Ring] = []
     stacks: list[tuple[Any, Any]] = []
     channels: list[Channel] = []
     try:
-        # Made under a held Ctrl-C: an interrupt lands after, with everything made in the lists
-        # that the cleanup frees (and the processes in `workers`).
-        with interrupts_deferred(), _descriptors_named():
-            if os.name == "posix" and default_transport() == "portable":
-                # A portable ring's segment and semaphores have names, registered with
-                # multiprocessing's resource tracker, which removes them if this process is killed:
-                # start it before any name exists (a linux ring has none: a file with no name, eventfds).
-                resource_tracker.ensure_running()
+        # A Ctrl-C waits until what is made is in the lists that the cleanup frees (Workers.start
+        # holds it back too, and keeps its processes).
+        with interrupts_deferred():
             capacity = _ring_bytes(op.ring_bytes, count)
-            for _ in range(count):
-                try:
+            try:
+                for _ in range(count):
                     rings.append(Ring.create(capacity, workers.semaphore, creator_consumes=True))
                     if plan.fed:
                         inboxes.append(Ring.create(capacity, workers.semaphore))
-                except OSError as error:
-                    if out_of_descriptors(error) is not None:
-                        raise
-                    raise WorkerError(
-                        f"background: {error.strerror or error}; "
-                        "free shared memory or pass a smaller ring_bytes"
-                    ) from error
-            parent = os.getpid()
-            if op.timeout:
-                for _ in range(count + plan.fed):
-                    stacks.append(workers.context.Pipe(duplex=False))
-            workers.start(
-                work,
-                [
-                    (
-                        recipes[i],
-                        rings[i].handle,
-                        parent,
-                        inboxes[i].handle if inboxes else None,
-                        stacks[i][1] if stacks else None,
-                    )
-                    for i in range(count)
-                ],
-            )
-            if feeder_recipe is not None:
-                handles = [inbox.handle for inbox in inboxes]
-                feeder_args = (feeder_recipe, handles, parent, stacks[-1][1] if stacks else None)
-                workers.start(feed, [feeder_args], name="pescador_fp-feeder", reports=True)
-            for _, writer in stacks:
-                writer.close()
-            stop = getattr(_closing, "event", None)
-            channels = [
-                Channel(
-                    i,
-                    rings,
-                    workers,
-                    op.zero_copy,
-                    op.timeout,
-                    count if plan.fed else None,
-                    [reader for reader, _ in stacks],
-                    stop,
+                if op.timeout:  # (extend keeps the pipes made before a failure, for the cleanup)
+                    stacks.extend(workers.context.Pipe(duplex=False) for _ in range(count + plan.fed))
+            except OSError as error:
+                raise out_of_descriptors(error) or WorkerError(
+                    f"background: {error.strerror or error}; free shared memory or pass a smaller ring_bytes"
+                ) from error
+        parent = os.getpid()
+        workers.start(
+            work,
+            [
+                (
+                    recipes[i],
+                    rings[i].handle,
+                    parent,
+                    inboxes[i].handle if inboxes else None,
+                    stacks[i][1] if stacks else None,
                 )
                 for i in range(count)
-            ]
+            ],
+        )
+        if feeder_recipe is not None:
+            handles = [inbox.handle for inbox in inboxes]
+            feeder_args = (feeder_recipe, handles, parent, stacks[-1][1] if stacks else None)
+            workers.start(feed, [feeder_args], name="pescador_fp-feeder", reports=True)
+        for _, writer in stacks:
+            writer.close()
+        channels = [
+            Channel(
+                i,
+                rings,
+                workers,
+                op.zero_copy,
+                op.timeout,
+                count if plan.fed else None,
+                [reader for reader, _ in stacks],
+                getattr(_closing, "event", None),
+            )
+            for i in range(count)
+        ]
         register_channels(ctx.run, upstream, [channel.counts for channel in channels])  # for it.stats()
         weights = [part.weight for part in plan.parts]
         if plan.grouped:
@@ -202,14 +197,13 @@ def _background_items(
                 ctx.run.states[stage_key(ctx, depth)] = tally.state
             yield from merge(channels, weights, ctx.generator(MERGE_SEED, depth), tally, resume)
     finally:
-        # A second Ctrl-C waits until everything is freed.
         uninterrupted(functools.partial(_free, channels, rings + inboxes, workers, stacks))
 
 
 def _free(
     channels: list[Channel], rings: list[Ring], workers: Workers, stacks: list[tuple[Any, Any]]
 ) -> None:
-    """Stop the workers and free the rings and pipes of a pass; idempotent."""
+    """Stop the workers, free the rings and pipes of a pass; idempotent."""
     ended = time.perf_counter()
     for channel in channels:  # (stats) a closed or failed pass's rates stay as they were
         channel.counts.ended = channel.counts.ended or ended
@@ -222,18 +216,6 @@ def _free(
     for reader, writer in stacks:
         reader.close()
         writer.close()
-
-
-@contextlib.contextmanager
-def _descriptors_named() -> Iterator[None]:
-    """Say that file descriptors ran out where they did, not what failed for the want of one."""
-    try:
-        yield
-    except OSError as error:
-        short = out_of_descriptors(error)
-        if short is None:
-            raise
-        raise short from error
 
 
 # The event that stops the background passes opened in this thread (closed_by), if any.

@@ -438,22 +438,28 @@ class Workers:
         ``reports``: each process gets one more argument, the end of a pipe
         to pass to :func:`say_done` once its work is done, so that
         :meth:`finished` tells that end from a process that left early,
-        whatever its exit status.
+        whatever its exit status. Descriptors running out is a
+        :class:`~pescador_fp.WorkerError` that says so.
         """
         with interrupts_deferred(), _sigint_blocked():
             for index, worker_args in enumerate(args):
                 writer = None
-                if reports:
-                    self.reports[len(self.processes)], writer = self.context.Pipe(duplex=False)
-                process = self.context.Process(  # type: ignore[attr-defined]
-                    target=target,
-                    args=(*worker_args, writer) if reports else worker_args,
-                    name=f"{name}-{index}",
-                    daemon=True,
-                )
                 try:
+                    if reports:
+                        self.reports[len(self.processes)], writer = self.context.Pipe(duplex=False)
+                    process = self.context.Process(  # type: ignore[attr-defined]
+                        target=target,
+                        args=(*worker_args, writer) if reports else worker_args,
+                        name=f"{name}-{index}",
+                        daemon=True,
+                    )
                     _room_for_descriptors(_START_DESCRIPTORS)
                     process.start()
+                except OSError as error:
+                    short = out_of_descriptors(error)
+                    if short is None:
+                        raise
+                    raise short from error
                 finally:
                     if writer is not None:
                         writer.close()
