@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from multiprocessing import resource_tracker
 from multiprocessing.context import BaseContext
 from typing import Any
 
@@ -441,29 +442,39 @@ class Workers:
         whatever its exit status. Descriptors running out is a
         :class:`~pescador_fp.WorkerError` that says so.
         """
-        with interrupts_deferred(), _sigint_blocked():
-            for index, worker_args in enumerate(args):
-                writer = None
-                try:
-                    if reports:
-                        self.reports[len(self.processes)], writer = self.context.Pipe(duplex=False)
-                    process = self.context.Process(  # type: ignore[attr-defined]
-                        target=target,
-                        args=(*worker_args, writer) if reports else worker_args,
-                        name=f"{name}-{index}",
-                        daemon=True,
-                    )
-                    _room_for_descriptors(_START_DESCRIPTORS)
-                    process.start()
-                except OSError as error:
-                    short = out_of_descriptors(error)
-                    if short is None:
-                        raise
-                    raise short from error
-                finally:
-                    if writer is not None:
-                        writer.close()
-                self.processes.append(process)
+        with interrupts_deferred():
+            if os.name == "posix" and self.context.get_start_method() != "fork":
+                # Started by spawn's and forkserver's first process if it is not running yet, it
+                # unblocks SIGINT once it has started: so before the block, not inside it.
+                resource_tracker.ensure_running()
+            with _sigint_blocked():
+                self._start(target, args, name, reports)
+
+    def _start(
+        self, target: Callable[..., None], args: Sequence[tuple[Any, ...]], name: str, reports: bool
+    ) -> None:
+        for index, worker_args in enumerate(args):
+            writer = None
+            try:
+                if reports:
+                    self.reports[len(self.processes)], writer = self.context.Pipe(duplex=False)
+                process = self.context.Process(  # type: ignore[attr-defined]
+                    target=target,
+                    args=(*worker_args, writer) if reports else worker_args,
+                    name=f"{name}-{index}",
+                    daemon=True,
+                )
+                _room_for_descriptors(_START_DESCRIPTORS)
+                process.start()
+            except OSError as error:
+                short = out_of_descriptors(error)
+                if short is None:
+                    raise
+                raise short from error
+            finally:
+                if writer is not None:
+                    writer.close()
+            self.processes.append(process)
 
     def alive(self, index: int) -> bool:
         return bool(self.processes[index].is_alive())
