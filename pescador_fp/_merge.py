@@ -33,8 +33,8 @@ from ._ipc.workers import Workers, stack_of
 from ._sampling import Picker
 from ._stats import ChannelCounts
 from ._stream import NOTHING
-from ._worker import FEEDER_DONE, RECORD_MARK, Leftover
-from .errors import WorkerError
+from ._worker import RECORD_MARK, Leftover
+from .errors import PescadorError, WorkerError
 
 __all__ = ["MARK", "RECENT_PICKS", "Channel", "Leftovers", "Reader", "Tally", "merge", "merge_groups"]
 
@@ -302,6 +302,7 @@ class Channel:
         timeout: float | None,
         feeder: int | None,
         stacks: list[Any],
+        stop: Any = None,
     ) -> None:
         self.index = index
         self.rings = rings  # shared with the caller, who frees them (a ring grows in place, in get)
@@ -313,19 +314,18 @@ class Channel:
         self.deadline = 0.0
         self.started = False  # the worker has loaded its pipeline: the timeout counts from then
         self.stacks = stacks  # per process (the feeder's last): where its stack comes, on a signal
+        self.stop = stop  # a threading.Event set by a consumer in another thread that closes the pass
         self.counts = ChannelCounts(rings[index].capacity)  # (stats) items, waits, ring and pool fill
         self.marks = 0  # marks still to give of the last run of marks read
 
     def alive(self) -> bool:
         """Whether the worker (and the feeder, where there is one) may still send something."""
+        if self.stop is not None and self.stop.is_set():
+            raise PescadorError(f"background: the pass was closed while waiting for worker {self.index}")
         if self.timeout is not None and self.started and time.monotonic() > self.deadline:
             raise self.stalled(self.timeout)
         feeder = self.feeder
-        if (
-            feeder is not None
-            and not self.workers.alive(feeder)
-            and self.workers.processes[feeder].exitcode != FEEDER_DONE
-        ):
+        if feeder is not None and not self.workers.alive(feeder) and not self.workers.finished(feeder):
             raise _renamed(self.workers.failure(feeder), feeder, "the feeder")
         return self.workers.alive(self.index)
 

@@ -28,18 +28,22 @@ from ._ipc.ring import (
     RingHandle,
     Stopped,
 )
-from ._ipc.workers import dump_stack_on_signal, ignore_interrupts, watch_parent
+from ._ipc.workers import (
+    dump_stack_on_signal,
+    exit_when_out_of_descriptors,
+    ignore_interrupts,
+    say_done,
+    watch_parent,
+)
 from ._seed import SeedContext
 from ._stream import Applied, Stream, _run, from_item
 from .errors import WorkerError
 from .ops.batch import batch_length, is_keeping_rest, keeping_rest, new_axis_batch, rows, sample_groups, stack
 
-__all__ = ["FEEDER_DONE", "RECORD_MARK", "Leftover", "Marked", "feed", "part_stream", "work"]
+__all__ = ["RECORD_MARK", "Leftover", "Marked", "feed", "part_stream", "work"]
 
 # (item layer) A worker's outputs of one input item are complete: the merge moves to the next worker.
 RECORD_MARK = 16
-#: The feeder's exit status once it has dealt all its items (or was asked to stop).
-FEEDER_DONE = 64
 
 
 class _Forwarded(Exception):
@@ -68,8 +72,9 @@ def work(
     ignore_interrupts()
     dump_stack_on_signal(stack)
     alive = watch_parent(parent_pid)
-    ring = Ring.attach(handle)
-    fed = Ring.attach(inbox) if inbox is not None else None
+    with exit_when_out_of_descriptors():  # (under fork a worker starts with all its parent's)
+        ring = Ring.attach(handle)
+        fed = Ring.attach(inbox) if inbox is not None else None
     pool = None
     try:
         if pool_handle is not None:
@@ -169,7 +174,11 @@ def _worker_stream(
     source = part.source
     if source is None:
         assert fed is not None
-        source = _Fed(functools.partial(_fed_items, fed, alive), part.depth, part.dealt)
+
+        def waiting(alive: Callable[[], bool] = alive) -> bool:  # for the feeder's next item
+            return not ring.stop_requested() and alive()
+
+        source = _Fed(functools.partial(_fed_items, fed, waiting), part.depth, part.dealt)
     if grouped:
         source = Marked(source, functools.partial(ring.put, RECORD_MARK, b"", alive=alive))
     return part_stream(part, source, keep)
@@ -249,7 +258,11 @@ def _marked(items: Iterator[Any], mark: Callable[[], None]) -> Iterator[Any]:
 
 
 def _fed_items(fed: Ring, alive: Any) -> Iterator[Any]:
-    """(worker) The items the feeder deals this worker, until its end record."""
+    """(worker) The items the feeder deals this worker, until its end record.
+
+    ``alive`` turns false when the consumer asks this worker to stop: a worker
+    waiting for the feeder's next item then stops (``Stopped``) at once.
+    """
     decoder = Decoder()
     while True:
         if decoder.pending:
@@ -272,12 +285,17 @@ def _fed_items(fed: Ring, alive: Any) -> Iterator[Any]:
             fed.release()
 
 
-def feed(recipe: bytes, handles: list[RingHandle], parent_pid: int, stack: Any) -> None:
-    """The feeder's life: run the head of the pipeline once, dealing its items to the workers in turn."""
+def feed(recipe: bytes, handles: list[RingHandle], parent_pid: int, stack: Any, done: Any) -> None:
+    """The feeder's life: run the head of the pipeline once, dealing its items to the workers in turn.
+
+    ``done``: the pipe through which it says it has dealt everything (its exit
+    status says nothing: the head is your code, which may leave with any).
+    """
     ignore_interrupts()
     dump_stack_on_signal(stack)
     alive = watch_parent(parent_pid)
-    rings = [Ring.attach(handle) for handle in handles]
+    with exit_when_out_of_descriptors():
+        rings = [Ring.attach(handle) for handle in handles]
     ended: set[int] = set()
     try:
         turn = 0
@@ -298,12 +316,9 @@ def feed(recipe: bytes, handles: list[RingHandle], parent_pid: int, stack: Any) 
         for index, ring in enumerate(rings):
             if index not in ended:
                 ring.put(RECORD_END, b"", alive=alive)
+        say_done(done)
     except Stopped:
         pass
     finally:
         for ring in rings:
             ring.close()
-    # Dealt everything (or stopped): an exit status of its own, so that the consumer tells this
-    # end from a process that left early with status 0 (os._exit(0) in your code), which would
-    # leave the workers waiting for items.
-    raise SystemExit(FEEDER_DONE)

@@ -10,9 +10,12 @@ out of the loop stops the processes and frees the shared memory.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import multiprocessing
 import os
 import reprlib
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -31,7 +34,13 @@ from ._ipc.ring import (
     default_transport,
     shared_memory_free,
 )
-from ._ipc.workers import Workers, default_start_method
+from ._ipc.workers import (
+    Workers,
+    default_start_method,
+    interrupts_deferred,
+    out_of_descriptors,
+    uninterrupted,
+)
 from ._merge import Channel, Leftovers, Reader, Tally, merge, merge_groups
 from ._seed import MERGE_SEED, SeedContext
 from ._stats import register_channels
@@ -39,7 +48,7 @@ from ._stream import Operator, Stream, drop, stage_key
 from ._worker import feed, work
 from .errors import PescadorError, WorkerError
 
-__all__ = ["background", "recipe_bytes"]
+__all__ = ["background", "closed_by", "recipe_bytes"]
 
 START_METHODS = ("fork", "forkserver", "spawn")
 # The default ring per worker (shrunk to fit half of the free shared memory): small, so
@@ -138,21 +147,25 @@ def _background_items(
     stacks: list[tuple[Any, Any]] = []
     channels: list[Channel] = []
     try:
-        capacity = _ring_bytes(op.ring_bytes, count)
-        for _ in range(count):
+        # A Ctrl-C waits until what is made is in the lists that the cleanup frees (Workers.start
+        # holds it back too, and keeps its processes).
+        with interrupts_deferred():
+            capacity = _ring_bytes(op.ring_bytes, count)
             try:
-                rings.append(Ring.create(capacity, workers.semaphore, creator_consumes=True))
-                if plan.fed:
-                    inboxes.append(Ring.create(capacity, workers.semaphore))
+                for _ in range(count):
+                    rings.append(Ring.create(capacity, workers.semaphore, creator_consumes=True))
+                    if plan.fed:
+                        inboxes.append(Ring.create(capacity, workers.semaphore))
+                if op.timeout:  # (extend keeps the pipes made before a failure, for the cleanup)
+                    stacks.extend(workers.context.Pipe(duplex=False) for _ in range(count + plan.fed))
+                if not op.copy and pools_available():
+                    shared: dict[str, Any] = {}  # the pass's: whether it warned that shared memory is short
+                    pools.extend(pool_pair(rings[0].handle.transport, shared) for _ in range(count))
             except OSError as error:
-                raise WorkerError(
+                raise out_of_descriptors(error) or WorkerError(
                     f"background: {error.strerror or error}; free shared memory or pass a smaller ring_bytes"
                 ) from error
-        if not op.copy and pools_available():
-            shared: dict[str, Any] = {}  # the pass's: whether it warned that shared memory is short
-            pools = [pool_pair(rings[0].handle.transport, shared) for _ in range(count)]
         parent = os.getpid()
-        stacks = [workers.context.Pipe(duplex=False) for _ in range(count + plan.fed)] if op.timeout else []
         workers.start(
             work,
             [
@@ -172,7 +185,7 @@ def _background_items(
         if feeder_recipe is not None:
             handles = [inbox.handle for inbox in inboxes]
             feeder_args = (feeder_recipe, handles, parent, stacks[-1][1] if stacks else None)
-            workers.start(feed, [feeder_args], name="pescador_fp-feeder")
+            workers.start(feed, [feeder_args], name="pescador_fp-feeder", reports=True)
         for _, writer in stacks:
             writer.close()
         channels = [
@@ -184,6 +197,7 @@ def _background_items(
                 op.timeout,
                 count if plan.fed else None,
                 [reader for reader, _ in stacks],
+                getattr(_closing, "event", None),
             )
             for i in range(count)
         ]
@@ -203,20 +217,61 @@ def _background_items(
             rest_ctx = plan.rest_context(ctx)
             yield from rest._open_at(rest_ctx, pooled) if pooled else rest._open(rest_ctx)
     finally:
-        ended = time.perf_counter()
-        for channel in channels:  # (stats) a closed or failed pass's rates stay as they were
-            channel.counts.ended = channel.counts.ended or ended
-        for ring in rings + inboxes:
-            ring.request_stop()
-        workers.stop()
-        for ring in rings + inboxes:
-            ring.unlink()
-            ring.close()
-        for reader, _ in stacks:
-            reader.close()
-        for handle, blocks in pools:
-            handle.sock.close()
-            blocks.close()  # the arrays still held keep their blocks mapped
+        uninterrupted(functools.partial(_free, channels, rings + inboxes, workers, stacks, pools))
+
+
+def _free(
+    channels: list[Channel],
+    rings: list[Ring],
+    workers: Workers,
+    stacks: list[tuple[Any, Any]],
+    pools: list[tuple[PoolHandle, Blocks]],
+) -> None:
+    """Stop the workers, free the rings, pipes and pools' sockets of a pass; idempotent."""
+    ended = time.perf_counter()
+    for channel in channels:  # (stats) a closed or failed pass's rates stay as they were
+        channel.counts.ended = channel.counts.ended or ended
+    for ring in rings:
+        ring.request_stop()
+    workers.stop()
+    for ring in rings:
+        ring.unlink()
+        ring.close()
+    for reader, writer in stacks:
+        reader.close()
+        writer.close()
+    for handle, blocks in pools:
+        handle.sock.close()
+        blocks.close()  # the arrays still held keep their blocks mapped
+
+
+# The event that stops the background passes opened in this thread (closed_by), if any.
+_closing = threading.local()
+
+
+@contextlib.contextmanager
+def closed_by(event: threading.Event) -> Iterator[None]:
+    """(a thread that iterates a pass for a consumer in another thread) Passes that this thread
+    opens meanwhile stop waiting for their workers once ``event`` is set: the consumer's way to
+    close them while this thread waits inside ``next()``, which no other thread can interrupt.
+
+    A pass that stops so raises :class:`~pescador_fp.PescadorError` in this thread, and frees
+    its workers and shared memory as any closed pass does.
+
+    >>> import pescador_fp as pf
+    >>> event = threading.Event()
+    >>> with closed_by(event):
+    ...     it = iter(pf.from_iterable(range(3)) | pf.background())
+    ...     first = next(it)
+    >>> first, next(it)
+    (0, 1)
+    """
+    outer = getattr(_closing, "event", None)
+    _closing.event = event
+    try:
+        yield
+    finally:
+        _closing.event = outer
 
 
 @dataclass(frozen=True, repr=False)
@@ -293,7 +348,9 @@ def background(
             yours for as long as you reference them; the block goes back to
             its worker when the last reference goes.
         start_method: ``"fork"``, ``"forkserver"`` or ``"spawn"``; the default
-            is ``fork`` in a single-threaded process, else ``forkserver``.
+            is ``fork`` in a single-threaded process (threads started in C
+            count), else ``forkserver``, and always ``forkserver`` once torch,
+            JAX or TensorFlow is imported.
         timeout: seconds to wait for a worker's next item (counted from the
             moment it has loaded its pipeline) before raising
             :class:`~pescador_fp.WorkerError` that names the worker and where

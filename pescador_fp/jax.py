@@ -23,6 +23,7 @@ except ImportError as error:  # pragma: no cover - the message is the point
 from ._check import check_int
 from ._seed import SeedContext
 from ._stream import Stream, as_stream
+from .background import closed_by
 from .ops.shard import shard
 
 __all__ = ["device_put"]
@@ -72,19 +73,25 @@ class _Prefetcher:
         return False
 
     def _run(self) -> None:
+        # Closing sets `stop`: a background upstream that this thread waits on then gives up at once
+        # (closed_by), instead of holding close(), break and Ctrl-C until its next item.
         try:
-            while self._acquire():
-                item = next(self.items, _END)
-                if item is _END:
-                    self.ready.put((_END, None))
-                    return
-                self.ready.put((None, _put_leaves(item, self.put)))
+            with closed_by(self.stop):
+                self._pull()
         except BaseException as error:  # reaches the consumer as itself
             self.ready.put((error, None))
         finally:
             close = getattr(self.items, "close", None)
             if close is not None:
                 close()  # in this thread, which is the one that ran the upstream
+
+    def _pull(self) -> None:
+        while self._acquire():
+            item = next(self.items, _END)
+            if item is _END:
+                self.ready.put((_END, None))
+                return
+            self.ready.put((None, _put_leaves(item, self.put)))
 
     def get(self) -> tuple[object, Any]:
         while True:
@@ -157,8 +164,9 @@ def device_put(stream: Stream[Any], sharding_or_device: Any = None, *, prefetch:
     and each array is assembled with ``jax.make_array_from_process_local_data``
     (the leading axis is the global batch). The result is a stream: iterate it
     per epoch with ``iterate(seed=epoch)``. Closing the iterator (``break``,
-    an exception, the end) stops the thread and closes the upstream, workers
-    of a ``background`` included.
+    an exception, Ctrl-C, the end) stops the thread and closes the upstream,
+    workers of a ``background`` included, without waiting for the
+    background's next item (the thread stops waiting for it at once).
 
     >>> import numpy as np, pescador_fp as pf
     >>> s = device_put(pf.from_arrays(np.arange(8.0)) | pf.batch(4))

@@ -33,6 +33,7 @@ import functools
 import importlib
 import itertools
 import numbers
+import re
 import reprlib
 import secrets
 from collections.abc import Iterator, Mapping
@@ -65,6 +66,8 @@ _MAX_PREFETCH = 2**31 - 1
 _RESERVE_TIMEOUT_S = 60.0
 # What each part task asks for when ``resources`` is not given.
 _DEFAULT_RESOURCES = (("CPU", 1.0),)
+# Terminal colour and style codes, which Ray puts in the texts of its errors.
+_ANSI_CODES = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
 
 
 def _ray() -> Any:
@@ -206,7 +209,7 @@ class _Channel:
             except ray.exceptions.RayError as error:
                 raise WorkerError(
                     f"{_WHERE}: the Ray task of part {self.index} failed after its retries: "
-                    f"{type(error).__name__}: {error}"
+                    f"{type(error).__name__}: {_plain(str(error))}"
                 ) from error
             if failed is not None:  # raised here, not in the except clause: its __cause__ is the traceback
                 raise failed
@@ -239,11 +242,20 @@ class _Channel:
 def _user_error(error: Any, index: int) -> BaseException:
     """The exception a part raised, as itself, with the remote traceback attached."""
     cause = getattr(error, "cause", None)
-    text = getattr(error, "traceback_str", None) or str(error)
+    text = _plain(getattr(error, "traceback_str", None) or str(error))
     if not isinstance(cause, BaseException):
         return WorkerError(f"{_WHERE}: part {index} raised an error that cannot be sent back: {text}")
     cause.__cause__ = RemoteTraceback(f"\n\nraised in Ray part {index}:\n\n{text}")
     return cause
+
+
+def _plain(text: str) -> str:
+    r"""``text`` without terminal colour codes.
+
+    >>> _plain("\x1b[36mray::part()\x1b[39m failed")
+    'ray::part() failed'
+    """
+    return _ANSI_CODES.sub("", text)
 
 
 def _demand(op: _Remote) -> dict[str, float]:

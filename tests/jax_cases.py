@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 import threading
 import time
 
@@ -114,6 +115,37 @@ def test_closing_stops_background_workers_upstream():
     it = iter(pfj.device_put(stream))
     next(it)
     it.close()
+    assert prefetch_threads() == []
+    end = time.monotonic() + 5
+    while multiprocessing.active_children() and time.monotonic() < end:
+        time.sleep(0.02)
+    assert multiprocessing.active_children() == []
+
+
+@pytest.mark.parametrize("how", ["close", "break", "ctrl-c"])
+def test_leaving_while_a_background_upstream_is_stuck_stops_the_thread_and_the_workers(how):
+    # The thread waits inside the background's next() for item 3, which never comes: leaving must
+    # not wait for it (it waited 30 s, then left the thread and the worker running).
+    def stuck_at_3(i):
+        if i == 3:
+            time.sleep(1e9)
+        return np.array(i)
+
+    stream = pf.from_iterable(range(10)) | pf.map(stuck_at_3) | pf.background(workers=1)
+    it = iter(pfj.device_put(stream))
+    if how == "close":
+        assert [int(next(it)) for _ in range(3)] == [0, 1, 2]
+        it.close()
+    elif how == "break":
+        for x in it:
+            if int(x) == 2:
+                break
+        del it
+    else:
+        assert [int(next(it)) for _ in range(3)] == [0, 1, 2]
+        threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT)).start()
+        with pytest.raises(KeyboardInterrupt):
+            next(it)  # waits for item 3
     assert prefetch_threads() == []
     end = time.monotonic() + 5
     while multiprocessing.active_children() and time.monotonic() < end:

@@ -229,6 +229,7 @@ def test_an_error_in_a_part_arrives_as_itself_with_the_remote_traceback(cluster)
     cause = caught.value.__cause__
     assert isinstance(cause, RemoteTraceback)
     assert "raised in Ray part 1" in str(cause) and "_fail_at_7" in str(cause)
+    assert "\x1b[" not in str(cause)  # Ray colours the task's name for terminals
 
 
 def test_a_cluster_too_small_for_the_parts_is_a_clear_error(cluster):

@@ -338,6 +338,56 @@ def test_a_too_large_ring_is_a_clear_error_at_start():
     assert fd_count() == before  # the failed rings' descriptors (their semaphores) are closed too
 
 
+@pytest.mark.timeout(300)
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="descriptors are counted through /proc")
+def test_running_out_of_descriptors_says_so_and_leaks_none():
+    # With the limit of open files a little above what the process holds, starting a pass either
+    # works or is a WorkerError that names descriptors and `ulimit -n`: never "free shared memory",
+    # never a raw OSError, and the descriptors it had made are closed again.
+    result = run_script(
+        """
+        import collections, multiprocessing, os, resource, time
+        import pescador_fp as pf
+
+        def numbers():
+            yield from range(60)
+
+        if __name__ == "__main__":
+            streams = [
+                pf.from_iterable(range(60)) | pf.map(lambda i: i) | pf.background(workers=3),
+                pf.stream(numbers) | pf.map(lambda i: i) | pf.background(workers=3),
+            ]
+            for s in streams:
+                list(s)  # the fork server and the resource tracker, if any, start here and stay
+            held = len(os.listdir("/proc/self/fd"))
+            soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+            outcomes = collections.Counter()
+            for extra in range(0, 34, 2):
+                for s in streams:
+                    resource.setrlimit(resource.RLIMIT_NOFILE, (held + extra, hard))
+                    try:
+                        outcome = "items" if list(s) == list(range(60)) else "wrong items"
+                    except pf.WorkerError as error:
+                        text = str(error)
+                        named = "file descriptors" in text and "ulimit -n" in text
+                        outcome = "descriptors" if named else text
+                    except Exception as error:
+                        outcome = repr(error)
+                    finally:
+                        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+                    outcomes[outcome] += 1
+            end = time.monotonic() + 5
+            while multiprocessing.active_children() and time.monotonic() < end:
+                time.sleep(0.05)
+            left = len(os.listdir("/proc/self/fd")) - held
+            print(sorted(outcomes), left, multiprocessing.active_children())
+        """,
+        timeout=280,
+    )
+    assert result.returncode == 0, result.stderr[-5000:]
+    assert result.stdout.strip() == "['descriptors', 'items'] 0 []", result.stdout + result.stderr[-5000:]
+
+
 def test_a_slow_consumer_keeps_the_worker_within_the_ring(tmp_path):
     log = tmp_path / "produced"
 

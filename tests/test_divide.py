@@ -7,6 +7,7 @@ muxes, hash-ordered sets under spawn. They run in real worker processes.
 
 from __future__ import annotations
 
+import functools
 import multiprocessing
 import os
 import signal
@@ -213,6 +214,55 @@ def test_a_feeder_that_leaves_with_status_0_mid_stream_is_a_worker_error():
         for x in s:
             got.append(x)
     assert got == list(range(len(got))) and len(got) <= 5
+
+
+@pytest.mark.timeout(60)
+def test_a_feeder_that_leaves_with_status_64_mid_stream_is_a_worker_error():
+    # 64 was the status a finished feeder left with: a source's own os._exit(64) passed for the end.
+    def source():
+        yield from range(5)
+        os._exit(64)
+
+    s = pf.stream(source) | pf.map(lambda x: x) | pf.background(workers=2)
+    got = []
+    with pytest.raises(pf.WorkerError, match=r"the feeder \(pid \d+\) exited with code 64 before finishing"):
+        for x in s:
+            got.append(x)
+    assert got == list(range(len(got))) and len(got) <= 5
+
+
+def _slowly():
+    i = 0
+    while True:
+        time.sleep(0.05)  # the workers wait for the next item most of the time
+        yield i
+        i += 1
+
+
+def _noting_sigterm(tmp_path, x):
+    # In each worker: leave a note if SIGTERM is what ends it.
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+
+        def terminated(signum, frame):
+            (tmp_path / f"terminated-{os.getpid()}").touch()
+            os._exit(1)
+
+        signal.signal(signal.SIGTERM, terminated)
+    return x
+
+
+@pytest.mark.parametrize("workers", [2, 3])
+def test_closing_a_fed_pass_lets_its_workers_stop_by_themselves(tmp_path, workers):
+    # A worker waiting for the feeder's next item used to miss the request to stop and was
+    # terminated after a second.
+    s = (
+        pf.stream(_slowly)
+        | pf.map(functools.partial(_noting_sigterm, tmp_path))
+        | pf.background(workers=workers)
+    )
+    for _ in range(3):
+        assert s.head(3 * workers) == list(range(3 * workers))
+    assert sorted(tmp_path.iterdir()) == []
 
 
 def _only_in(pid):

@@ -6,6 +6,7 @@ Real processes throughout; a test looks only at processes it started.
 
 from __future__ import annotations
 
+import importlib.util
 import multiprocessing
 import os
 import signal
@@ -66,6 +67,84 @@ def no_children_left():
 )
 def test_the_default_start_method_suits_each_system(platform, methods, threads, expected):
     assert _default_for(platform, methods, threads) == expected
+
+
+@pytest.mark.parametrize(
+    ("platform", "methods", "expected"),
+    [("linux", ["fork", "spawn", "forkserver"], "forkserver"), ("darwin", ["spawn", "fork"], "spawn")],
+)
+def test_a_process_with_a_tensor_runtime_never_forks_by_default(platform, methods, expected):
+    assert _default_for(platform, methods, 1, runtime=True) == expected
+
+
+NATIVE_THREAD = """
+    import ctypes, os, threading
+    import pescador_fp as pf
+    from pescador_fp._ipc.workers import default_start_method
+
+    def parents():
+        s = pf.from_iterable([0, 1]) | pf.map(lambda _: os.getppid()) | pf.background(workers=2)
+        return "forked" if set(s) == {os.getpid()} else "not forked"
+
+    if __name__ == "__main__":
+        print(default_start_method(), parents())
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.pthread_create.argtypes = [ctypes.c_void_p] * 4
+        thread = ctypes.c_ulong()
+        # A thread made in C, running libc's sleep(1000): threading never hears of it.
+        sleep = ctypes.cast(libc.sleep, ctypes.c_void_p)
+        assert libc.pthread_create(ctypes.byref(thread), None, sleep, ctypes.c_void_p(1000)) == 0
+        assert threading.active_count() == 1
+        print(default_start_method(), parents())
+"""
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="threads are counted through /proc")
+def test_a_native_thread_beside_no_python_thread_means_no_fork():
+    # Before it, the process forks (numpy's idle BLAS pool does not count); with it, forkserver.
+    result = run_script(NATIVE_THREAD, env={START_METHOD_VARIABLE: ""})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["fork forked", "forkserver not forked"], result.stderr
+
+
+TORCH_EPOCHS = """
+    import os
+    import numpy as np
+    import torch
+    import pescador_fp as pf
+    from pescador_fp._ipc.workers import default_start_method
+
+    def augment(x):
+        t = torch.from_numpy(x)
+        return (t @ t).numpy()
+
+    if __name__ == "__main__":
+        torch.set_num_threads(2)
+        s = (
+            pf.from_iterable(range(8))
+            | pf.map(lambda i: np.full((64, 64), float(i), dtype=np.float32))
+            | pf.map(augment)
+            | pf.background(workers=2, timeout=60)
+        )
+        for epoch in range(2):
+            total = sum(float(x[0, 0]) for x in s.iterate(seed=epoch))
+            w = torch.ones(256, 256, requires_grad=True)  # a training step: torch's threads start here
+            (w @ w).sum().backward()
+            print(epoch, total)
+        print(default_start_method())
+"""
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="torch is not installed")
+def test_a_process_that_trains_with_torch_uses_the_fork_server_and_every_epoch_runs():
+    # Under fork, a worker that uses torch after the parent's training step hung (an OpenMP pool
+    # copied mid-use): epoch 1 never came.
+    result = run_script(TORCH_EPOCHS, timeout=240, env={START_METHOD_VARIABLE: "", PRELOAD_VARIABLE: "torch"})
+    assert result.returncode == 0, result.stderr[-5000:]
+    want = sum(64 * float(i) ** 2 for i in range(8))
+    assert result.stdout.split() == ["0", str(want), "1", str(want), "forkserver"], result.stderr[-5000:]
 
 
 def test_the_start_method_variable_overrides_and_is_checked(monkeypatch):

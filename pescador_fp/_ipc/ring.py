@@ -496,7 +496,12 @@ class Ring:
         transport = transport or default_transport()
         if transport != "linux":
             return cls._create(_aligned(capacity), semaphore(0), semaphore(0), transport, creator_consumes)
-        data_ready, space_ready = _EventSemaphore.create(), _EventSemaphore.create()
+        data_ready = _EventSemaphore.create()
+        try:
+            space_ready = _EventSemaphore.create()
+        except BaseException:  # (descriptors short)
+            data_ready.close()
+            raise
         try:
             return cls._create(_aligned(capacity), data_ready, space_ready, transport, creator_consumes)
         except BaseException:  # no ring (shared memory short): its descriptors go too
@@ -554,6 +559,10 @@ class Ring:
         """(consumer) Ask the producer to stop, and wake it if it waits for space."""
         self._control[_STOP] = 1
         self.handle.space_ready.release()
+
+    def stop_requested(self) -> bool:
+        """Whether the consumer has asked the producer to stop (:meth:`request_stop`)."""
+        return bool(self._control[_STOP])
 
     def put(
         self,

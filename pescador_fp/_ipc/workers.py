@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import errno
 import faulthandler
+import functools
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -10,7 +14,8 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from multiprocessing import resource_tracker
 from multiprocessing.context import BaseContext
 from typing import Any
 
@@ -24,9 +29,14 @@ __all__ = [
     "Workers",
     "default_start_method",
     "dump_stack_on_signal",
+    "exit_when_out_of_descriptors",
     "ignore_interrupts",
+    "interrupts_deferred",
+    "out_of_descriptors",
     "parent_alive",
+    "say_done",
     "stack_of",
+    "uninterrupted",
     "watch_parent",
 ]
 
@@ -40,17 +50,40 @@ _KILL_TIMEOUT_S = 1.0
 _WATCH_SLICE_S = 0.2
 # The exit status of a worker whose parent died.
 _ORPHANED_EXIT_CODE = 70
+# The exit status of a worker that could not attach its rings for want of file descriptors, before it
+# has anywhere to send an error (sysexits' EX_OSERR).
+_NO_DESCRIPTORS_EXIT_CODE = 71
+# What a process sends through its report pipe once its work is done (say_done).
+_DONE = b"done"
+# The descriptors a process start may open at once (forkserver: a socket, two pipes, a copy).
+_START_DESCRIPTORS = 8
+# How many times `uninterrupted` starts again a step that an interrupt cut short before it began.
+_RETRIES = 3
+
+
+# Modules whose runtimes start threads that a forked child cannot use (an OpenMP pool, XLA's
+# runtime) at their first use, not at import: a process that has imported one never forks.
+FORK_UNSAFE_MODULES = ("torch", "jax", "jaxlib", "tensorflow")
 
 
 def default_start_method() -> str:
     """The start method for workers on this system, in this process, now.
 
-    Linux and other POSIX systems: ``fork`` in a single-threaded process (a
-    worker starts in about a millisecond), else ``forkserver``, because
-    forking a process that runs other threads can deadlock the child. macOS:
+    Linux and other POSIX systems: ``fork`` in a process that runs a single
+    thread (a worker starts in about a millisecond), else ``forkserver``,
+    because forking a process that runs other threads can deadlock the child.
+    Threads are counted by the operating system (``/proc/self/task``), so
+    that native threads count too (those that libraries start in C, which
+    ``threading`` never sees), less the idle pool of numpy's OpenBLAS (which
+    stops itself for a fork). A process that has imported torch, JAX or
+    TensorFlow gets ``forkserver`` even before their threads start: they
+    start at the first tensor operation, maybe between two passes. macOS:
     ``spawn``, Python's own default there (system libraries are not safe
     across ``fork``). Windows: ``spawn``, the only one it has. The
     environment variable ``PESCADOR_FP_START_METHOD`` overrides the choice.
+
+    >>> default_start_method() in ("fork", "forkserver", "spawn")
+    True
     """
     methods = multiprocessing.get_all_start_methods()
     chosen = os.environ.get(START_METHOD_VARIABLE)
@@ -58,15 +91,60 @@ def default_start_method() -> str:
         if chosen not in methods:
             raise ValueError(f"{START_METHOD_VARIABLE}={chosen!r} is not one of {methods}")
         return chosen
-    return _default_for(sys.platform, methods, threading.active_count())
+    runtime = any(sys.modules.get(name) is not None for name in FORK_UNSAFE_MODULES)
+    return _default_for(sys.platform, methods, _threads(), runtime)
 
 
-def _default_for(platform: str, methods: Sequence[str], threads: int) -> str:
+def _default_for(platform: str, methods: Sequence[str], threads: int, runtime: bool = False) -> str:
     if platform == "darwin" or "fork" not in methods:
         return "spawn"
-    if threads == 1:
+    if threads == 1 and not runtime:
         return "fork"
     return "forkserver" if "forkserver" in methods else "spawn"
+
+
+def _threads() -> int:
+    """The threads of this process that may hold a lock when it forks: every OS thread (native ones
+    included) less OpenBLAS's idle pool; ``threading``'s count where the system lists no threads."""
+    try:
+        native = len(os.listdir("/proc/self/task"))
+    except OSError:
+        return threading.active_count()
+    return max(threading.active_count(), native - _blas_pool())
+
+
+def _blas_pool() -> int:
+    """The threads that OpenBLAS (numpy's BLAS) runs now: 0 while its pool is stopped.
+
+    OpenBLAS stops its pool before every fork (``pthread_atfork``) and starts
+    it again at the next product, so its threads never hold a lock a child
+    needs. A library that is not there, or exports no such counts, adds 0:
+    its threads then count as any others.
+    """
+    pool = 0
+    for available, size in _blas_counters():
+        if available.value:
+            pool += max(0, size.value - 1)  # the calling thread is one of size
+    return pool
+
+
+@functools.cache
+def _blas_counters() -> tuple[tuple[Any, Any], ...]:
+    """(OpenBLAS libraries loaded in this process) their ``blas_server_avail`` and ``blas_num_threads``."""
+    try:
+        with open("/proc/self/maps") as maps:
+            paths = {line.split()[-1] for line in maps if "openblas" in line.rsplit("/", 1)[-1].lower()}
+    except OSError:
+        return ()
+    counters = []
+    for path in sorted(paths):
+        try:
+            library = ctypes.CDLL(path, mode=os.RTLD_NOLOAD | os.RTLD_LAZY)
+            available = ctypes.c_int.in_dll(library, "blas_server_avail")
+            counters.append((available, ctypes.c_int.in_dll(library, "blas_num_threads")))
+        except (OSError, ValueError, AttributeError):
+            continue  # not loaded after all, or built without a thread server of its own (OpenMP)
+    return tuple(counters)
 
 
 def _preload_fork_server(context: BaseContext) -> None:
@@ -87,8 +165,173 @@ def _preload_fork_server(context: BaseContext) -> None:
 
 
 def ignore_interrupts() -> None:
-    """(in a worker) Leave Ctrl-C to the parent, which stops the workers itself."""
+    """(in a worker) Leave Ctrl-C to the parent, which stops the workers itself.
+
+    A worker is born with SIGINT blocked (:meth:`Workers.start`): a Ctrl-C
+    that reaches it before this point waits, and is dropped here, once
+    ignored, instead of ending the worker with a ``KeyboardInterrupt``.
+    """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
+class _Held:
+    """A SIGINT handler that only notes that the signal came (:func:`interrupts_deferred`)."""
+
+    def __init__(self) -> None:
+        self.frame: Any = None
+        self.caught = False
+
+    def __call__(self, signum: int, frame: Any) -> None:
+        self.caught, self.frame = True, frame
+
+
+class interrupts_deferred:
+    """Hold Ctrl-C back while the body makes or frees resources, and deliver it after the body.
+
+    A SIGINT that arrives inside is noted, and handed to the handler that was
+    there before once the body is done (by default: ``KeyboardInterrupt``,
+    raised where the body ends), so that an interrupt never leaves a
+    process, a descriptor or shared memory half made or half freed. Only the
+    main thread gets ``KeyboardInterrupt`` and only it may set handlers:
+    elsewhere, or where SIGINT is not handled by Python (ignored, the
+    system's default), nothing changes. Inside another such block, the
+    outer one delivers.
+
+    >>> seen = []
+    >>> previous = signal.signal(signal.SIGINT, lambda signum, frame: seen.append("Ctrl-C"))
+    >>> with interrupts_deferred():
+    ...     signal.raise_signal(signal.SIGINT)
+    ...     seen.append("the body's end")
+    >>> _ = signal.signal(signal.SIGINT, previous)
+    >>> seen
+    ["the body's end", 'Ctrl-C']
+    """
+
+    __slots__ = ("held", "previous")
+
+    def __enter__(self) -> None:
+        self.held: _Held | None = None
+        previous = signal.getsignal(signal.SIGINT)
+        if (
+            callable(previous)
+            and not isinstance(previous, _Held)
+            and threading.current_thread() is threading.main_thread()
+        ):
+            self.previous, self.held = previous, _Held()
+            # The last step: an interrupt before it skips the body; from it on, every one is held.
+            signal.signal(signal.SIGINT, self.held)
+
+    def __exit__(self, *exc_info: object) -> None:
+        held = self.held
+        if held is not None:
+            signal.signal(signal.SIGINT, self.previous)
+            if held.caught:
+                self.previous(signal.SIGINT, held.frame)
+
+
+def uninterrupted(step: Callable[[], None]) -> None:
+    """Run ``step`` to its end with Ctrl-C held back (:func:`interrupts_deferred`), then deliver it.
+
+    An interrupt that lands just before the hold begins, and so skips
+    ``step``, is delivered only after ``step`` has run once more: ``step``
+    must be idempotent (a cleanup that frees what is still held).
+
+    >>> uninterrupted(lambda: print("freed"))
+    freed
+    """
+    interrupted: KeyboardInterrupt | None = None
+    for _ in range(_RETRIES):
+        finished = False
+        try:
+            with interrupts_deferred():
+                step()
+                finished = True
+        except KeyboardInterrupt as error:
+            if finished:
+                raise
+            interrupted = error
+            continue
+        break
+    if interrupted is not None:
+        raise interrupted
+
+
+@contextlib.contextmanager
+def _sigint_blocked() -> Iterator[None]:
+    """Block SIGINT in this thread; a process started meanwhile is born with it blocked."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+
+
+def say_done(report: Any) -> None:
+    """(in a process started with ``reports=True``) Tell the parent that this process has done its work."""
+    report.send_bytes(_DONE)
+    report.close()
+
+
+@contextlib.contextmanager
+def exit_when_out_of_descriptors() -> Iterator[None]:
+    """(in a worker, before it can send errors back) End the process with a status that says that file
+    descriptors ran out, which :meth:`Workers.failure` reads, if they do inside."""
+    try:
+        yield
+    except OSError as error:
+        if error.errno not in (errno.EMFILE, errno.ENFILE):
+            raise
+        raise SystemExit(_NO_DESCRIPTORS_EXIT_CODE) from None
+
+
+def out_of_descriptors(error: OSError) -> WorkerError | None:
+    """The error to raise for ``error`` where it says that file descriptors ran out, else ``None``."""
+    if error.errno == errno.ENFILE:
+        return WorkerError(
+            "background: the system has run out of file descriptors (ENFILE); each worker needs a few: "
+            "close programs that hold many, or raise the system's limit (fs.file-max)"
+        )
+    if error.errno != errno.EMFILE:
+        return None
+    return WorkerError(
+        f"background: this process has run out of file descriptors (EMFILE, {_descriptor_limit()} at "
+        f"most){_RAISE_THE_LIMIT}"
+    )
+
+
+def _descriptor_limit() -> str:
+    with contextlib.suppress(ImportError, OSError, ValueError):
+        import resource
+
+        return f"{resource.getrlimit(resource.RLIMIT_NOFILE)[0]}"
+    return "?"
+
+
+_RAISE_THE_LIMIT = (
+    "; each worker needs a few: raise the limit (`ulimit -n 65536` in the shell that starts Python, "
+    "or resource.setrlimit(resource.RLIMIT_NOFILE, ...)) or close files that the program holds open"
+)
+
+
+def _room_for_descriptors(count: int) -> None:
+    """Raise ``OSError(EMFILE)`` unless ``count`` more descriptors can be opened now.
+
+    Python's process start leaks the first of the pipes it makes where the
+    second cannot be made (``multiprocessing.popen_fork``, ``forkserver``):
+    so ask for the room first, and take nothing.
+    """
+    taken: list[int] = []
+    try:
+        while len(taken) < count:
+            taken.extend(os.pipe())
+    finally:
+        for fd in taken:
+            os.close(fd)
 
 
 def parent_alive(parent_pid: int) -> Callable[[], bool]:
@@ -167,6 +410,8 @@ class Workers:
     def __init__(self, start_method: str) -> None:
         self.context: BaseContext = multiprocessing.get_context(start_method)
         self.processes: list[Any] = []
+        self.reports: dict[int, Any] = {}  # per process started with reports=True: the reading end
+        self.done: set[int] = set()  # the processes that said they had done their work
         if start_method == "forkserver":
             _preload_fork_server(self.context)
 
@@ -178,42 +423,107 @@ class Workers:
         return self.context.Semaphore(value)
 
     def start(
-        self, target: Callable[..., None], args: Sequence[tuple[Any, ...]], name: str = "pescador_fp-worker"
+        self,
+        target: Callable[..., None],
+        args: Sequence[tuple[Any, ...]],
+        name: str = "pescador_fp-worker",
+        *,
+        reports: bool = False,
     ) -> None:
-        """Start one daemon process per argument tuple, named ``name-<index>``."""
+        """Start one daemon process per argument tuple, named ``name-<index>``.
+
+        The processes are born with SIGINT blocked, and a Ctrl-C that comes
+        meanwhile reaches this process once they have started: a process
+        unblocks it after ignoring it (:func:`ignore_interrupts`), so neither
+        a starting worker nor multiprocessing's bookkeeping takes it.
+        ``reports``: each process gets one more argument, the end of a pipe
+        to pass to :func:`say_done` once its work is done, so that
+        :meth:`finished` tells that end from a process that left early,
+        whatever its exit status. Descriptors running out is a
+        :class:`~pescador_fp.WorkerError` that says so.
+        """
+        with interrupts_deferred():
+            if os.name == "posix" and self.context.get_start_method() != "fork":
+                # Started by spawn's and forkserver's first process if it is not running yet, it
+                # unblocks SIGINT once it has started: so before the block, not inside it.
+                resource_tracker.ensure_running()
+            with _sigint_blocked():
+                self._start(target, args, name, reports)
+
+    def _start(
+        self, target: Callable[..., None], args: Sequence[tuple[Any, ...]], name: str, reports: bool
+    ) -> None:
         for index, worker_args in enumerate(args):
-            process = self.context.Process(  # type: ignore[attr-defined]
-                target=target, args=worker_args, name=f"{name}-{index}", daemon=True
-            )
-            process.start()
+            writer = None
+            try:
+                if reports:
+                    self.reports[len(self.processes)], writer = self.context.Pipe(duplex=False)
+                process = self.context.Process(  # type: ignore[attr-defined]
+                    target=target,
+                    args=(*worker_args, writer) if reports else worker_args,
+                    name=f"{name}-{index}",
+                    daemon=True,
+                )
+                _room_for_descriptors(_START_DESCRIPTORS)
+                process.start()
+            except OSError as error:
+                short = out_of_descriptors(error)
+                if short is None:
+                    raise
+                raise short from error
+            finally:
+                if writer is not None:
+                    writer.close()
             self.processes.append(process)
 
     def alive(self, index: int) -> bool:
         return bool(self.processes[index].is_alive())
 
+    def finished(self, index: int) -> bool:
+        """Whether process ``index`` said it had done its work (:func:`say_done`)."""
+        if index not in self.done:
+            reader = self.reports.get(index)
+            with contextlib.suppress(EOFError, OSError):
+                if reader is not None and reader.poll(0) and reader.recv_bytes() == _DONE:
+                    self.done.add(index)
+        return index in self.done
+
     def failure(self, index: int) -> WorkerError:
         """The error that says how worker ``index`` ended without finishing its stream."""
         process = self.processes[index]
         process.join(_KILL_TIMEOUT_S)
+        if process.exitcode == _NO_DESCRIPTORS_EXIT_CODE:
+            return WorkerError(
+                f"background worker {index} (pid {process.pid}) could not start: it ran out of file "
+                f"descriptors (EMFILE, exit code {process.exitcode}; {_descriptor_limit()} at most in a "
+                f"process){_RAISE_THE_LIMIT}"
+            )
         return WorkerError(
             f"background worker {index} (pid {process.pid}) {_describe_exit(process.exitcode)} "
             "before finishing its stream"
         )
 
     def stop(self) -> None:
-        """Join every worker with a timeout, then terminate, then kill; idempotent."""
-        processes, self.processes = self.processes, []
-        deadline = time.monotonic() + JOIN_TIMEOUT_S
-        for process in processes:
-            process.join(max(0.0, deadline - time.monotonic()))
-        for process in processes:
-            if process.is_alive():
-                process.terminate()
-                process.join(_KILL_TIMEOUT_S)
-            if process.is_alive():
-                process.kill()
-                process.join(_KILL_TIMEOUT_S)
-            process.close()
+        """Join every worker with a timeout, then terminate, then kill; idempotent.
+
+        A Ctrl-C meanwhile is delivered once all are gone (:func:`interrupts_deferred`).
+        """
+        with interrupts_deferred():
+            processes, self.processes = self.processes, []
+            reports, self.reports = self.reports, {}
+            deadline = time.monotonic() + JOIN_TIMEOUT_S
+            for process in processes:
+                process.join(max(0.0, deadline - time.monotonic()))
+            for process in processes:
+                if process.is_alive():
+                    process.terminate()
+                    process.join(_KILL_TIMEOUT_S)
+                if process.is_alive():
+                    process.kill()
+                    process.join(_KILL_TIMEOUT_S)
+                process.close()
+            for reader in reports.values():
+                reader.close()
 
 
 # ---------------------------------------------------------------- where a process is stuck
