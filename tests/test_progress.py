@@ -5,9 +5,11 @@ from __future__ import annotations
 import sys
 
 import pytest
+from helpers import need
 
 import pescador_fp as pf
 
+need("tqdm")
 tqdm_auto = pytest.importorskip("tqdm.auto")
 
 
