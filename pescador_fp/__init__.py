@@ -9,10 +9,11 @@
 
 from __future__ import annotations
 
+from ._pass import Pass as Pass
 from ._stream import Operator as Operator
-from ._stream import Pass as Pass
 from ._stream import Stream as Stream
 from ._stream import pipe as pipe
+from ._version import __version__ as __version__
 from .background import background as background
 from .errors import DataError as DataError
 from .errors import PescadorError as PescadorError
@@ -41,8 +42,6 @@ from .sources import random_stream as random_stream
 from .sources import seekable_stream as seekable_stream
 from .sources import stream as stream
 from .sources import streamable as streamable
-
-__version__ = "0.1.0"
 
 __all__ = [
     "DataError",

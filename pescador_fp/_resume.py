@@ -4,7 +4,7 @@ A state is where the *consumer* stands: how many items it has taken from the
 pass, the pass's seed (or the entropy that an unseeded pass drew), and, for
 the few stages that cannot find their place from that count alone
 (``background``: which worker gave each item), what they registered in the
-pass's :class:`~pescador_fp._stream.Run`. Every other stage finds its place
+pass's :class:`~pescador_fp._pass.Run`. Every other stage finds its place
 again from the count (``Stream._open_at``): arrays and sequences seek, ``map``
 and ``batch`` pass the count down, ``shuffle`` and ``mux`` replay their draws
 without making items. So a state holds no samples and stays small.
@@ -24,20 +24,15 @@ from typing import Any
 
 import numpy as np
 
-from ._seed import SeedContext, check_seed
-from ._stream import Applied, Operator, Pass, Run, Stream
+from ._seed import Seed, SeedContext, check_seed
+from ._stream import Applied, Operator, Stream
+from ._version import __version__
 
 __all__ = ["FORMAT", "digest", "resumed_context", "state_of"]
 
 #: What a state says it is; a state of another format (or another library version) is refused.
 FORMAT = "pescador_fp.state/1"
 _REPR_CHARS = 2000
-
-
-def _version() -> str:
-    from . import __version__
-
-    return __version__
 
 
 def _seed_json(root: object) -> Any:
@@ -131,10 +126,9 @@ def digest(stream: Stream[Any]) -> str:
     return value
 
 
-def state_of(p: Pass[Any]) -> dict[str, Any]:
-    """The state of pass ``p`` (see :meth:`Pass.state`)."""
-    ctx = p.ctx
-    run: Run | None = ctx.run
+def state_of(stream: Stream[Any], ctx: SeedContext, taken: int) -> dict[str, Any]:
+    """The state of a pass over ``stream`` whose consumer has taken ``taken`` items (``Pass.state``)."""
+    run = ctx.run  # the pass's Run (_pass.py): what its stages registered
     stages: dict[str, Any] = {}
     if run is not None:
         # A resumed stage that has not started again yet keeps what it saved.
@@ -142,12 +136,12 @@ def state_of(p: Pass[Any]) -> dict[str, Any]:
         stages.update((key, where()) for key, where in run.states.items())
     return {
         "format": FORMAT,
-        "version": _version(),
-        "pipeline": _stable(repr(p.stream))[:_REPR_CHARS],
-        "digest": digest(p.stream),
+        "version": __version__,
+        "pipeline": _stable(repr(stream))[:_REPR_CHARS],
+        "digest": digest(stream),
         "seed": _seed_json(ctx.root),
         "entropy": None if ctx.fallback is None else f"{ctx.fallback:x}",
-        "items": p.taken,
+        "items": taken,
         "stages": stages,
     }
 
@@ -174,8 +168,10 @@ def _differs(saved: str, now: str) -> str:
     return f"the state's pipeline is {saved!r}, this stream is {now!r}"
 
 
-def resumed_context(stream: Stream[Any], seed: object, state: object) -> tuple[SeedContext, int]:
-    """The seed context and the number of items taken for a pass that resumes from ``state``."""
+def resumed_context(
+    stream: Stream[Any], seed: object, state: object
+) -> tuple[Seed | None, int | None, Mapping[str, Any], int]:
+    """For a pass resuming from ``state``: its seed, the entropy drawn, stages' states, items taken."""
     if not isinstance(state, Mapping):
         raise TypeError(
             f"iterate: state must be the dict that Pass.state() returned, got {reprlib.repr(state)} "
@@ -186,10 +182,10 @@ def resumed_context(stream: Stream[Any], seed: object, state: object) -> tuple[S
             f"iterate: state is not a pescador_fp pass state of format {FORMAT!r}: "
             f"its format is {state.get('format')!r}"
         )
-    if state.get("version") != _version():
+    if state.get("version") != __version__:
         raise ValueError(
             f"iterate: the state was saved by pescador_fp {state.get('version')!r}, this is "
-            f"{_version()!r}; a state is only restored by the version that saved it"
+            f"{__version__!r}; a state is only restored by the version that saved it"
         )
     now = _stable(repr(stream))[:_REPR_CHARS]
     if state.get("pipeline") != now or state.get("digest") != digest(stream):
@@ -214,4 +210,4 @@ def resumed_context(stream: Stream[Any], seed: object, state: object) -> tuple[S
     stages = state.get("stages") or {}
     if not isinstance(stages, Mapping):
         raise ValueError(f"iterate: the state's stages must be a dict, got {reprlib.repr(stages)}")
-    return SeedContext(root, (), fallback, Run(stages)), int(taken)
+    return root, fallback, stages, int(taken)

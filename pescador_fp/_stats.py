@@ -495,10 +495,11 @@ class Stats(dict[str, Any]):
         return _html(self)
 
 
-def stats_of(stream: Any, run: Any, taken: int) -> Stats:
-    """The stats of a pass over ``stream`` whose stages counted into ``run``."""
-    from ._stream import Applied
+def stats_of(stream: Any, run: Any, taken: int, *, applied: type[Any]) -> Stats:
+    """The stats of a pass over ``stream`` whose stages counted into ``run``.
 
+    ``applied`` is the class of the stages ``upstream | op`` (``_stream.Applied``), named by their ``op``.
+    """
     stats: dict[Any, Any] = {} if run is None else run.stats
     now = time.perf_counter()
     stages: list[dict[str, Any]] = []
@@ -510,7 +511,7 @@ def stats_of(stream: Any, run: Any, taken: int) -> Stats:
     nodes += [entry[0] for key, entry in stats.items() if key[1] not in {id(n) for n in nodes}]
     named: dict[str, list[int]] = {}  # the nodes shown under each name: a second one gets a number
     for node in nodes:
-        name = _name(node.op) if isinstance(node, Applied) else _name(node)
+        name = _name(node.op) if isinstance(node, applied) else _name(node)
         same = named.setdefault(name, [])
         if id(node) not in same:
             same.append(id(node))
@@ -541,7 +542,7 @@ def stats_of(stream: Any, run: Any, taken: int) -> Stats:
             calls = stats.get(("calls", id(getattr(node, "upstream", None))))
             if calls is not None:
                 stages[-1].update(_call_fields(calls[1]))
-        if isinstance(node, Applied):
+        if isinstance(node, applied):
             entry = stats.get(("workers", id(node.upstream)))
             if entry is not None and ("workers", id(node.upstream)) not in listed:
                 listed.add(("workers", id(node.upstream)))

@@ -24,14 +24,15 @@ import numpy as np
 import toolz
 
 from ._seed import WORKER_BRANCH, SeedContext
-from ._stats import Stats, counted, stage_counts
+from ._stats import counted, stage_counts
+
+if TYPE_CHECKING:
+    from ._pass import Pass
 
 __all__ = [
     "NOTHING",
     "Operator",
-    "Pass",
     "PassIterator",
-    "Run",
     "Stream",
     "as_stream",
     "close_iterator",
@@ -39,6 +40,7 @@ __all__ = [
     "drop",
     "from_item",
     "install_collection_source",
+    "install_pass",
     "items_before",
     "peek",
     "pipe",
@@ -277,15 +279,7 @@ class Stream(Generic[T]):
         >>> sorted(s.iterate(seed=2))
         [0, 1, 2, 3, 4, 5]
         """
-        from ._resume import digest, resumed_context  # the state's checks live with the state's format
-
-        if state is None:
-            ctx = SeedContext.for_pass(seed, run=Run())
-            digest(self)  # once per stream: a first state() then costs no more than the next ones
-            return Pass(self, ctx, _run(self, ctx, 0), 0)
-
-        ctx, taken = resumed_context(self, seed, state)
-        return Pass(self, ctx, _run(self, ctx, taken), taken)
+        return _passes[0](self, seed, state)
 
     def __iter__(self) -> Iterator[T]:
         return self.iterate()
@@ -366,23 +360,6 @@ def drop(items: Iterator[T], n: int) -> Iterator[T]:
     return items
 
 
-class Run:
-    """What the stages of one pass register in the consumer's process (``SeedContext.run``).
-
-    ``states`` holds, per stage key (:func:`stage_key`), a function that says
-    where that stage stands, for :meth:`Pass.state`; ``restored`` what a state
-    being restored saved for it; ``stats`` what the stages count, for
-    :meth:`Pass.stats`.
-    """
-
-    __slots__ = ("restored", "states", "stats")
-
-    def __init__(self, restored: Mapping[str, Any] | None = None) -> None:
-        self.restored: dict[str, Any] = dict(restored or {})
-        self.states: dict[str, Callable[[], Any]] = {}
-        self.stats: dict[str, Any] = {}
-
-
 def stage_key(ctx: SeedContext, depth: int) -> str:
     """The name of the stage at ``depth`` of ``ctx``'s branch, the same in every pass over a stream.
 
@@ -390,86 +367,6 @@ def stage_key(ctx: SeedContext, depth: int) -> str:
     '3.1@2'
     """
     return f"{'.'.join(map(str, ctx.path))}@{depth}"
-
-
-class Pass(Iterator[T]):
-    """One pass over a stream, as :meth:`Stream.iterate` returns it: the items, and where it stands.
-
-    ``state()`` says where the consumer is (a small JSON-serialisable dict);
-    ``stream.iterate(seed, state=state)`` continues from there.
-
-    >>> import json, pescador_fp as pf
-    >>> s = pf.from_iterable(range(10)) | pf.shuffle(4)
-    >>> it = s.iterate(seed=3)
-    >>> first = [next(it) for _ in range(4)]
-    >>> saved = json.loads(json.dumps(it.state()))
-    >>> list(s.iterate(seed=3, state=saved)) == list(it)
-    True
-    """
-
-    __slots__ = ("_items", "ctx", "stream", "taken")
-
-    def __init__(
-        self, stream: Stream[T], ctx: SeedContext, items: Generator[T, None, None], taken: int
-    ) -> None:
-        self.stream, self.ctx, self._items, self.taken = stream, ctx, items, taken
-
-    def __iter__(self) -> Pass[T]:
-        return self
-
-    def __next__(self) -> T:
-        __tracebackhide__ = True  # IPython and pytest hide this frame
-        try:
-            item = next(self._items)
-        except Exception as error:  # free until it catches (zero-cost try)
-            if not isinstance(error, StopIteration):
-                error.__traceback__ = user_frames(error.__traceback__)
-            raise
-        self.taken += 1
-        return item
-
-    def close(self) -> None:
-        """End the pass: workers stop and every open source is closed; closing again does nothing."""
-        self._items.close()
-
-    def stats(self) -> Stats:
-        """Where the pass spends its time so far: a dict of numbers that prints as a table.
-
-        Per stage that runs in this process: items out, the time inside its
-        ``next()`` and, of that, its own; per ``background`` worker: items/s,
-        how full its ring was and how long the consumer waited on it; per
-        multiplexer source: items given and activations. ``print`` shows a
-        table; the dict's keys are ``taken``, ``seconds``, ``waiting_s``,
-        ``consumer_s``, ``stages``, ``workers`` and ``sources`` (lists of
-        dicts), explained in docs/observing.md. Counting is always on and
-        costs a few percent at most; worker processes count nothing.
-
-        >>> import pescador_fp as pf
-        >>> it = (pf.from_iterable(range(100)) | pf.map(abs)).iterate()
-        >>> total = sum(it)
-        >>> stats = it.stats()
-        >>> stats["taken"], [(row["stage"], row["items"]) for row in stats["stages"]]
-        (100, [('map(abs)', 100)])
-        >>> print(stats)  # doctest: +ELLIPSIS
-        pass: 100 items taken in ...
-        """
-        from ._stats import stats_of
-
-        return stats_of(self.stream, self.ctx.run, self.taken)
-
-    def state(self) -> dict[str, Any]:
-        """Where the consumer stands in this pass, as a small JSON-serialisable dict (docs/resume.md).
-
-        It holds the items taken so far, the pass seed (or the entropy an
-        unseeded pass drew), a fingerprint of the pipeline and, for
-        ``background``, the items taken from each worker: never samples.
-        ``stream.iterate(seed, state=state)`` yields the rest of this pass;
-        a state restores only into the same pipeline, seed and library
-        version (else ``ValueError`` says what differs).
-        """
-        from ._resume import state_of
-
-        return state_of(self)
 
 
 class Operator(Generic[T, U]):
@@ -738,6 +635,16 @@ def undivided_path(path: tuple[int, ...]) -> tuple[int, ...]:
         else:
             kept.append(key)
     return tuple(kept)
+
+
+# How a stream opens a pass: _pass.py installs its ``open_pass`` here (install_pass), so that this
+# module needs nothing from the floors above it (the pass is made of the state and the stats).
+_passes: list[Callable[[Stream[Any], object, Mapping[str, Any] | None], Pass[Any]]] = []
+
+
+def install_pass(open_pass: Callable[[Stream[Any], object, Mapping[str, Any] | None], Pass[Any]]) -> None:
+    """(_pass.py) Make ``Stream.iterate`` return what ``open_pass(stream, seed, state)`` opens."""
+    _passes[:] = [open_pass]
 
 
 # How a re-iterable collection becomes a stream: sources.py installs ``from_iterable`` here

@@ -30,8 +30,9 @@ except ImportError as error:  # pragma: no cover - the message is the point
 
 from ._check import check_bool, check_int
 from ._ipc.pool import segment_at
+from ._pass import Pass
 from ._seed import SeedContext
-from ._stream import Operator, Pass, Stream, as_stream
+from ._stream import Operator, Stream, as_stream
 from .ops.shard import shard
 
 __all__ = ["as_tensors", "dataset", "tensors"]

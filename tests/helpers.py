@@ -1,8 +1,10 @@
-"""Test helpers: comparing samples with arrays, sources that record what was pulled, our own /dev/shm."""
+"""Test helpers: comparing samples with arrays, sources that record what was pulled, our own /dev/shm,
+frameworks that a test needs."""
 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import multiprocessing
 import os
 import subprocess
@@ -13,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 
 import pescador_fp as pf
 
@@ -93,3 +96,26 @@ def pytest_in_child(args: list[str], env: Mapping[str, str], timeout: float) -> 
     result = subprocess.run(command, cwd=ROOT, env=dict(env), capture_output=True, text=True, timeout=timeout)
     print(result.stdout)
     assert result.returncode == 0, result.stdout[-10_000:] + result.stderr[-3_000:]
+
+
+#: Set by CI (.ci/run), which installs every framework: there a test whose framework is missing fails.
+REQUIRE_FRAMEWORKS = "PESCADOR_FP_REQUIRE_FRAMEWORKS"
+_EXTRA = {"torch": "torch", "jax": "jax", "keras": "keras", "ray": "ray", "tqdm": "progress"}
+
+
+def missing(*frameworks: str) -> list[str]:
+    """The frameworks among ``frameworks`` that are not installed (looked up, never imported)."""
+    return [name for name in frameworks if importlib.util.find_spec(name) is None]
+
+
+def need(*frameworks: str) -> None:
+    """Skip the calling test (or test module) where one of ``frameworks`` is not installed, saying which
+    extra installs it; where ``PESCADOR_FP_REQUIRE_FRAMEWORKS=1`` (CI) that is a failure instead."""
+    absent = missing(*frameworks)
+    if not absent:
+        return
+    extras = ",".join(_EXTRA.get(name, name) for name in absent)
+    message = f"needs {' and '.join(absent)}, not installed here (pip install -e '.[{extras}]')"
+    if os.environ.get(REQUIRE_FRAMEWORKS) == "1":
+        pytest.fail(f"{message}; {REQUIRE_FRAMEWORKS}=1 requires every framework", pytrace=False)
+    pytest.skip(message, allow_module_level=True)

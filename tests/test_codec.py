@@ -200,7 +200,7 @@ def listed_arrays() -> list[Any]:
         np.zeros((), "i4,f8"),  # 0-d structured
         np.ones((), "i4,f8"),
         np.arange(4).astype("M8[s]"),  # datetime64, timedelta64 with units
-        np.arange(4).astype(">M8[s]") + 1,
+        np.arange(4).astype(">M8[s]") + np.timedelta64(1, "s"),
         np.arange(6).astype("m8[ms]").reshape(2, 3),
         np.array("2024-02-29T12", "M8[h]"),
         np.arange(6, dtype=">i4").reshape(2, 3),  # byte order

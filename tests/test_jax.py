@@ -11,17 +11,14 @@ torch DataLoader of the docs' examples, background workers) are allowed.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 
 import pytest
-from helpers import pytest_in_child
+from helpers import need, pytest_in_child
 
 CHILD_ENV = "PESCADOR_FP_FRAMEWORK_CHILD"
 
-for _name in ("jax",):
-    if importlib.util.find_spec(_name) is None:
-        pytest.skip(f"{_name} is not installed", allow_module_level=True)
+need("jax")
 
 
 @pytest.mark.timeout(900)

@@ -7,9 +7,11 @@ import subprocess
 import sys
 
 import pytest
+from helpers import need
 
 import pescador_fp as pf
 
+need("tqdm")
 tqdm_auto = pytest.importorskip("tqdm.auto")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

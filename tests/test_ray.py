@@ -10,14 +10,13 @@ imports Ray.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
 import threading
 
 import pytest
-from helpers import pytest_in_child
+from helpers import need, pytest_in_child
 
 import pescador_fp as pf
 import pescador_fp.ray as pfr
@@ -86,9 +85,9 @@ def test_a_pipeline_that_cannot_be_pickled_names_the_piece():
     assert "ray" not in sys.modules  # refused before Ray is imported
 
 
-@pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="ray is not installed")
 @pytest.mark.timeout(600)
 def test_ray_cases_pass_in_a_process_of_their_own():
+    need("ray")
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # a local cluster of its own
     env["RAY_USAGE_STATS_ENABLED"] = "0"
     env["PESCADOR_FP_RAY_CHILD"] = "1"  # conftest.py collects ray_cases.py only then

@@ -14,10 +14,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import nothing_left_behind
+from helpers import need, nothing_left_behind
 
 import pescador_fp as pf
 
+need("torch")
 torch = pytest.importorskip("torch")
 pft = pytest.importorskip("pescador_fp.torch")
 
