@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+from . import _stream
 from ._pass import Pass as Pass
 from ._stream import Operator as Operator
 from ._stream import Stream as Stream
@@ -77,3 +78,7 @@ __all__ = [
     "tuples",
     "unbatch",
 ]
+
+_stream.OPERATOR_NAMES.update(
+    name for name in __all__ if str(globals()[name].__annotations__.get("return", "")).startswith("Operator")
+)

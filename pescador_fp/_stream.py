@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "NOTHING",
+    "OPERATOR_NAMES",
     "Operator",
     "PassIterator",
     "Stream",
@@ -247,15 +248,10 @@ class Stream(Generic[T]):
         def __getattr__(self, name: str) -> Any:
             # Only for names that are not found. Method chains as in other libraries (s.shuffle(100)):
             # say how pescador_fp applies operators; never the internal class's name.
-            if not name.startswith("_"):
-                import pescador_fp
-
-                made = getattr(getattr(pescador_fp, name, None), "__annotations__", {}).get("return", "")
-                if name in pescador_fp.__all__ and str(made).startswith("Operator"):
-                    raise AttributeError(
-                        f"a Stream has no method {name}(): operators are applied with |, "
-                        f"as in s | pf.{name}(...)"
-                    )
+            if name in OPERATOR_NAMES:
+                raise AttributeError(
+                    f"a Stream has no method {name}(): operators are applied with |, as in s | pf.{name}(...)"
+                )
             raise AttributeError(f"a Stream has no attribute {name!r}")
 
     def __bool__(self) -> bool:
@@ -645,6 +641,11 @@ _passes: list[Callable[[Stream[Any], object, Mapping[str, Any] | None], Pass[Any
 def install_pass(open_pass: Callable[[Stream[Any], object, Mapping[str, Any] | None], Pass[Any]]) -> None:
     """(_pass.py) Make ``Stream.iterate`` return what ``open_pass(stream, seed, state)`` opens."""
     _passes[:] = [open_pass]
+
+
+#: The public functions that make operators (``pf.shuffle`` ...): the package fills it (so that this
+#: module imports nothing above it), for the error of a method chain such as ``s.shuffle(100)``.
+OPERATOR_NAMES: set[str] = set()
 
 
 # How a re-iterable collection becomes a stream: sources.py installs ``from_iterable`` here

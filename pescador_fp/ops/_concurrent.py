@@ -19,7 +19,7 @@ from .._concurrency import call_results
 from .._seed import Seed, SeedContext, seed_argument
 from .._stats import CallCounts, register_calls
 from .._stream import Operator, Stream, close_iterator, describe_callable, items_before
-from .map import _ItemRandomness, _stopped
+from ._items import ItemRandomness, stopped_error
 
 __all__ = ["concurrent"]
 
@@ -131,13 +131,13 @@ class _Concurrent(Operator[Any, Any]):
                 try:
                     return call(unit)
                 except StopIteration as stop:  # PEP 479, as without concurrency
-                    raise _stopped(op, fn) from stop
+                    raise stopped_error(op, fn) from stop
 
             return called
 
         def call_for() -> Callable[[Any], Any]:
             if self.rng:
-                at = _ItemRandomness(upstream, ctx, self.seed, depth).at
+                at = ItemRandomness(upstream, ctx, self.seed, depth).at
                 call = guarded(lambda unit: fn(unit[1], at(unit[0])))
             else:
                 call = fn if is_async else guarded(fn)
@@ -148,7 +148,7 @@ class _Concurrent(Operator[Any, Any]):
             return call
 
         if self.rng:
-            items = _placed(items, _ItemRandomness(upstream, ctx, self.seed, depth).places)
+            items = _placed(items, ItemRandomness(upstream, ctx, self.seed, depth).places)
         results = call_results(
             call_for, items, self.concurrency, ordered=self.ordered, is_async=is_async, counts=counts
         )

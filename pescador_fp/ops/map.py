@@ -23,28 +23,14 @@ import numpy as np
 
 from .._check import check_bool, check_callable
 from .._seed import Seed, SeedContext, check_seed, seed_argument
-from .._stream import Operator, Stream, describe_callable, items_before, undivided_path
+from .._stream import Operator, Stream, describe_callable
+from ._concurrent import concurrent
+from ._items import ItemRandomness, stopped_error
 
 __all__ = ["filter", "map", "mapcat"]
 
 T = TypeVar("T")
 U = TypeVar("U")
-
-
-def _stopped(op: Operator[Any, Any], fn: Callable[..., Any]) -> RuntimeError:
-    """The error for a ``StopIteration`` out of ``op``'s function: Python's rule for generators (PEP 479).
-
-    Taken for the end of the input, it would end the stream silently (or drop
-    one item). The caller raises it ``from`` the ``StopIteration``, which
-    keeps the traceback into ``fn``.
-
-    >>> print(_stopped(_Map(next), next))  # doctest: +ELLIPSIS
-    map(next): next raised StopIteration, which would end the stream silently; ...
-    """
-    return RuntimeError(
-        f"{op!r}: {describe_callable(fn)} raised StopIteration, which would end the stream silently; "
-        "as in a generator (PEP 479) it is an error: raise another exception (or give next() a default)"
-    )
 
 
 # The per-item loops are generators, not builtins.map/filter, which take a
@@ -59,7 +45,7 @@ def _calls(op: Operator[Any, Any], fn: Callable[[Any], U], items: Iterator[Any])
         for item in items:
             yield fn(item)
     except StopIteration as stop:
-        raise _stopped(op, fn) from stop
+        raise stopped_error(op, fn) from stop
 
 
 def _iterators(
@@ -71,7 +57,7 @@ def _iterators(
         for item in items:
             yield iter(fn(item))
     except StopIteration as stop:
-        raise _stopped(op, fn) from stop
+        raise stopped_error(op, fn) from stop
 
 
 def _kept(op: Operator[Any, Any], pred: Callable[[Any], object], items: Iterator[T]) -> Iterator[T]:
@@ -80,7 +66,7 @@ def _kept(op: Operator[Any, Any], pred: Callable[[Any], object], items: Iterator
             if pred(item):
                 yield item
     except StopIteration as stop:
-        raise _stopped(op, pred) from stop
+        raise stopped_error(op, pred) from stop
 
 
 @dataclass(frozen=True, repr=False)
@@ -120,63 +106,22 @@ class _Mapcat(Operator[Any, Any]):
         return f"mapcat({describe_callable(self.fn)})"
 
 
-class _ItemRandomness:
-    """(one pass) A generator set afresh for each item: the ``k``-th item's draws depend on ``k`` alone.
-
-    ``k`` runs ``start, start + step, ...``: the item's place in the undivided
-    stream where the stream below knows it, else its place in this part.
-    """
-
-    def __init__(self, upstream: Stream[Any], ctx: SeedContext, seed: Seed | None, depth: int) -> None:
-        numbering = upstream._numbering()
-        if numbering is None:
-            path, numbering = ctx.path, (items_before(upstream), 1)
-        else:
-            path = undivided_path(ctx.path)
-        sequence = ctx.at(path).entropy(seed, depth)
-        self.key = sequence.generate_state(2, np.uint64)
-        self.counter = np.zeros(4, dtype=np.uint64)
-        bits = np.random.Philox(key=self.key)
-        self.bits, self.rng = bits, np.random.Generator(bits)
-        self.state: Any = {
-            "bit_generator": "Philox",
-            "state": {"counter": self.counter, "key": self.key},
-            "buffer": np.zeros(4, dtype=np.uint64),
-            "buffer_pos": 4,  # nothing buffered: the next draw starts at the counter
-            "has_uint32": 0,
-            "uinteger": 0,
-        }
-        self.places = itertools.count(*numbering)
-
-    def next_item(self) -> np.random.Generator:
-        """The generator for the next item, set to that item's state."""
-        self.counter[2] = next(self.places)
-        self.bits.state = self.state
-        return self.rng
-
-    def at(self, place: int) -> np.random.Generator:
-        """The generator set to the state of the item at ``place`` (a concurrent map numbers its items)."""
-        self.counter[2] = place
-        self.bits.state = self.state
-        return self.rng
-
-
-def _random_map(op: _RandomMap, items: Iterator[Any], r: _ItemRandomness) -> Iterator[Any]:
+def _random_map(op: _RandomMap, items: Iterator[Any], r: ItemRandomness) -> Iterator[Any]:
     fn, at = op.fn, r.next_item
     try:
         for item in items:
             yield fn(item, at())
     except StopIteration as stop:
-        raise _stopped(op, fn) from stop
+        raise stopped_error(op, fn) from stop
 
 
-def _random_mapcat(op: _RandomMapcat, items: Iterator[Any], r: _ItemRandomness) -> Iterator[Any]:
+def _random_mapcat(op: _RandomMapcat, items: Iterator[Any], r: ItemRandomness) -> Iterator[Any]:
     fn, at = op.fn, r.next_item
     try:
         for item in items:
             yield from fn(item, at())  # all of an item's outputs are out before the next item's state is set
     except StopIteration as stop:  # from fn: yield from takes the outputs' own end
-        raise _stopped(op, fn) from stop
+        raise stopped_error(op, fn) from stop
 
 
 @dataclass(frozen=True, repr=False)
@@ -186,7 +131,7 @@ class _RandomMap(Operator[Any, Any]):
     seed: Seed | None
 
     def _open(self, upstream: Stream[Any], ctx: SeedContext, depth: int) -> Iterator[Any]:
-        return _random_map(self, upstream._open(ctx), _ItemRandomness(upstream, ctx, self.seed, depth))
+        return _random_map(self, upstream._open(ctx), ItemRandomness(upstream, ctx, self.seed, depth))
 
     def __repr__(self) -> str:
         return f"map({describe_callable(self.fn)}, rng=True{seed_argument(self.seed)})"
@@ -199,7 +144,7 @@ class _RandomMapcat(Operator[Any, Any]):
     seed: Seed | None
 
     def _open(self, upstream: Stream[Any], ctx: SeedContext, depth: int) -> Iterator[Any]:
-        return _random_mapcat(self, upstream._open(ctx), _ItemRandomness(upstream, ctx, self.seed, depth))
+        return _random_mapcat(self, upstream._open(ctx), ItemRandomness(upstream, ctx, self.seed, depth))
 
     def __repr__(self) -> str:
         return f"mapcat({describe_callable(self.fn)}, rng=True{seed_argument(self.seed)})"
@@ -274,7 +219,6 @@ def map(
     """
     fn = check_callable("map", "fn", fn)
     with_rng, checked = _check_rng("map", rng, seed)
-    from ._concurrent import concurrent  # the concurrent form's home (it builds on this module)
 
     concurrent_op = concurrent("map", fn, concurrency, ordered, with_rng, checked)
     if concurrent_op is not None:
@@ -326,7 +270,6 @@ def mapcat(
     """
     fn = check_callable("mapcat", "fn", fn)
     with_rng, checked = _check_rng("mapcat", rng, seed)
-    from ._concurrent import concurrent  # the concurrent form's home (it builds on this module)
 
     concurrent_op = concurrent("mapcat", fn, concurrency, ordered, with_rng, checked)
     if concurrent_op is not None:
