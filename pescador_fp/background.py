@@ -26,7 +26,7 @@ import cloudpickle
 
 from ._check import check_bool, check_int, check_seconds
 from ._divide import components, divide
-from ._ipc.codec import dumps_recipe
+from ._ipc.codec import dumps_recipe, forget_inherited
 from ._ipc.pool import Blocks, PoolHandle, pool_pair
 from ._ipc.pool import available as pools_available
 from ._ipc.ring import (
@@ -62,12 +62,17 @@ _MAX_RING_BYTES = 2**56  # far more than any shared memory, and far from overflo
 
 
 def recipe_bytes(
-    recipe: tuple[Any, ...], whole: Stream[Any], who: str = "background", to: str = "worker processes"
+    recipe: tuple[Any, ...],
+    whole: Stream[Any],
+    who: str = "background",
+    to: str = "worker processes",
+    inherit: list[tuple[int, int]] | None = None,
 ) -> bytes:
     """The bytes a worker (or a Ray task) needs; a clear error naming the piece of ``whole`` that
-    cannot be pickled, said as ``{who}: cannot send the pipeline to {to}``."""
+    cannot be pickled, said as ``{who}: cannot send the pipeline to {to}``. ``inherit``: workers
+    fork after this, and take large arrays from the memory they inherit (``dumps_recipe``)."""
     try:
-        return dumps_recipe(recipe)
+        return dumps_recipe(recipe, inherit)
     except (OSError, PescadorError):
         raise  # a source that checks its own files (a memmap's) says what is wrong
     except Exception as error:
@@ -129,12 +134,21 @@ def _background_items(
     plan = divide(upstream, op.workers)
     count = len(plan.parts)
     starts = resume[0] if resume is not None else [0] * count
-    recipes = [
-        recipe_bytes((part, plan.grouped, plan.context(i, ctx), starts[i]), upstream)
-        for i, part in enumerate(plan.parts)
-    ]
-    feeder_recipe = recipe_bytes((plan.head, ctx), upstream) if plan.head is not None else None
     workers = Workers(op.start_method or default_start_method())
+    # A forked worker inherits the recipe's large arrays (the rows of a from_arrays) instead of
+    # receiving them pickled: no copy, and the first item comes as soon.
+    inherit: list[tuple[int, int]] | None = [] if workers.context.get_start_method() == "fork" else None
+    try:
+        recipes = [
+            recipe_bytes((part, plan.grouped, plan.context(i, ctx), starts[i]), upstream, inherit=inherit)
+            for i, part in enumerate(plan.parts)
+        ]
+        feeder_recipe = (
+            recipe_bytes((plan.head, ctx), upstream, inherit=inherit) if plan.head is not None else None
+        )
+    except BaseException:
+        forget_inherited(inherit or [])
+        raise
     if os.name == "posix" and default_transport() == "portable":
         # A portable ring's segment and semaphores have names, registered with multiprocessing's
         # resource tracker, which removes them if this process is killed: start it before any
@@ -218,6 +232,7 @@ def _background_items(
             yield from rest._open_at(rest_ctx, pooled) if pooled else rest._open(rest_ctx)
     finally:
         uninterrupted(functools.partial(_free, channels, rings + inboxes, workers, stacks, pools))
+        forget_inherited(inherit or [])
 
 
 def _free(

@@ -609,3 +609,23 @@ def test_runs_of_small_arrays_keep_their_layouts(copy):
         assert same(x, want)
         got += 1
     assert got == len(expected)
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_forked_workers_inherit_a_recipes_large_arrays_instead_of_their_pickled_bytes(workers):
+    from pescador_fp._ipc import codec
+    from pescador_fp.background import recipe_bytes
+
+    rows = np.arange(2**20, dtype=np.float64).reshape(2**12, 2**8)  # 8 MiB
+    s = pf.from_arrays({"x": rows}) | pf.batch(100, partial=True)
+    keys: list = []
+    assert len(recipe_bytes((s, None), s, inherit=keys)) < rows.nbytes // 100 and keys
+    codec.forget_inherited(keys)
+    assert not codec._INHERITED
+    forked = s | pf.background(workers=workers, start_method="fork")
+    got = np.concatenate([b["x"] for b in forked])
+    assert sorted(got[:, 0].tolist()) == rows[:, 0].tolist() and not codec._INHERITED
+    it = iter(forked)
+    next(it)
+    it.close()  # an early end forgets them too
+    assert not codec._INHERITED

@@ -701,15 +701,62 @@ class _RecipePickler(cloudpickle.Pickler):  # type: ignore[misc]
         return super().reducer_override(obj)
 
 
-def dumps_recipe(recipe: Any) -> bytes:
+#: (fork) The large arrays of recipes sent to forked workers, by key: a forked worker finds them in
+#: the memory it inherits, not in the recipe's bytes (pickling the rows of a 1.5 GiB from_arrays
+#: made the first item wait seconds). The consumer forgets them once its workers have started.
+_INHERITED: dict[tuple[int, int], np.ndarray] = {}
+_INHERIT_MIN_BYTES = 2**16
+
+
+class _InheritingPickler(_RecipePickler):
+    """A recipe pickler that leaves large arrays to be inherited (``keys``: those it left)."""
+
+    def __init__(self, file: Any, keys: list[tuple[int, int]]) -> None:
+        super().__init__(file)
+        self.keys = keys
+
+    def persistent_id(self, obj: Any) -> Any:
+        if isinstance(obj, np.ndarray) and obj.nbytes >= _INHERIT_MIN_BYTES and not obj.dtype.hasobject:
+            key = (id(self.keys), id(obj))  # unique while the array is kept here
+            _INHERITED[key] = obj
+            self.keys.append(key)
+            return key
+        return None
+
+
+class _RecipeUnpickler(pickle.Unpickler):
+    def persistent_load(self, pid: Any) -> Any:
+        return _INHERITED[tuple(pid)]
+
+
+def forget_inherited(keys: list[tuple[int, int]]) -> None:
+    """(consumer) The arrays that :func:`dumps_recipe` left to ``keys`` are no longer kept for workers."""
+    for key in keys:
+        _INHERITED.pop(key, None)
+    keys.clear()
+
+
+def dumps_recipe(recipe: Any, inherit: list[tuple[int, int]] | None = None) -> bytes:
     """(consumer) The bytes of what a worker runs (a stream and its seed context), by cloudpickle.
 
     Along go the classes sent by value (so that items of those classes come
     back as the consumer's own) and the source lines of code whose file the
     worker cannot read (a notebook cell), for its tracebacks.
+
+    ``inherit`` (workers that fork from this process after this call): arrays
+    of 64 KiB or more stay out of the bytes; the worker takes them from the
+    memory it inherits. Their keys go to ``inherit``; :func:`forget_inherited`
+    once the workers have started.
+
+    >>> rows = np.zeros((1024, 256))
+    >>> keys: list[tuple[int, int]] = []
+    >>> data = dumps_recipe(("part", rows), inherit=keys)
+    >>> len(data) < rows.nbytes // 100, loads_recipe(data)[1] is rows
+    (True, True)
+    >>> forget_inherited(keys)
     """
     file = io.BytesIO()
-    pickler = _RecipePickler(file)
+    pickler = _RecipePickler(file) if inherit is None else _InheritingPickler(file, inherit)
     pickler.dump(recipe)
     classes = list(pickler.classes.values())
     pickler.dump(classes)  # the same objects as in the recipe: the pickler's memo has them
@@ -729,7 +776,7 @@ def loads_recipe(data: bytes) -> Any:
     for name, lines in sources.items():
         if name not in linecache.cache:
             linecache.cache[name] = (sum(map(len, lines)), None, lines, name)  # no mtime: kept as is
-    unpickler = pickle.Unpickler(io.BytesIO(pickled))
+    unpickler = _RecipeUnpickler(io.BytesIO(pickled))
     recipe = unpickler.load()
     for cls in unpickler.load():
         _KNOWN_CLASSES[(cls.__module__, cls.__qualname__)] = cls
