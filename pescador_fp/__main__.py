@@ -91,8 +91,8 @@ def main(argv: list[str] | None = None) -> int:
             f"each with its share of the files"
         )
 
-        per_worker = args.files * args.rows // args.workers
-        batches_per_epoch = args.workers * (per_worker // args.batch_size)
+        # As many as without background: the workers' leftover samples are batched at the end.
+        batches_per_epoch = args.files * args.rows // args.batch_size
         shown = importlib.util.find_spec("tqdm") is not None
         if not shown:
             print('(no progress bar: pip install "pescador_fp[progress]" to see one)')
