@@ -100,7 +100,15 @@ def pytest_in_child(args: list[str], env: Mapping[str, str], timeout: float) -> 
 
 #: Set by CI (.ci/run), which installs every framework: there a test whose framework is missing fails.
 REQUIRE_FRAMEWORKS = "PESCADOR_FP_REQUIRE_FRAMEWORKS"
-_EXTRA = {"torch": "torch", "jax": "jax", "keras": "keras", "ray": "ray", "tqdm": "progress"}
+_EXTRA = {
+    "torch": "torch",
+    "jax": "jax",
+    "keras": "keras",
+    "ray": "ray",
+    "tqdm": "progress",
+    "IPython": "progress",
+    "ipywidgets": "progress",
+}
 
 
 def missing(*frameworks: str) -> list[str]:
@@ -114,7 +122,7 @@ def need(*frameworks: str) -> None:
     absent = missing(*frameworks)
     if not absent:
         return
-    extras = ",".join(_EXTRA.get(name, name) for name in absent)
+    extras = ",".join(dict.fromkeys(_EXTRA.get(name, name) for name in absent))
     message = f"needs {' and '.join(absent)}, not installed here (pip install -e '.[{extras}]')"
     if os.environ.get(REQUIRE_FRAMEWORKS) == "1":
         pytest.fail(f"{message}; {REQUIRE_FRAMEWORKS}=1 requires every framework", pytrace=False)

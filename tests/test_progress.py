@@ -85,6 +85,7 @@ def _in_kernel(setup: str, run: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_a_notebook_without_ipywidgets_gets_the_text_bar_without_tqdm_s_warning():
+    need("IPython")
     # tqdm.auto warned "IProgress not found" and drew text: the progress extra alone brought no widget.
     run = "assert list(pf.from_iterable(range(5)) | pf.progress()) == list(range(5))"
     result = _in_kernel('sys.modules["ipywidgets"] = None  # not installed', run)
@@ -94,7 +95,7 @@ def test_a_notebook_without_ipywidgets_gets_the_text_bar_without_tqdm_s_warning(
 
 
 def test_a_notebook_with_ipywidgets_gets_the_widget():
-    pytest.importorskip("ipywidgets")
+    need("IPython", "ipywidgets")
     result = _in_kernel("", "")
     assert result.returncode == 0, result.stderr
     assert "tqdm.notebook" in result.stdout.split()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import gc
+import importlib.util
 import itertools
 import time
 from collections.abc import Iterator
@@ -256,14 +257,28 @@ def test_a_consumer_that_waits_little_on_background_is_where_the_time_goes() -> 
     assert "* background(" not in text
 
 
-def test_stats_show_as_a_table_in_notebooks_and_ipython() -> None:
-    from IPython.lib.pretty import pretty
+class _Printer:
+    """What IPython hands ``_repr_pretty_`` (IPython.lib.pretty.PrettyPrinter), as far as it is used."""
 
+    def __init__(self) -> None:
+        self.parts: list[str] = []
+
+    def text(self, part: str) -> None:
+        self.parts.append(part)
+
+
+def test_stats_show_as_a_table_in_notebooks_and_ipython() -> None:
     s = pf.from_iterable(range(50)) | pf.map(plus_one) | pf.map(slow)
     it = s.iterate(seed=0)
     list(it)
     stats = it.stats()
-    assert pretty(stats) == str(stats)  # not the raw dict
+    printer = _Printer()
+    stats._repr_pretty_(printer, False)
+    assert "".join(printer.parts) == str(stats)  # not the raw dict
+    if importlib.util.find_spec("IPython") is not None:  # (the progress extra brings it)
+        from IPython.lib.pretty import pretty
+
+        assert pretty(stats) == str(stats)
     html = stats._repr_html_()
     assert html.count("<table>") == 1 and "<th>own time</th>" in html
     assert "<td>map(slow)</td>" in html.replace("<td>* ", "<td>") and "where the time goes: map(slow)" in html
