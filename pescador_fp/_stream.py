@@ -74,14 +74,23 @@ _NOT_INDEXABLE = (
 )
 
 
+class _Missing(AttributeError, TypeError):
+    """What a refused special method raises: a ``TypeError`` for ``next(s)``, and an ``AttributeError``
+    for ``hasattr(s, "__next__")`` (tqdm.auto, inspect.getmembers), which must say False, not raise."""
+
+
 class _Refused:
-    """A special method that a Stream does not have, which says what to do instead (``next(s)``)."""
+    """A special method that a Stream does not have, which says what to do instead (``next(s)``).
+
+    It sits in the class (the only place ``next()`` looks), so ``isinstance(s, collections.abc.Iterator)``
+    is True; every use of it raises.
+    """
 
     def __init__(self, message: str) -> None:
         self.message = message
 
     def __get__(self, instance: object, owner: object = None) -> Any:
-        raise TypeError(self.message)
+        raise _Missing(self.message)
 
 
 _AFTER_PIPE = "an operator such as pf.map(f), pf.batch(32) or pf.shuffle(1000) (or operators composed with |)"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import pickle
 import re
 
@@ -404,3 +405,13 @@ def test_adding_streams_names_chain_and_the_multiplexers():
         a + b | pf.map(abs)
     assert _no_internal_class(str(caught.value))
     assert list(pf.chain([a, b])) == [1, 2]
+
+
+def test_a_stream_has_no_next_for_libraries_that_ask():
+    # tqdm.auto and inspect.getmembers ask with hasattr/getattr, which must say "no", not raise.
+    tqdm_auto = pytest.importorskip("tqdm.auto")
+    s = pf.from_iterable(range(3)) | pf.map(abs)
+    assert not hasattr(s, "__next__")
+    assert getattr(s, "__next__", None) is None
+    assert list(tqdm_auto.tqdm(s, disable=True)) == [0, 1, 2]
+    assert "__next__" not in dict(inspect.getmembers(s))
