@@ -93,6 +93,11 @@ class _Refused:
         raise _Missing(self.message)
 
 
+_NO_ADDITION = (
+    "streams do not add up with + (nor with sum): pf.chain([a, b]) gives a's items then b's; "
+    "pf.round_robin([a, b]), pf.shuffled_mux([a, b]) or pf.mux([a, b], ...) interleave them"
+)
+
 _AFTER_PIPE = "an operator such as pf.map(f), pf.batch(32) or pf.shuffle(1000) (or operators composed with |)"
 
 
@@ -243,17 +248,26 @@ class Stream(Generic[T]):
 
     def __add__(self, other: object) -> Any:
         if isinstance(other, Stream):
-            raise TypeError(
-                "streams do not add up with +: pf.chain([a, b]) gives a's items then b's; "
-                "pf.round_robin([a, b]), pf.shuffled_mux([a, b]) or pf.mux([a, b], ...) interleave them"
-            )
+            raise TypeError(_NO_ADDITION)
         return NotImplemented
+
+    def __radd__(self, other: object) -> Any:
+        raise TypeError(_NO_ADDITION)  # sum(streams) starts with 0 + a
+
+    def __mul__(self, other: object) -> Any:
+        raise TypeError(
+            "a Stream does not repeat with *: s | pf.cycle(n) runs it n times (pf.cycle() for ever)"
+        )
+
+    __rmul__ = __mul__
 
     if not TYPE_CHECKING:  # (mypy would take every attribute of a Stream for one that exists)
 
         def __getattr__(self, name: str) -> Any:
             # Only for names that are not found. Method chains as in other libraries (s.shuffle(100)):
             # say how pescador_fp applies operators; never the internal class's name.
+            if name == "__next__":  # s.__next__ (next(s) reads the class's own)
+                raise _Missing(_NOT_AN_ITERATOR)
             if not name.startswith("_"):
                 import pescador_fp
 
@@ -567,6 +581,8 @@ class Operator(Generic[T, U]):
     def __or__(self, other: object) -> Any:
         if isinstance(other, Operator):
             return Composed((*_parts(self), *_parts(other)))
+        if isinstance(other, Stream):
+            raise TypeError(f"an operator goes on the right of |: write s | {self!r}, not {self!r} | s")
         return NotImplemented
 
     def __iter__(self) -> Iterator[Any]:

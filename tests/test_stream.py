@@ -415,3 +415,20 @@ def test_a_stream_has_no_next_for_libraries_that_ask():
     assert getattr(s, "__next__", None) is None
     assert list(tqdm_auto.tqdm(s, disable=True)) == [0, 1, 2]
     assert "__next__" not in dict(inspect.getmembers(s))
+
+
+def test_operator_first_sums_and_products_say_what_to_write():
+    s = pf.from_iterable(range(3)) | pf.map(abs)
+    with pytest.raises(TypeError, match=r"write s \| batch\(3\), not batch\(3\) \| s") as caught:
+        pf.batch(3) | s
+    assert _no_internal_class(str(caught.value))
+    for made in (lambda: sum([s, s]), lambda: 0 + s, lambda: [1] + s):  # noqa: RUF005
+        with pytest.raises(TypeError, match=r"pf\.chain\(\[a, b\]\)") as caught:
+            made()
+        assert _no_internal_class(str(caught.value))
+    for made in (lambda: s * 2, lambda: 2 * s):
+        with pytest.raises(TypeError, match=r"s \| pf\.cycle\(n\)") as caught:
+            made()
+        assert _no_internal_class(str(caught.value))
+    with pytest.raises(TypeError, match=r"iter\(s\)"):
+        s.__next__  # noqa: B018
