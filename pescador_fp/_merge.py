@@ -277,6 +277,8 @@ class _Pooling:
         item = self.channel.next_item()
         if type(item) is Leftover:
             self.rest = item.samples
+            if isinstance(self.channel, Channel):  # (stats) not an item of the pass
+                self.channel.counts.items -= 1
             item = self.channel.next_item()  # its end
         if item is NOTHING:
             self.ended = True

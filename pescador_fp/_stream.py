@@ -77,15 +77,29 @@ _NOT_INDEXABLE = (
 )
 
 
+class _Missing(AttributeError, TypeError):
+    """What a refused special method raises: a ``TypeError`` for ``next(s)``, and an ``AttributeError``
+    for ``hasattr(s, "__next__")`` (tqdm.auto, inspect.getmembers), which must say False, not raise."""
+
+
 class _Refused:
-    """A special method that a Stream does not have, which says what to do instead (``next(s)``)."""
+    """A special method that a Stream does not have, which says what to do instead (``next(s)``).
+
+    It sits in the class (the only place ``next()`` looks), so ``isinstance(s, collections.abc.Iterator)``
+    is True; every use of it raises.
+    """
 
     def __init__(self, message: str) -> None:
         self.message = message
 
     def __get__(self, instance: object, owner: object = None) -> Any:
-        raise TypeError(self.message)
+        raise _Missing(self.message)
 
+
+_NO_ADDITION = (
+    "streams do not add up with + (nor with sum): pf.chain([a, b]) gives a's items then b's; "
+    "pf.round_robin([a, b]), pf.shuffled_mux([a, b]) or pf.mux([a, b], ...) interleave them"
+)
 
 _AFTER_PIPE = "an operator such as pf.map(f), pf.batch(32) or pf.shuffle(1000) (or operators composed with |)"
 
@@ -237,17 +251,26 @@ class Stream(Generic[T]):
 
     def __add__(self, other: object) -> Any:
         if isinstance(other, Stream):
-            raise TypeError(
-                "streams do not add up with +: pf.chain([a, b]) gives a's items then b's; "
-                "pf.round_robin([a, b]), pf.shuffled_mux([a, b]) or pf.mux([a, b], ...) interleave them"
-            )
+            raise TypeError(_NO_ADDITION)
         return NotImplemented
+
+    def __radd__(self, other: object) -> Any:
+        raise TypeError(_NO_ADDITION)  # sum(streams) starts with 0 + a
+
+    def __mul__(self, other: object) -> Any:
+        raise TypeError(
+            "a Stream does not repeat with *: s | pf.cycle(n) runs it n times (pf.cycle() for ever)"
+        )
+
+    __rmul__ = __mul__
 
     if not TYPE_CHECKING:  # (mypy would take every attribute of a Stream for one that exists)
 
         def __getattr__(self, name: str) -> Any:
             # Only for names that are not found. Method chains as in other libraries (s.shuffle(100)):
             # say how pescador_fp applies operators; never the internal class's name.
+            if name == "__next__":  # s.__next__ (next(s) reads the class's own)
+                raise _Missing(_NOT_AN_ITERATOR)
             if name in OPERATOR_NAMES:
                 raise AttributeError(
                     f"a Stream has no method {name}(): operators are applied with |, as in s | pf.{name}(...)"
@@ -451,6 +474,8 @@ class Operator(Generic[T, U]):
     def __or__(self, other: object) -> Any:
         if isinstance(other, Operator):
             return Composed((*_parts(self), *_parts(other)))
+        if isinstance(other, Stream):
+            raise TypeError(f"an operator goes on the right of |: write s | {self!r}, not {self!r} | s")
         return NotImplemented
 
     def __iter__(self) -> Iterator[Any]:

@@ -462,3 +462,17 @@ def test_a_slow_inputs_first_result_comes_before_a_run_of_it_is_read(is_async):
     read_at_first = len(read)
     assert list(it) == [i * 10 for i in range(1, 3 * WINDOW)]
     assert read_at_first < WINDOW
+
+
+def test_stop_iteration_from_iter_of_a_mapcat_result_names_mapcat_as_without_concurrency():
+    # It came out as Python's bare "generator raised StopIteration", naming neither mapcat nor fn.
+    class IterStops:
+        def __iter__(self):
+            raise StopIteration("from __iter__")
+
+    def outputs(i):
+        return [i] if i < 2 else IterStops()
+
+    with pytest.raises(RuntimeError, match=r"mapcat\(outputs.*outputs raised StopIteration") as caught:
+        list(range(5) | pf.mapcat(outputs, concurrency=2))
+    assert caught.value.__cause__.args == ("from __iter__",)

@@ -99,3 +99,11 @@ def test_a_notebook_with_ipywidgets_gets_the_widget():
     result = _in_kernel("", "")
     assert result.returncode == 0, result.stderr
     assert "tqdm.notebook" in result.stdout.split()
+
+
+def test_the_progress_extra_brings_what_the_notebook_widget_needs():
+    # The docs say `pip install "pescador_fp[progress]"` brings tqdm and ipywidgets; the extra had tqdm only.
+    tomllib = pytest.importorskip("tomllib")
+    with open(os.path.join(os.path.dirname(__file__), "..", "pyproject.toml"), "rb") as file:
+        extra = tomllib.load(file)["project"]["optional-dependencies"]["progress"]
+    assert {requirement.split(">")[0].split("=")[0] for requirement in extra} == {"tqdm", "ipywidgets"}

@@ -350,3 +350,11 @@ def test_counting_can_be_switched_off_for_benchmarks(flag: bool, monkeypatch: py
     assert len(list(it)) == 25
     stats = it.stats()
     assert bool(stats["stages"]) == bool(stats["sources"]) == flag
+
+
+def test_worker_items_do_not_count_the_rows_left_over_for_the_consumer():
+    # Each worker's 5 rows give one batch of 4; the row left over goes to the consumer, not as an item.
+    s = pf.from_arrays(np.arange(10)) | pf.batch(4) | pf.background(workers=2)
+    it = s.iterate()
+    assert len(list(it)) == 2
+    assert [w["items"] for w in it.stats()["workers"]] == [1, 1]

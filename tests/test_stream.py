@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import pickle
 import re
 
@@ -404,3 +405,30 @@ def test_adding_streams_names_chain_and_the_multiplexers():
         a + b | pf.map(abs)
     assert _no_internal_class(str(caught.value))
     assert list(pf.chain([a, b])) == [1, 2]
+
+
+def test_a_stream_has_no_next_for_libraries_that_ask():
+    # tqdm.auto and inspect.getmembers ask with hasattr/getattr, which must say "no", not raise.
+    tqdm_auto = pytest.importorskip("tqdm.auto")
+    s = pf.from_iterable(range(3)) | pf.map(abs)
+    assert not hasattr(s, "__next__")
+    assert getattr(s, "__next__", None) is None
+    assert list(tqdm_auto.tqdm(s, disable=True)) == [0, 1, 2]
+    assert "__next__" not in dict(inspect.getmembers(s))
+
+
+def test_operator_first_sums_and_products_say_what_to_write():
+    s = pf.from_iterable(range(3)) | pf.map(abs)
+    with pytest.raises(TypeError, match=r"write s \| batch\(3\), not batch\(3\) \| s") as caught:
+        pf.batch(3) | s
+    assert _no_internal_class(str(caught.value))
+    for made in (lambda: sum([s, s]), lambda: 0 + s, lambda: [1] + s):  # noqa: RUF005
+        with pytest.raises(TypeError, match=r"pf\.chain\(\[a, b\]\)") as caught:
+            made()
+        assert _no_internal_class(str(caught.value))
+    for made in (lambda: s * 2, lambda: 2 * s):
+        with pytest.raises(TypeError, match=r"s \| pf\.cycle\(n\)") as caught:
+            made()
+        assert _no_internal_class(str(caught.value))
+    with pytest.raises(TypeError, match=r"iter\(s\)"):
+        s.__next__  # noqa: B018

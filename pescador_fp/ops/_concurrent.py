@@ -33,11 +33,19 @@ class _Failed:
         self.error = error
 
 
-def _gathered(outputs: Iterable[Any]) -> list[Any]:
-    """(a worker) All of an item's outputs; where iterating them fails, those before and the error."""
+def _gathered(outputs: Iterable[Any], stopped: Callable[[], BaseException]) -> list[Any]:
+    """(a worker) All of an item's outputs; where iterating them fails, those before and the error.
+
+    ``stopped``: the error for a ``StopIteration`` out of the outputs' ``iter()`` (PEP 479, as
+    without concurrency; one out of their ``__next__`` is their end).
+    """
     gathered: list[Any] = []
     try:
-        gathered.extend(outputs)
+        try:
+            items = iter(outputs)
+        except StopIteration as stop:
+            raise stopped() from stop
+        gathered.extend(items)
     except BaseException as error:  # a KeyboardInterrupt too comes after the outputs before it
         gathered.append(_Failed(error))
     return gathered
@@ -144,7 +152,7 @@ class _Concurrent(Operator[Any, Any]):
             if self.flat:
                 if is_async:
                     return lambda unit: _gathered_async(call(unit))
-                return lambda unit: _gathered(call(unit))
+                return lambda unit: _gathered(call(unit), lambda: stopped_error(op, fn))
             return call
 
         if self.rng:
