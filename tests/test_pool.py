@@ -373,3 +373,22 @@ def test_a_forked_worker_dropping_inherited_arrays_returns_no_block():
     finally:
         KEPT.clear()
         first.close()
+
+
+def _sized(i: int) -> np.ndarray:
+    return np.full(2**15 * (1 + i % 40), i, np.int32)  # 40 size classes from 128 KiB to 5 MiB
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/fd"), reason="needs /proc/self/fd (Linux)")
+def test_held_arrays_keep_no_descriptor_open_per_segment():
+    # Each class's first blocks get a segment each: a descriptor kept per mapped segment would
+    # be one per held array here, and a consumer keeping arrays would meet `ulimit -n` (EMFILE).
+    before = len(os.listdir("/proc/self/fd"))
+    stream = pf.from_iterable(range(200)) | pf.map(_sized) | pf.background(workers=2, start_method="fork")
+    held = list(stream)
+    opened = len(os.listdir("/proc/self/fd")) - before
+    assert sorted(int(x[0]) for x in held) == list(range(200))
+    assert opened <= 8, f"{opened} descriptors open while 200 arrays are held"
+    assert all((x == x[0]).all() for x in held)
+    del held
+    gc.collect()
