@@ -10,6 +10,7 @@ which gives back the order of the undivided stream.
 from __future__ import annotations
 
 import collections
+import errno
 import functools
 import os
 import time
@@ -410,12 +411,21 @@ class Channel:
         if shared.get("warned"):
             return
         shared["warned"] = True
+        short = "shared memory is short"
+        fix = (
+            "To give a container more shared memory: docker run --shm-size=2g (or a larger /dev/shm: "
+            "Kubernetes, an emptyDir volume with medium: Memory, mounted at /dev/shm)"
+        )
+        if any(os.strerror(code) in why for code in (errno.EMFILE, errno.ENFILE)):
+            short = "the worker may open no more files (each segment of its pool takes a descriptor)"
+            fix = (
+                "Raise the limit before the pass starts (ulimit -n, or resource.setrlimit("
+                "resource.RLIMIT_NOFILE, ...)), or hold fewer arrays"
+            )
         warnings.warn(
-            f"background worker {self.index}: {why}; shared memory is short, so items that would be "
-            "handed over in shared memory blocks are copied through the ring instead (a copy per item "
-            "on the consumer's side) until blocks are free again. To give a container more shared "
-            "memory: docker run --shm-size=2g (or a larger /dev/shm: Kubernetes, an emptyDir volume "
-            "with medium: Memory, mounted at /dev/shm)",
+            f"background worker {self.index}: {why}; {short}, so items that would be handed over in "
+            "shared memory blocks are copied through the ring instead (a copy per item on the "
+            f"consumer's side) until blocks are free again. {fix}",
             RuntimeWarning,
             stacklevel=4,
         )

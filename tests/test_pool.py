@@ -373,3 +373,53 @@ def test_a_forked_worker_dropping_inherited_arrays_returns_no_block():
     finally:
         KEPT.clear()
         first.close()
+
+
+def _sized(i: int) -> np.ndarray:
+    return np.full(2**15 * (1 + i % 40), i, np.int32)  # 40 size classes from 128 KiB to 5 MiB
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/fd"), reason="needs /proc/self/fd (Linux)")
+def test_held_arrays_keep_no_descriptor_open_per_segment():
+    # Each class's first blocks get a segment each: a descriptor kept per mapped segment would
+    # be one per held array here, and a consumer keeping arrays would meet `ulimit -n` (EMFILE).
+    before = len(os.listdir("/proc/self/fd"))
+    stream = pf.from_iterable(range(200)) | pf.map(_sized) | pf.background(workers=2, start_method="fork")
+    held = list(stream)
+    opened = len(os.listdir("/proc/self/fd")) - before
+    assert sorted(int(x[0]) for x in held) == list(range(200))
+    assert opened <= 8, f"{opened} descriptors open while 200 arrays are held"
+    assert all((x == x[0]).all() for x in held)
+    del held
+    gc.collect()
+
+
+_FILES_SCRIPT = """
+import json, resource, warnings, numpy as np, pescador_fp as pf
+
+resource.setrlimit(resource.RLIMIT_NOFILE, (120, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+s = pf.from_iterable(range(400)) | pf.map(lambda i: np.full(2**15 * (1 + i % 40), i, np.int32))
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    held = list(s | pf.background(workers=1, start_method="fork"))
+ok = sorted(int(x[0]) for x in held) == list(range(400)) and all((x == x[0]).all() for x in held)
+print(json.dumps({"ok": ok, "warnings": [str(w.message) for w in caught]}))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="descriptor limits as on Linux")
+def test_a_worker_out_of_descriptors_falls_back_and_says_so():
+    # A worker keeps descriptors for its segments: out of them (EMFILE), it copies through the ring,
+    # and the warning names the descriptor limit, not /dev/shm (whose advice would not help).
+    done = subprocess.run(
+        [sys.executable, "-c", _FILES_SCRIPT],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": ROOT},
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    got = json.loads(done.stdout.splitlines()[-1])
+    assert got["ok"]
+    assert len(got["warnings"]) == 1, got["warnings"]
+    assert "ulimit -n" in got["warnings"][0] and "--shm-size" not in got["warnings"][0], got["warnings"]

@@ -19,7 +19,8 @@ This layer knows blocks, not streams or items. It has two ends:
   Its memory is reserved when it is made (``posix_fallocate``), so a short
   shared memory is an ``OSError`` the pool answers (``take`` returns ``None``:
   the caller sends the bytes another way) and never a SIGBUS.
-- :class:`Blocks` (the consumer's): maps each segment once, makes an array
+- :class:`Blocks` (the consumer's): maps each segment once (keeping no
+  descriptor open for it: held arrays of many segments cost no ``ulimit -n``), makes an array
   over a block, and when the last reference to that array goes
   (``weakref.finalize``) writes the block's number into the return queue.
 
@@ -47,6 +48,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import ctypes
 import importlib
 import mmap
 import os
@@ -370,7 +372,7 @@ class Blocks:
         self._forks = _forks
         self._sock = sock
         self.shared = shared
-        self._maps: dict[int, tuple[mmap.mmap, int]] = {}
+        self._maps: dict[int, tuple[Any, int]] = {}
         self._queue: Any = None
         self._head = 0
         self._backlog: list[int] = []
@@ -398,7 +400,7 @@ class Blocks:
         self.received += nbytes
         return holder
 
-    def _receive(self, wanted: int) -> tuple[mmap.mmap, int]:
+    def _receive(self, wanted: int) -> tuple[Any, int]:
         """Map the segments the worker has announced, up to ``wanted``."""
         self._sock.settimeout(10.0)  # it was sent before the record that names it
         while True:
@@ -407,7 +409,7 @@ class Blocks:
                 raise EOFError("a background worker's pool closed before it announced a segment")
             number, size, block = _ANNOUNCE.unpack(message)
             try:
-                mapped = mmap.mmap(fds[0], size)
+                mapped: Any = mmap.mmap(fds[0], size) if number == 0 else _map_shared(fds[0], size)
             finally:
                 os.close(fds[0])
             self._maps[number] = (mapped, block)
@@ -446,17 +448,42 @@ class Blocks:
             self._head = queue[_Q_HEAD] = head
 
 
+_libc: Any = None
+
+
+def _map_shared(fd: int, size: int) -> Any:
+    """(consumer) ``fd``'s first ``size`` bytes mapped shared and writable, as a ctypes byte array that
+    unmaps them when it goes; it keeps no descriptor (``mmap.mmap`` keeps a copy of ``fd`` open for
+    as long as it lives: one per segment that held arrays pin, and a consumer that keeps arrays of
+    many passes or sizes would run out of descriptors, ``ulimit -n``)."""
+    global _libc
+    if _libc is None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.mmap.restype = ctypes.c_void_p
+        c_int = ctypes.c_int
+        libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, c_int, c_int, c_int, ctypes.c_long]
+        libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+        _libc = libc
+    address = _libc.mmap(None, size, mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_SHARED, fd, 0)
+    if address is None or address == ctypes.c_void_p(-1).value:
+        error = ctypes.get_errno()
+        raise OSError(error, os.strerror(error))
+    mapped = (ctypes.c_ubyte * size).from_address(address)
+    weakref.finalize(mapped, _libc.munmap, address, size).atexit = False  # (arrays may outlive atexit)
+    return mapped
+
+
 # (consumer) The segments mapped in this process, by start address: (bytes, the mapping, its Blocks).
-_SEGMENTS: dict[int, tuple[int, weakref.ref[mmap.mmap], Blocks]] = {}
+_SEGMENTS: dict[int, tuple[int, weakref.ref[Any], Blocks]] = {}
 
 
-def _note_segment(mapped: mmap.mmap, size: int, blocks: Blocks) -> None:
+def _note_segment(mapped: Any, size: int, blocks: Blocks) -> None:
     start = np.frombuffer(mapped, np.uint8, 1).ctypes.data
     _SEGMENTS[start] = (size, weakref.ref(mapped), blocks)
     weakref.finalize(mapped, _SEGMENTS.pop, start, None)
 
 
-def segment_at(address: int) -> tuple[int, int, mmap.mmap, Blocks] | None:
+def segment_at(address: int) -> tuple[int, int, Any, Blocks] | None:
     """(consumer) The pool segment that holds ``address``: (start, bytes, mapping, its Blocks), or ``None``.
 
     >>> segment_at(0) is None
