@@ -39,12 +39,20 @@ from .errors import PescadorError, WorkerError
 __all__ = ["MARK", "RECENT_PICKS", "Channel", "Leftovers", "Reader", "Tally", "merge", "merge_groups"]
 
 
-def _raise_remote(metadata: memoryview, index: int) -> None:
-    error, text = load_error(metadata)
+def _remote_error(metadata: bytes, index: int) -> BaseException:
+    """The exception of a worker's error record, its traceback text as its cause.
+
+    Takes a copy of the record, not a view of the ring: the error's traceback
+    keeps the frames it was raised through alive (with the library's frames
+    kept, or a ``SystemExit`` or ``KeyboardInterrupt``, whose frames are never
+    trimmed), and a view there would keep the ring's memory mapped and its
+    descriptor open after the pass closed it.
+    """
+    error, text = load_error(memoryview(metadata))
     if error is None:
-        raise WorkerError(f"background worker {index} raised an error that cannot be sent back: {text}")
+        return WorkerError(f"background worker {index} raised an error that cannot be sent back: {text}")
     error.__cause__ = RemoteTraceback(f"\n\nraised in background worker {index}:\n\n{text}")
-    raise error
+    return error
 
 
 class Tally:
@@ -392,7 +400,9 @@ class Channel:
                 counts.ended = time.perf_counter()
                 return NOTHING
             if kind == RECORD_ERROR:
-                _raise_remote(metadata, self.index)
+                copied = bytes(metadata)
+                del record, metadata, buffers  # no view of the ring in this frame, which the error keeps
+                raise _remote_error(copied, self.index)
             elif kind == RECORD_SHORT:
                 self._warn_short(bytes(metadata).decode())
                 ring.release()

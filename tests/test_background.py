@@ -609,3 +609,40 @@ def test_runs_of_small_arrays_keep_their_layouts(copy):
         assert same(x, want)
         got += 1
     assert got == len(expected)
+
+
+def ends_after_three(error):
+    yield from range(3)
+    raise error
+
+
+def raise_at_three(x, error):
+    if x == 3:
+        raise error
+    return x
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="descriptors are counted through /proc")
+@pytest.mark.parametrize(("error", "full_traceback"), [(SystemExit(3), ""), (ValueError("bad"), "1")])
+def test_a_workers_error_leaves_no_descriptor_open_until_the_garbage_collector_runs(
+    monkeypatch, error, full_traceback
+):
+    # A worker's SystemExit (never trimmed, as no BaseException is), or any error with the library's
+    # frames kept: the frames that the error's traceback keeps must hold no view of the ring, which
+    # would keep it mapped, and its descriptor open, until the garbage collector breaks the cycle.
+    monkeypatch.setenv("PESCADOR_FP_FULL_TRACEBACK", full_traceback)
+    for s in [
+        pf.from_arrays(np.arange(4)) | pf.map(lambda x: raise_at_three(x, error)),
+        pf.stream(ends_after_three, error) | pf.map(lambda i: i),
+    ]:
+        s = s | pf.background(workers=2, start_method="fork")
+        s.head(1)  # anything made once per process
+        held = fd_count()
+        gc.disable()
+        try:
+            with pytest.raises(type(error)):
+                list(s)
+            assert wait_for_no_children() == []
+            assert fd_count() == held
+        finally:
+            gc.enable()
