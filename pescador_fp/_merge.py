@@ -29,7 +29,7 @@ from ._ipc.ring import (
     RECORD_SHORT,
     Ring,
 )
-from ._ipc.workers import Workers, stack_of
+from ._ipc.workers import Workers, out_of_descriptors, stack_of
 from ._sampling import Picker
 from ._stats import ChannelCounts
 from ._stream import NOTHING
@@ -389,7 +389,14 @@ class Channel:
             kind, metadata, buffers = record
             if kind in _ITEMS:
                 counts.items += 1
-                return self.decoder.read(ring, kind, metadata, buffers)
+                try:
+                    return self.decoder.read(ring, kind, metadata, buffers)
+                except OSError as error:  # mapping a block's segment takes a descriptor
+                    short = out_of_descriptors(error)
+                    if short is None:
+                        raise
+                del record, metadata, buffers  # (as for an error record, below)
+                raise short from None
             if kind == RECORD_MARK:  # with the marks right after it, taken at once
                 count, stride, _, _ = ring.run_after(_MARKS_AT_ONCE)
                 ring.release_run(count, stride)

@@ -388,6 +388,48 @@ def test_running_out_of_descriptors_says_so_and_leaks_none():
     assert result.stdout.strip() == "['descriptors', 'items'] 0 []", result.stdout + result.stderr[-5000:]
 
 
+@pytest.mark.timeout(300)
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="descriptors are counted through /proc")
+def test_running_out_of_descriptors_while_arrays_arrive_in_shared_memory_blocks_says_so():
+    # Each new segment of a worker's pool reaches the consumer as a descriptor (1 MiB arrays, four
+    # workers): the consumer with no room for one is the same WorkerError, never a raw OSError.
+    result = run_script(
+        """
+        import collections, multiprocessing, os, resource, time, warnings
+        import numpy as np
+        import pescador_fp as pf
+
+        if __name__ == "__main__":
+            warnings.simplefilter("ignore")  # the workers at the same limit: their pools copy instead
+            s = pf.from_iterable(range(12)) | pf.map(lambda i: np.full(2**17, i)) | pf.background(workers=4)
+            list(s)
+            held = len(os.listdir("/proc/self/fd"))
+            soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+            outcomes = collections.Counter()
+            for extra in range(0, 100, 3):
+                resource.setrlimit(resource.RLIMIT_NOFILE, (held + extra, hard))
+                try:
+                    outcome = "items" if [int(x[0]) for x in s] == list(range(12)) else "wrong items"
+                except pf.WorkerError as error:
+                    text = str(error)
+                    outcome = "descriptors" if "file descriptors" in text and "ulimit -n" in text else text
+                except Exception as error:
+                    outcome = repr(error)
+                finally:
+                    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+                outcomes[outcome] += 1
+            end = time.monotonic() + 5
+            while multiprocessing.active_children() and time.monotonic() < end:
+                time.sleep(0.05)
+            left = len(os.listdir("/proc/self/fd")) - held
+            print(sorted(outcomes), left, multiprocessing.active_children())
+        """,
+        timeout=280,
+    )
+    assert result.returncode == 0, result.stderr[-5000:]
+    assert result.stdout.strip() == "['descriptors', 'items'] 0 []", result.stdout + result.stderr[-5000:]
+
+
 def test_a_slow_consumer_keeps_the_worker_within_the_ring(tmp_path):
     log = tmp_path / "produced"
 
