@@ -10,6 +10,7 @@ which gives back the order of the undivided stream.
 from __future__ import annotations
 
 import collections
+import errno
 import functools
 import os
 import time
@@ -425,6 +426,16 @@ class Channel:
         if shared.get("warned"):
             return
         shared["warned"] = True
+        if os.strerror(errno.EMFILE) in why:  # (ENFILE's says "Too many open files in system")
+            warnings.warn(
+                f"background worker {self.index}: {why}; it has run out of file descriptors, so items "
+                "that would be handed over in shared memory blocks are copied through the ring instead "
+                "(a copy per item on the consumer's side): raise the limit (`ulimit -n 65536` in the "
+                "shell that starts Python, or resource.setrlimit(resource.RLIMIT_NOFILE, ...))",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+            return
         warnings.warn(
             f"background worker {self.index}: {why}; shared memory is short, so items that would be "
             "handed over in shared memory blocks are copied through the ring instead (a copy per item "

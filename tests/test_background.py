@@ -653,6 +653,50 @@ def test_runs_of_small_arrays_keep_their_layouts(copy):
     assert got == len(expected)
 
 
+@pytest.mark.timeout(300)
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="descriptors are counted through /proc")
+def test_a_worker_out_of_descriptors_for_its_pool_says_descriptors_not_shared_memory():
+    # Workers forked at the consumer's limit cannot open a segment for their pools: they copy
+    # through the ring, and the warning must name descriptors and `ulimit -n`, not /dev/shm's size.
+    result = run_script(
+        """
+        import os, resource, warnings
+        import numpy as np
+        import pescador_fp as pf
+
+        if __name__ == "__main__":
+            def numbers():
+                yield from range(12)
+
+            # (fed, with a timeout: the stack pipes leave a worker just short of the pool's segment)
+            s = pf.stream(numbers) | pf.map(lambda i: np.full(2**17, i))
+            s = s | pf.background(workers=4, start_method="fork", timeout=20)
+            list(s)
+            held = len(os.listdir("/proc/self/fd"))
+            soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+            said = set()
+            for extra in range(100):
+                resource.setrlimit(resource.RLIMIT_NOFILE, (held + extra, hard))
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    try:
+                        list(s)
+                    except pf.WorkerError:
+                        pass
+                    finally:
+                        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+                for warning in caught:
+                    text = str(warning.message)
+                    if "open files" in text:
+                        said.add("ulimit -n" in text and "shm-size" not in text)
+            print(sorted(said))
+        """,
+        timeout=280,
+    )
+    assert result.returncode == 0, result.stderr[-5000:]
+    assert result.stdout.strip() == "[True]", result.stdout + result.stderr[-5000:]
+
+
 def ends_after_three(error):
     yield from range(3)
     raise error
