@@ -335,7 +335,8 @@ class Channel:
             raise self.stalled(self.timeout)
         feeder = self.feeder
         if feeder is not None and not self.workers.alive(feeder) and not self.workers.finished(feeder):
-            raise _renamed(self.workers.failure(feeder), feeder, "the feeder")
+            # (items have come through this worker: the feeder had started)
+            raise _renamed(self.workers.failure(feeder, self.counts.items > 0), feeder, "the feeder")
         return self.workers.alive(self.index)
 
     def stalled(self, timeout: float) -> WorkerError:
@@ -386,7 +387,7 @@ class Channel:
                     f"cannot grow: {error.strerror or error}"
                 ) from error
             if record is None:
-                raise self.workers.failure(self.index)
+                raise self.workers.failure(self.index, self.started)
             kind, metadata, buffers = record
             if kind in _ITEMS:
                 counts.items += 1
