@@ -335,8 +335,7 @@ class Channel:
             raise self.stalled(self.timeout)
         feeder = self.feeder
         if feeder is not None and not self.workers.alive(feeder) and not self.workers.finished(feeder):
-            # (items have come through this worker: the feeder had started)
-            raise _renamed(self.workers.failure(feeder, self.counts.items > 0), feeder, "the feeder")
+            raise _renamed(self.workers.failure(feeder), feeder, "the feeder")
         return self.workers.alive(self.index)
 
     def stalled(self, timeout: float) -> WorkerError:
