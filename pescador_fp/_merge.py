@@ -30,7 +30,7 @@ from ._ipc.ring import (
     RECORD_SHORT,
     Ring,
 )
-from ._ipc.workers import Workers, stack_of
+from ._ipc.workers import Workers, out_of_descriptors, stack_of
 from ._sampling import Picker
 from ._stats import ChannelCounts
 from ._stream import NOTHING
@@ -40,12 +40,20 @@ from .errors import PescadorError, WorkerError
 __all__ = ["MARK", "RECENT_PICKS", "Channel", "Leftovers", "Reader", "Tally", "merge", "merge_groups"]
 
 
-def _raise_remote(metadata: memoryview, index: int) -> None:
-    error, text = load_error(metadata)
+def _remote_error(metadata: bytes, index: int) -> BaseException:
+    """The exception of a worker's error record, its traceback text as its cause.
+
+    Takes a copy of the record, not a view of the ring: the error's traceback
+    keeps the frames it was raised through alive (with the library's frames
+    kept, or a ``SystemExit`` or ``KeyboardInterrupt``, whose frames are never
+    trimmed), and a view there would keep the ring's memory mapped and its
+    descriptor open after the pass closed it.
+    """
+    error, text = load_error(memoryview(metadata))
     if error is None:
-        raise WorkerError(f"background worker {index} raised an error that cannot be sent back: {text}")
+        return WorkerError(f"background worker {index} raised an error that cannot be sent back: {text}")
     error.__cause__ = RemoteTraceback(f"\n\nraised in background worker {index}:\n\n{text}")
-    raise error
+    return error
 
 
 class Tally:
@@ -380,11 +388,18 @@ class Channel:
                     f"cannot grow: {error.strerror or error}"
                 ) from error
             if record is None:
-                raise self.workers.failure(self.index)
+                raise self.workers.failure(self.index, self.started)
             kind, metadata, buffers = record
             if kind in _ITEMS:
                 counts.items += 1
-                return self.decoder.read(ring, kind, metadata, buffers)
+                try:
+                    return self.decoder.read(ring, kind, metadata, buffers)
+                except OSError as error:  # mapping a block's segment takes a descriptor
+                    short = out_of_descriptors(error)
+                    if short is None:
+                        raise
+                del record, metadata, buffers  # (as for an error record, below)
+                raise short from None
             if kind == RECORD_MARK:  # with the marks right after it, taken at once
                 count, stride, _, _ = ring.run_after(_MARKS_AT_ONCE)
                 ring.release_run(count, stride)
@@ -395,7 +410,9 @@ class Channel:
                 counts.ended = time.perf_counter()
                 return NOTHING
             if kind == RECORD_ERROR:
-                _raise_remote(metadata, self.index)
+                copied = bytes(metadata)
+                del record, metadata, buffers  # no view of the ring in this frame, which the error keeps
+                raise _remote_error(copied, self.index)
             elif kind == RECORD_SHORT:
                 self._warn_short(bytes(metadata).decode())
                 ring.release()

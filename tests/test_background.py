@@ -388,6 +388,48 @@ def test_running_out_of_descriptors_says_so_and_leaks_none():
     assert result.stdout.strip() == "['descriptors', 'items'] 0 []", result.stdout + result.stderr[-5000:]
 
 
+@pytest.mark.timeout(300)
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="descriptors are counted through /proc")
+def test_running_out_of_descriptors_while_arrays_arrive_in_shared_memory_blocks_says_so():
+    # Each new segment of a worker's pool reaches the consumer as a descriptor (1 MiB arrays, four
+    # workers): the consumer with no room for one is the same WorkerError, never a raw OSError.
+    result = run_script(
+        """
+        import collections, multiprocessing, os, resource, time, warnings
+        import numpy as np
+        import pescador_fp as pf
+
+        if __name__ == "__main__":
+            warnings.simplefilter("ignore")  # the workers at the same limit: their pools copy instead
+            s = pf.from_iterable(range(12)) | pf.map(lambda i: np.full(2**17, i)) | pf.background(workers=4)
+            list(s)
+            held = len(os.listdir("/proc/self/fd"))
+            soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+            outcomes = collections.Counter()
+            for extra in range(0, 100, 3):
+                resource.setrlimit(resource.RLIMIT_NOFILE, (held + extra, hard))
+                try:
+                    outcome = "items" if [int(x[0]) for x in s] == list(range(12)) else "wrong items"
+                except pf.WorkerError as error:
+                    text = str(error)
+                    outcome = "descriptors" if "file descriptors" in text and "ulimit -n" in text else text
+                except Exception as error:
+                    outcome = repr(error)
+                finally:
+                    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+                outcomes[outcome] += 1
+            end = time.monotonic() + 5
+            while multiprocessing.active_children() and time.monotonic() < end:
+                time.sleep(0.05)
+            left = len(os.listdir("/proc/self/fd")) - held
+            print(sorted(outcomes), left, multiprocessing.active_children())
+        """,
+        timeout=280,
+    )
+    assert result.returncode == 0, result.stderr[-5000:]
+    assert result.stdout.strip() == "['descriptors', 'items'] 0 []", result.stdout + result.stderr[-5000:]
+
+
 def test_a_slow_consumer_keeps_the_worker_within_the_ring(tmp_path):
     log = tmp_path / "produced"
 
@@ -629,3 +671,48 @@ def test_forked_workers_inherit_a_recipes_large_arrays_instead_of_their_pickled_
     next(it)
     it.close()  # an early end forgets them too
     assert not codec._INHERITED
+
+
+def test_user_code_that_exits_with_the_status_of_running_out_of_descriptors_is_not_taken_for_it():
+    # 71 is what a worker that could not attach its rings exits with; the user's code may exit with it too.
+    s = pf.from_iterable(range(20)) | pf.map(lambda i: os._exit(71) if i == 5 else i)
+    with pytest.raises(pf.WorkerError, match="exited with code 71") as caught:
+        list(s | pf.background(workers=2))
+    assert "descriptors" not in str(caught.value)
+
+
+def ends_after_three(error):
+    yield from range(3)
+    raise error
+
+
+def raise_at_three(x, error):
+    if x == 3:
+        raise error
+    return x
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="descriptors are counted through /proc")
+@pytest.mark.parametrize(("error", "full_traceback"), [(SystemExit(3), ""), (ValueError("bad"), "1")])
+def test_a_workers_error_leaves_no_descriptor_open_until_the_garbage_collector_runs(
+    monkeypatch, error, full_traceback
+):
+    # A worker's SystemExit (never trimmed, as no BaseException is), or any error with the library's
+    # frames kept: the frames that the error's traceback keeps must hold no view of the ring, which
+    # would keep it mapped, and its descriptor open, until the garbage collector breaks the cycle.
+    monkeypatch.setenv("PESCADOR_FP_FULL_TRACEBACK", full_traceback)
+    for s in [
+        pf.from_arrays(np.arange(4)) | pf.map(lambda x: raise_at_three(x, error)),
+        pf.stream(ends_after_three, error) | pf.map(lambda i: i),
+    ]:
+        s = s | pf.background(workers=2, start_method="fork")
+        s.head(1)  # anything made once per process
+        held = fd_count()
+        gc.disable()
+        try:
+            with pytest.raises(type(error)):
+                list(s)
+            assert wait_for_no_children() == []
+            assert fd_count() == held
+        finally:
+            gc.enable()

@@ -49,6 +49,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import ctypes
+import errno
 import importlib
 import mmap
 import os
@@ -404,7 +405,10 @@ class Blocks:
         """Map the segments the worker has announced, up to ``wanted``."""
         self._sock.settimeout(10.0)  # it was sent before the record that names it
         while True:
-            message, fds, _, _ = socket.recv_fds(self._sock, _ANNOUNCE.size, 1)
+            message, fds, flags, _ = socket.recv_fds(self._sock, _ANNOUNCE.size, 1)
+            if message and not fds and flags & socket.MSG_CTRUNC:
+                # The kernel drops a descriptor that this process has no room for, and says so here.
+                raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
             if len(message) < _ANNOUNCE.size or not fds:
                 raise EOFError("a background worker's pool closed before it announced a segment")
             number, size, block = _ANNOUNCE.unpack(message)

@@ -488,11 +488,15 @@ class Workers:
                     self.done.add(index)
         return index in self.done
 
-    def failure(self, index: int) -> WorkerError:
-        """The error that says how worker ``index`` ended without finishing its stream."""
+    def failure(self, index: int, started: bool = False) -> WorkerError:
+        """The error that says how worker ``index`` ended without finishing its stream.
+
+        ``started``: it is known to have got past attaching its rings, so an exit status that says
+        that descriptors ran out there is the user's code's own (``os._exit(71)``).
+        """
         process = self.processes[index]
         process.join(_KILL_TIMEOUT_S)
-        if process.exitcode == _NO_DESCRIPTORS_EXIT_CODE:
+        if process.exitcode == _NO_DESCRIPTORS_EXIT_CODE and not started:
             return WorkerError(
                 f"background worker {index} (pid {process.pid}) could not start: it ran out of file "
                 f"descriptors (EMFILE, exit code {process.exitcode}; {_descriptor_limit()} at most in a "
