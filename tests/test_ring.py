@@ -333,7 +333,8 @@ def test_a_consumer_killed_while_a_ring_grows_leaves_nothing(transport):
         if __name__ == "__main__":
             sizes = [1, 400, 1]  # MiB: the second needs an 800 MiB ring
             s = pf.from_iterable(sizes) | pf.map(lambda m: np.ones(m << 20, np.uint8))
-            it = iter(s | pf.background(ring_bytes=2**21))
+            # copy=True: items through the ring (by default a 400 MiB array goes in a pool block)
+            it = iter(s | pf.background(ring_bytes=2**21, copy=True))
             next(it)
             print(os.getpid(), *[p.pid for p in multiprocessing.active_children()], flush=True)
             threading.Thread(target=kill_while_growing, args=(segments(),), daemon=True).start()
