@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 from ._resume import digest, resumed_context, state_of
 from ._seed import SeedContext
 from ._stats import Stats, stats_of
-from ._stream import Applied, Stream, _run, install_pass, user_frames
+from ._stream import Applied, Stream, _run, hide_library_frames, install_pass
 
 __all__ = ["Pass", "Run", "open_pass"]
 
@@ -74,7 +74,7 @@ class Pass(Iterator[T]):
             item = next(self._items)
         except Exception as error:  # free until it catches (zero-cost try)
             if not isinstance(error, StopIteration):
-                error.__traceback__ = user_frames(error.__traceback__)
+                hide_library_frames(error)
             raise
         self.taken += 1
         return item

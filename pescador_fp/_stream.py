@@ -15,6 +15,7 @@ import itertools
 import numbers
 import os
 import reprlib
+import sys
 import types
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -234,7 +235,7 @@ class Stream(Generic[T]):
             # Copied: a zero-copy background's views are valid only until its next item.
             return [_owned(item) for item in itertools.islice(items, int(n))]
         except Exception as error:
-            error.__traceback__ = user_frames(error.__traceback__)
+            hide_library_frames(error)
             raise
         finally:
             items.close()
@@ -349,7 +350,7 @@ def user_frames(tb: types.TracebackType | None) -> types.TracebackType | None:
     >>> try:
     ...     next(iter(pf.from_iterable([0]) | pf.map(lambda x: 1 // x)))
     ... except ZeroDivisionError as error:
-    ...     frames = traceback.extract_tb(error.__traceback__)
+    ...     frames = traceback.extract_tb(user_frames(error.__traceback__))
     >>> [frame.name for frame in frames][-1]
     '<lambda>'
     >>> any(frame.filename.startswith(_PACKAGE) for frame in frames)
@@ -366,6 +367,25 @@ def user_frames(tb: types.TracebackType | None) -> types.TracebackType | None:
     for entry in reversed(kept):
         trimmed = types.TracebackType(trimmed, entry.tb_frame, entry.tb_lasti, entry.tb_lineno)
     return trimmed
+
+
+def hide_library_frames(error: BaseException) -> None:
+    """Trim the library's frames from ``error``, caught in this frame, before a bare ``raise``.
+
+    Python 3.11 and newer re-raise ``error.__traceback__``, which then holds
+    only :func:`user_frames`. Python 3.10 re-raises the traceback it caught,
+    whose head is the catching frame itself: that one frame (marked
+    ``__tracebackhide__``, which IPython and pytest hide) stays, and the
+    library's frames after it go.
+    """
+    tb = error.__traceback__
+    trimmed = user_frames(tb)
+    if trimmed is tb:
+        return
+    if sys.version_info >= (3, 11) or tb is None:
+        error.__traceback__ = trimmed
+    else:
+        tb.tb_next = trimmed
 
 
 def drop(items: Iterator[T], n: int) -> Iterator[T]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import sys
 import traceback
 
 import pytest
@@ -28,7 +29,18 @@ def _fails_at_3(x):
 
 def _library_frames(error):
     package = os.path.dirname(os.path.abspath(pf.__file__))
-    return [f for f in traceback.extract_tb(error.__traceback__) if f.filename.startswith(package)]
+    frames = [
+        (frame, line)
+        for frame, line in traceback.walk_tb(error.__traceback__)
+        if frame.f_code.co_filename.startswith(package)
+    ]
+    if sys.version_info < (3, 11):
+        # Python 3.10 re-raises the traceback it caught, whose head is the frame that caught the error:
+        # that one frame stays, marked __tracebackhide__ (IPython and pytest hide it).
+        hidden = [(frame, line) for frame, line in frames if frame.f_locals.get("__tracebackhide__")]
+        assert len(hidden) <= 1 and frames[:1] == hidden, frames
+        frames = frames[1:]
+    return [f"{frame.f_code.co_filename}:{line} in {frame.f_code.co_name}" for frame, line in frames]
 
 
 @pytest.mark.parametrize("workers", [0, 2])
