@@ -143,9 +143,15 @@ def test_leaving_while_a_background_upstream_is_stuck_stops_the_thread_and_the_w
         del it
     else:
         assert [int(next(it)) for _ in range(3)] == [0, 1, 2]
-        threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT)).start()
-        with pytest.raises(KeyboardInterrupt):
-            next(it)  # waits for item 3
+        # Ctrl-C raises KeyboardInterrupt however the tests were started (a shell starts a background job
+        # with SIGINT ignored).
+        previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+        try:
+            threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT)).start()
+            with pytest.raises(KeyboardInterrupt):
+                next(it)  # waits for item 3
+        finally:
+            signal.signal(signal.SIGINT, previous)
     assert prefetch_threads() == []
     end = time.monotonic() + 5
     while multiprocessing.active_children() and time.monotonic() < end:

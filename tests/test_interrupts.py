@@ -26,6 +26,10 @@ import numpy as np
 import pescador_fp as pf
 from pescador_fp._ipc.ring import NAME_PREFIX, SHM_DIR
 
+# Ctrl-C raises KeyboardInterrupt, as in a terminal or a notebook, however the tests were started (a shell
+# starts a background job with SIGINT ignored, and its processes would never see these interrupts).
+signal.signal(signal.SIGINT, signal.default_int_handler)
+
 def endless():
     i = 0
     while True:
