@@ -455,7 +455,8 @@ def test_a_slow_consumer_keeps_the_worker_within_the_ring(tmp_path):
 def run_script(body: str, timeout: float = 30) -> subprocess.CompletedProcess:
     # Ctrl-C raises KeyboardInterrupt, however the tests were started (a shell starts a background job
     # with SIGINT ignored).
-    script = "import signal\nsignal.signal(signal.SIGINT, signal.default_int_handler)\n" + textwrap.dedent(body)
+    handled = "import signal\nsignal.signal(signal.SIGINT, signal.default_int_handler)\n"
+    script = handled + textwrap.dedent(body)
     return subprocess.run(
         [sys.executable, "-c", script],
         capture_output=True,
