@@ -6,6 +6,7 @@ Real processes throughout; a test looks only at processes it started.
 
 from __future__ import annotations
 
+import ctypes
 import importlib.util
 import multiprocessing
 import os
@@ -21,7 +22,9 @@ import pescador_fp as pf
 from pescador_fp._ipc.workers import (
     PRELOAD_VARIABLE,
     START_METHOD_VARIABLE,
+    _blas_counters,
     _default_for,
+    _local_counters,
     default_start_method,
     parent_alive,
 )
@@ -75,6 +78,31 @@ def test_the_default_start_method_suits_each_system(platform, methods, threads, 
 )
 def test_a_process_with_a_tensor_runtime_never_forks_by_default(platform, methods, expected):
     assert _default_for(platform, methods, 1, runtime=True) == expected
+
+
+def _openblas_libraries() -> list[str]:
+    with open("/proc/self/maps") as maps:
+        return sorted({line.split()[-1] for line in maps if "openblas" in line.rsplit("/", 1)[-1].lower()})
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="libraries are found through /proc")
+def test_numpy_s_openblas_pool_is_seen_whether_or_not_its_library_exports_its_counters():
+    # numpy 2.5's OpenBLAS no longer exports blas_server_avail: every numpy process on a multi-core
+    # machine then counted the pool's idle threads as threads that may hold a lock, and never forked.
+    libraries = _openblas_libraries()
+    if not libraries:
+        pytest.skip("this numpy has no OpenBLAS of its own")
+    assert len(_blas_counters()) == len(libraries)
+    for path in libraries:
+        library = ctypes.CDLL(path, mode=os.RTLD_NOLOAD | os.RTLD_LAZY)
+        available, size = _local_counters(path, library)  # read from the ELF symbol table
+        assert available.value in (0, 1) and size.value >= 1
+        try:
+            exported = ctypes.c_int.in_dll(library, "blas_server_avail")
+        except ValueError:
+            continue
+        assert ctypes.addressof(available) == ctypes.addressof(exported)
+        assert ctypes.addressof(size) == ctypes.addressof(ctypes.c_int.in_dll(library, "blas_num_threads"))
 
 
 NATIVE_THREAD = """

@@ -7,10 +7,12 @@ import ctypes
 import errno
 import faulthandler
 import functools
+import mmap
 import multiprocessing
 import multiprocessing.connection
 import os
 import signal
+import struct
 import sys
 import threading
 import time
@@ -140,11 +142,95 @@ def _blas_counters() -> tuple[tuple[Any, Any], ...]:
     for path in sorted(paths):
         try:
             library = ctypes.CDLL(path, mode=os.RTLD_NOLOAD | os.RTLD_LAZY)
+        except OSError:
+            continue  # not loaded after all
+        try:
             available = ctypes.c_int.in_dll(library, "blas_server_avail")
             counters.append((available, ctypes.c_int.in_dll(library, "blas_num_threads")))
-        except (OSError, ValueError, AttributeError):
-            continue  # not loaded after all, or built without a thread server of its own (OpenMP)
+        except ValueError:  # numpy >= 2.5's OpenBLAS keeps them to itself: its symbol table has them
+            local = _local_counters(path, library)
+            if local:
+                counters.append(local)
     return tuple(counters)
+
+
+def _local_counters(path: str, library: ctypes.CDLL) -> tuple[Any, Any] | None:
+    """``blas_server_avail`` and ``blas_num_threads`` of a loaded OpenBLAS that does not export them,
+    found in its ELF symbol table; ``None`` where they are not there (a stripped library, a thread
+    server built on OpenMP, not a 64-bit little-endian ELF file).
+
+    Their addresses are their values in the file plus where the library was loaded, which an exported
+    function gives: its address in this process less its value in the file.
+    """
+    try:
+        with open(path, "rb") as file, mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            local = _elf_symbols(data, ".symtab", ("blas_server_avail", "blas_num_threads"))
+            exported = _elf_symbols(data, ".dynsym", None)
+    except (OSError, struct.error, IndexError, ValueError):
+        return None
+    if len(local) != 2:
+        return None
+    for name, value in exported.items():
+        try:
+            function = getattr(library, name)
+        except AttributeError:
+            continue
+        base = (ctypes.cast(function, ctypes.c_void_p).value or 0) - value
+        addresses = [base + local["blas_server_avail"], base + local["blas_num_threads"]]
+        if not all(map(_writable, addresses)):
+            return None  # (a symbol table that does not match the library loaded: never read)
+        available, size = (ctypes.c_int.from_address(address) for address in addresses)
+        return available, size
+    return None
+
+
+def _writable(address: int) -> bool:
+    """Whether ``address`` lies in memory of this process that it may write (``/proc/self/maps``)."""
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            span, permissions = line.split()[:2]
+            start, end = (int(bound, 16) for bound in span.split("-"))
+            if start <= address and address + 4 <= end:
+                return permissions.startswith("rw")
+    return False
+
+
+def _elf_symbols(data: mmap.mmap, table: str, names: Sequence[str] | None) -> dict[str, int]:
+    """The values of the symbols ``names`` in the symbol table ``table`` (``.symtab``, ``.dynsym``) of
+    the ELF file ``data``: data objects among ``names``, or every defined function where ``names`` is
+    ``None``."""
+    if data[:6] != b"\x7fELF\x02\x01":  # 64-bit, little-endian
+        raise ValueError("not a 64-bit little-endian ELF file")
+    section_offset = struct.unpack_from("<Q", data, 0x28)[0]
+    entry_size, count, names_index = struct.unpack_from("<HHH", data, 0x3A)
+    sections = [
+        struct.unpack_from("<IIQQQQIIQQ", data, section_offset + i * entry_size) for i in range(count)
+    ]
+    section_names = sections[names_index][4]
+
+    def name_at(strings: int, offset: int) -> str:
+        end = data.find(b"\0", strings + offset)
+        return data[strings + offset : end].decode("ascii", "replace")
+
+    found: dict[str, int] = {}
+    for _, kind, _, _, offset, size, link, _, _, _ in (
+        section for section in sections if name_at(section_names, section[0]) == table
+    ):
+        if kind not in (2, 11):  # SHT_SYMTAB, SHT_DYNSYM
+            continue
+        strings = sections[link][4]
+        symbols = struct.iter_unpack("<IBBHQQ", data[offset : offset + size])
+        for name_offset, info, _, index, value, _ in symbols:
+            if index == 0 or name_offset == 0:
+                continue  # undefined, or nameless
+            if names is None:
+                if info & 0xF == 2:  # STT_FUNC
+                    found[name_at(strings, name_offset)] = value
+            elif info & 0xF == 1:  # STT_OBJECT
+                name = name_at(strings, name_offset)
+                if name in names:
+                    found[name] = value
+    return found
 
 
 def _preload_fork_server(context: BaseContext) -> None:
