@@ -1,10 +1,13 @@
 """Doctests of the framework adapters run only where their framework is installed (CI installs all), and
-those that import JAX only in the child pytest that tests/test_jax.py and tests/test_keras.py start."""
+those that import JAX only in the child pytest that tests/test_jax.py and tests/test_keras.py start;
+``--repeat``, for CI's runs under each start method and transport."""
 
 from __future__ import annotations
 
 import importlib.util
 import os
+
+import pytest
 
 collect_ignore = [
     f"pescador_fp/{name}.py" for name in ("torch", "jax", "keras") if importlib.util.find_spec(name) is None
@@ -30,3 +33,28 @@ if "--xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "
 # never imports Ray, not even to collect doctests from tests/ray_cases.py.
 if os.environ.get("PESCADOR_FP_RAY_CHILD") != "1":
     collect_ignore += ["tests/ray_cases.py"]
+
+#: The parameters by which a test chooses its start method itself.
+START_METHOD_PARAMETERS = ("start_method", "method")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--repeat",
+        action="store_true",
+        help="a repeat of the suite under another PESCADOR_FP_START_METHOD or PESCADOR_FP_TRANSPORT: leave "
+        "out the cases that choose their start method themselves (the first run ran each of them)",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not config.getoption("--repeat"):
+        return
+    kept, left_out = [], []
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        chosen = any(name in params for name in START_METHOD_PARAMETERS)
+        (left_out if chosen else kept).append(item)
+    if left_out:
+        config.hook.pytest_deselected(items=left_out)
+        items[:] = kept
