@@ -225,10 +225,20 @@ def background_stats(source: Any, consumer_sleep_s: float) -> dict[str, Any]:
     return stats
 
 
+# Long enough that the workers' start (part of the consumer's wait, 0.1-0.4 s on a loaded machine) cannot
+# outweigh what the slow side adds: 100 items of 10 ms, over 2 workers or in the consumer.
+SLOW_SIDE_S = 0.01
+
+
+def slower_array(i: int) -> np.ndarray:
+    time.sleep(SLOW_SIDE_S)
+    return np.full(4096, i, np.float32)
+
+
 def test_background_waits_on_a_slow_producer_and_not_on_a_fast_one() -> None:
     with nothing_left_behind():
-        slow_producer = background_stats(slow_array, 0.0)
-        slow_consumer = background_stats(fast_array, SLEEP_S)
+        slow_producer = background_stats(slower_array, 0.0)
+        slow_consumer = background_stats(fast_array, SLOW_SIDE_S)
 
     def waited(stats: dict[str, Any]) -> float:
         return sum(w["waited_s"] for w in stats["workers"])
