@@ -370,7 +370,7 @@ def user_frames(tb: types.TracebackType | None) -> types.TracebackType | None:
 
 
 def hide_library_frames(error: BaseException) -> None:
-    """Trim the library's frames from ``error``, caught in this frame, before a bare ``raise``.
+    """Trim the library's frames from ``error``, which the caller has just caught, before it re-raises it.
 
     Python 3.11 and newer re-raise ``error.__traceback__``, which then holds
     only :func:`user_frames`. Python 3.10 re-raises the traceback it caught,
