@@ -11,10 +11,12 @@ import importlib.util
 import multiprocessing
 import os
 import signal
+import struct
 import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import pytest
 
@@ -82,7 +84,10 @@ def test_a_process_with_a_tensor_runtime_never_forks_by_default(platform, method
 
 def _openblas_libraries() -> list[str]:
     with open("/proc/self/maps") as maps:
-        return sorted({line.split()[-1] for line in maps if "openblas" in line.rsplit("/", 1)[-1].lower()})
+        paths = (
+            fields[5] for fields in (line.rstrip("\n").split(maxsplit=5) for line in maps) if len(fields) == 6
+        )
+        return sorted({path for path in paths if "openblas" in path.rsplit("/", 1)[-1].lower()})
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="libraries are found through /proc")
@@ -103,6 +108,24 @@ def test_numpy_s_openblas_pool_is_seen_whether_or_not_its_library_exports_its_co
             continue
         assert ctypes.addressof(available) == ctypes.addressof(exported)
         assert ctypes.addressof(size) == ctypes.addressof(ctypes.c_int.in_dll(library, "blas_num_threads"))
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="libraries are found through /proc")
+@pytest.mark.parametrize("field", [0x28, "strings"])  # the section headers' offset; a symbol names' offset
+def test_a_library_file_with_offsets_out_of_range_is_read_as_none(tmp_path, field):
+    libraries = _openblas_libraries()
+    if not libraries:
+        pytest.skip("this numpy has no OpenBLAS of its own")
+    data = bytearray(Path(libraries[0]).read_bytes())
+    if field == "strings":  # the section names' table: its sh_offset
+        section_offset = struct.unpack_from("<Q", data, 0x28)[0]
+        entry_size, _, names_index = struct.unpack_from("<HHH", data, 0x3A)
+        field = section_offset + names_index * entry_size + 24
+    struct.pack_into("<Q", data, field, 2**64 - 1)  # the loader never reads it: such a library loads
+    broken = tmp_path / "libopenblas_broken.so"
+    broken.write_bytes(data)
+    library = ctypes.CDLL(libraries[0], mode=os.RTLD_NOLOAD | os.RTLD_LAZY)
+    assert _local_counters(str(broken), library) is None
 
 
 NATIVE_THREAD = """

@@ -135,7 +135,13 @@ def _blas_counters() -> tuple[tuple[Any, Any], ...]:
     """(OpenBLAS libraries loaded in this process) their ``blas_server_avail`` and ``blas_num_threads``."""
     try:
         with open("/proc/self/maps") as maps:
-            paths = {line.split()[-1] for line in maps if "openblas" in line.rsplit("/", 1)[-1].lower()}
+            # address, permissions, offset, device, inode, then the path (which may hold spaces)
+            mapped = (line.rstrip("\n").split(maxsplit=5) for line in maps)
+            paths = {
+                fields[5]
+                for fields in mapped
+                if len(fields) == 6 and "openblas" in fields[5].rsplit("/", 1)[-1].lower()
+            }
     except OSError:
         return ()
     counters = []
@@ -166,7 +172,7 @@ def _local_counters(path: str, library: ctypes.CDLL) -> tuple[Any, Any] | None:
         with open(path, "rb") as file, mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as data:
             local = _elf_symbols(data, ".symtab", ("blas_server_avail", "blas_num_threads"))
             exported = _elf_symbols(data, ".dynsym", None)
-    except (OSError, struct.error, IndexError, ValueError):
+    except (OSError, struct.error, IndexError, ValueError, OverflowError):  # not a file we can read
         return None
     if len(local) != 2:
         return None
