@@ -27,6 +27,7 @@ from pescador_fp._ipc.workers import (
     _blas_counters,
     _default_for,
     _local_counters,
+    _openblas_paths,
     default_start_method,
     parent_alive,
 )
@@ -82,19 +83,11 @@ def test_a_process_with_a_tensor_runtime_never_forks_by_default(platform, method
     assert _default_for(platform, methods, 1, runtime=True) == expected
 
 
-def _openblas_libraries() -> list[str]:
-    with open("/proc/self/maps") as maps:
-        paths = (
-            fields[5] for fields in (line.rstrip("\n").split(maxsplit=5) for line in maps) if len(fields) == 6
-        )
-        return sorted({path for path in paths if "openblas" in path.rsplit("/", 1)[-1].lower()})
-
-
 @pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="libraries are found through /proc")
 def test_numpy_s_openblas_pool_is_seen_whether_or_not_its_library_exports_its_counters():
     # numpy 2.5's OpenBLAS no longer exports blas_server_avail: every numpy process on a multi-core
     # machine then counted the pool's idle threads as threads that may hold a lock, and never forked.
-    libraries = _openblas_libraries()
+    libraries = _openblas_paths()
     if not libraries:
         pytest.skip("this numpy has no OpenBLAS of its own")
     assert len(_blas_counters()) == len(libraries)
@@ -113,7 +106,7 @@ def test_numpy_s_openblas_pool_is_seen_whether_or_not_its_library_exports_its_co
 @pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="libraries are found through /proc")
 @pytest.mark.parametrize("field", [0x28, "strings"])  # the section headers' offset; a symbol names' offset
 def test_a_library_file_with_offsets_out_of_range_is_read_as_none(tmp_path, field):
-    libraries = _openblas_libraries()
+    libraries = _openblas_paths()
     if not libraries:
         pytest.skip("this numpy has no OpenBLAS of its own")
     data = bytearray(Path(libraries[0]).read_bytes())

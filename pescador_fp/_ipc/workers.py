@@ -133,19 +133,8 @@ def _blas_pool() -> int:
 @functools.cache
 def _blas_counters() -> tuple[tuple[Any, Any], ...]:
     """(OpenBLAS libraries loaded in this process) their ``blas_server_avail`` and ``blas_num_threads``."""
-    try:
-        with open("/proc/self/maps") as maps:
-            # address, permissions, offset, device, inode, then the path (which may hold spaces)
-            mapped = (line.rstrip("\n").split(maxsplit=5) for line in maps)
-            paths = {
-                fields[5]
-                for fields in mapped
-                if len(fields) == 6 and "openblas" in fields[5].rsplit("/", 1)[-1].lower()
-            }
-    except OSError:
-        return ()
     counters = []
-    for path in sorted(paths):
+    for path in _openblas_paths():
         try:
             library = ctypes.CDLL(path, mode=os.RTLD_NOLOAD | os.RTLD_LAZY)
         except OSError:
@@ -160,6 +149,33 @@ def _blas_counters() -> tuple[tuple[Any, Any], ...]:
     return tuple(counters)
 
 
+def _mappings() -> list[tuple[int, int, str, str]]:
+    """This process's memory mappings (``/proc/self/maps``): start, end, permissions and path ("" for
+    none); empty where the system does not list them."""
+    found = []
+    try:
+        with open("/proc/self/maps") as maps:
+            for line in maps:
+                # address, permissions, offset, device, inode, then the path (which may hold spaces)
+                fields = line.rstrip("\n").split(maxsplit=5)
+                start, end = (int(bound, 16) for bound in fields[0].split("-"))
+                found.append((start, end, fields[1], fields[5] if len(fields) == 6 else ""))
+    except OSError:
+        return []
+    return found
+
+
+def _openblas_paths() -> list[str]:
+    """The files of the OpenBLAS libraries mapped into this process."""
+    paths = {path for _, _, _, path in _mappings() if "openblas" in path.rsplit("/", 1)[-1].lower()}
+    return sorted(paths)
+
+
+#: ELF symbol types (``st_info``'s low bits).
+_OBJECT, _FUNCTION = 1, 2
+_COUNTERS = ("blas_server_avail", "blas_num_threads")
+
+
 def _local_counters(path: str, library: ctypes.CDLL) -> tuple[Any, Any] | None:
     """``blas_server_avail`` and ``blas_num_threads`` of a loaded OpenBLAS that does not export them,
     found in its ELF symbol table; ``None`` where they are not there (a stripped library, a thread
@@ -170,41 +186,34 @@ def _local_counters(path: str, library: ctypes.CDLL) -> tuple[Any, Any] | None:
     """
     try:
         with open(path, "rb") as file, mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as data:
-            local = _elf_symbols(data, ".symtab", ("blas_server_avail", "blas_num_threads"))
-            exported = _elf_symbols(data, ".dynsym", None)
+            local = {
+                name: value for name, value in _elf_symbols(data, ".symtab", _OBJECT) if name in _COUNTERS
+            }
+            if len(local) != len(_COUNTERS):
+                return None
+            exported = (
+                (function, value)
+                for name, value in _elf_symbols(data, ".dynsym", _FUNCTION)
+                if (function := getattr(library, name, None)) is not None
+            )
+            anchor = next(exported, None)  # an exported function: where the library was loaded
     except (OSError, struct.error, IndexError, ValueError, OverflowError):  # not a file we can read
         return None
-    if len(local) != 2:
+    if anchor is None:
         return None
-    for name, value in exported.items():
-        try:
-            function = getattr(library, name)
-        except AttributeError:
-            continue
-        base = (ctypes.cast(function, ctypes.c_void_p).value or 0) - value
-        addresses = [base + local["blas_server_avail"], base + local["blas_num_threads"]]
-        if not all(map(_writable, addresses)):
-            return None  # (a symbol table that does not match the library loaded: never read)
-        available, size = (ctypes.c_int.from_address(address) for address in addresses)
-        return available, size
-    return None
+    function, value = anchor
+    base = (ctypes.cast(function, ctypes.c_void_p).value or 0) - value
+    addresses = [base + local[name] for name in _COUNTERS]
+    writable = [(start, end) for start, end, permissions, _ in _mappings() if permissions.startswith("rw")]
+    if not all(any(start <= a and a + 4 <= end for start, end in writable) for a in addresses):
+        return None  # (a symbol table that does not match the library loaded: never read)
+    available, size = (ctypes.c_int.from_address(address) for address in addresses)
+    return available, size
 
 
-def _writable(address: int) -> bool:
-    """Whether ``address`` lies in memory of this process that it may write (``/proc/self/maps``)."""
-    with open("/proc/self/maps") as maps:
-        for line in maps:
-            span, permissions = line.split()[:2]
-            start, end = (int(bound, 16) for bound in span.split("-"))
-            if start <= address and address + 4 <= end:
-                return permissions.startswith("rw")
-    return False
-
-
-def _elf_symbols(data: mmap.mmap, table: str, names: Sequence[str] | None) -> dict[str, int]:
-    """The values of the symbols ``names`` in the symbol table ``table`` (``.symtab``, ``.dynsym``) of
-    the ELF file ``data``: data objects among ``names``, or every defined function where ``names`` is
-    ``None``."""
+def _elf_symbols(data: mmap.mmap, table: str, kind: int) -> Iterator[tuple[str, int]]:
+    """The names and values of the defined symbols of type ``kind`` in the symbol table ``table``
+    (``.symtab``, ``.dynsym``) of the ELF file ``data``."""
     if data[:6] != b"\x7fELF\x02\x01":  # 64-bit, little-endian
         raise ValueError("not a 64-bit little-endian ELF file")
     section_offset = struct.unpack_from("<Q", data, 0x28)[0]
@@ -218,25 +227,15 @@ def _elf_symbols(data: mmap.mmap, table: str, names: Sequence[str] | None) -> di
         end = data.find(b"\0", strings + offset)
         return data[strings + offset : end].decode("ascii", "replace")
 
-    found: dict[str, int] = {}
-    for _, kind, _, _, offset, size, link, _, _, _ in (
-        section for section in sections if name_at(section_names, section[0]) == table
-    ):
-        if kind not in (2, 11):  # SHT_SYMTAB, SHT_DYNSYM
+    for name_offset, section_kind, _, _, offset, size, link, _, _, _ in sections:
+        if section_kind not in (2, 11) or name_at(section_names, name_offset) != table:  # SYMTAB, DYNSYM
             continue
         strings = sections[link][4]
-        symbols = struct.iter_unpack("<IBBHQQ", data[offset : offset + size])
-        for name_offset, info, _, index, value, _ in symbols:
-            if index == 0 or name_offset == 0:
-                continue  # undefined, or nameless
-            if names is None:
-                if info & 0xF == 2:  # STT_FUNC
-                    found[name_at(strings, name_offset)] = value
-            elif info & 0xF == 1:  # STT_OBJECT
-                name = name_at(strings, name_offset)
-                if name in names:
-                    found[name] = value
-    return found
+        for symbol_name, info, _, index, value, _ in struct.iter_unpack(
+            "<IBBHQQ", data[offset : offset + size]
+        ):
+            if index != 0 and symbol_name != 0 and info & 0xF == kind:  # defined, named, of that type
+                yield name_at(strings, symbol_name), value
 
 
 def _preload_fork_server(context: BaseContext) -> None:
